@@ -1,0 +1,5 @@
+import sys
+
+from cloudkon.cli import main
+
+sys.exit(main())

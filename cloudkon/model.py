@@ -1,0 +1,107 @@
+"""The task and result model shared by the local and remote flavours.
+
+A task is one line of a workload: its line number and its command. Its id is derived, not
+stored: the job id plus the line number, so the same workload submitted twice yields the
+same ids. Tasks travel in bundles (CloudKon's task bundling), results likewise.
+
+Inside bundles, tasks and results are plain tuples laid out as :class:`Task` and
+:class:`Result` (a named tuple costs six times as much to build, and a bundle holds
+hundreds); ``Result._make(t)`` gives the named view where it is wanted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import NamedTuple
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMED_OUT = "timed_out"
+CANCELLED = "cancelled"  # interrupted by Ctrl-C or shutdown before it could finish
+
+STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
+
+
+def task_id(job_id: str, line: int) -> str:
+    """The deterministic id of the task on ``line`` of job ``job_id``."""
+    return f"{job_id}:{line}"
+
+
+def new_job_id(prefix: str = "job") -> str:
+    """A fresh job id: readable, sortable by time, unique enough to never collide."""
+    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+class Task(NamedTuple):
+    """One task: the workload line it came from and the command on it."""
+
+    line: int
+    command: str
+
+
+class Result(NamedTuple):
+    """What became of one task. Times are seconds since the epoch."""
+
+    line: int
+    command: str
+    status: str
+    exit_code: int | None  # None when the command never ran to an exit
+    signal: str | None  # e.g. "SIGKILL" when a signal ended it
+    start: float
+    end: float
+    stdout: str  # the last bytes of stdout, decoded with replacement
+    stderr: str
+
+    def to_record(self, job_id: str, worker: str = "") -> dict:
+        """The result as the JSON object written to a results file, one per line."""
+        return {
+            "task_id": task_id(job_id, self.line),
+            "job_id": job_id,
+            "line": self.line,
+            "command": self.command,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "start": round(self.start, 6),
+            "end": round(self.end, 6),
+            "duration": round(self.end - self.start, 6),
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "worker": worker,
+        }
+
+
+class Bundle:
+    """Tasks of one job that travel through a queue together: (line, command) tuples."""
+
+    __slots__ = ("job_id", "seq", "tasks", "sent_at")
+
+    def __init__(self, job_id: str, seq: int, tasks: list[tuple[int, str]],
+                 sent_at: float = 0.0) -> None:
+        self.job_id = job_id
+        self.seq = seq  # the bundle's number within its job, from 0
+        self.tasks = tasks
+        self.sent_at = sent_at  # when it was put on the input queue (time.time())
+
+    def __repr__(self) -> str:
+        return f"Bundle({self.job_id!r}, seq={self.seq}, tasks={len(self.tasks)})"
+
+
+class ResultBundle:
+    """The results of one bundle's tasks (tuples laid out as Result), in the order they ran."""
+
+    __slots__ = ("job_id", "seq", "results", "sent_at", "worker")
+
+    def __init__(self, job_id: str, seq: int, results: list[tuple], sent_at: float,
+                 worker: str = "") -> None:
+        self.job_id = job_id
+        self.seq = seq
+        self.results = results
+        self.sent_at = sent_at  # copied from the task bundle: latency = result end - sent_at
+        self.worker = worker  # who ran the bundle
+
+    def records(self) -> list[dict]:
+        """The results as results-file records."""
+        make = Result._make
+        return [make(r).to_record(self.job_id, self.worker) for r in self.results]

@@ -1,0 +1,293 @@
+"""Workload files: one task per line, read as a stream.
+
+The rules (DESIGN.md, "Workload files"): UTF-8 text; blank lines and lines starting with
+``#`` are not tasks; a trailing ``\\r`` is dropped; ``sleep N`` is CloudKon's benchmark
+task, N milliseconds slept inside the worker; every other line is a shell command. A line
+that cannot be a task is reported with its file and line number and skipped. Memory does
+not grow with the length of the file: lines are read one at a time, and a line longer than
+the limit is skipped without being held.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import math
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+from cloudkon.errors import WorkloadError
+from cloudkon.limits import BINARY_SNIFF_BYTES, MAX_LINE_BYTES
+from cloudkon.model import Bundle, Task
+
+log = logging.getLogger(__name__)
+
+SLEEP = "sleep"
+_DECIMAL = re.compile(r"\d+(\.\d+)?")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class BadLine(NamedTuple):
+    """A line that cannot be a task, and why."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+def sleep_ms(command: str) -> float | None:
+    """Milliseconds to sleep if ``command`` is CloudKon's ``sleep N`` task, else None.
+
+    Raises ValueError for a line whose first word is ``sleep`` but which is not
+    ``sleep N`` with N a non-negative number: such a line is almost always a mistake
+    (``sleep 1s``), and running it through the shell would sleep in seconds.
+    """
+    ms = SLEEP_CACHE.get(command)
+    if ms is not None or not command.startswith(SLEEP):
+        return ms
+    parts = command.split()
+    if parts[0] != SLEEP:
+        return None  # "sleepy", "sleep.sh": an ordinary command
+    if len(parts) == 2 and _DECIMAL.fullmatch(parts[1]):
+        ms = int(parts[1]) if parts[1].isdigit() else float(parts[1])
+        if len(SLEEP_CACHE) >= SLEEP_CACHE_SIZE:
+            SLEEP_CACHE.clear()
+        SLEEP_CACHE[command] = ms
+        return ms
+    raise ValueError(
+        "'sleep N' is CloudKon's task that sleeps N milliseconds and takes one number;"
+        " write '/bin/sleep ...' for the shell's sleep"
+    )
+
+
+# Workloads repeat their sleep lines ("sleep 0" a million times): parse each once.
+SLEEP_CACHE: dict[str, float] = {}
+SLEEP_CACHE_SIZE = 4096
+_CHUNK_BYTES = 1 << 20
+
+
+class Workload:
+    """A workload file, read as a stream of tasks; bad lines go to ``on_bad_line``.
+
+    After a complete pass, ``tasks``, ``sleep_tasks``, ``sleep_ms`` and ``bad_lines``
+    describe what was read.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        on_bad_line: Callable[[BadLine], None] | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        self.path = path
+        self.on_bad_line = on_bad_line
+        self.max_line_bytes = max_line_bytes
+        self.tasks = 0
+        self.sleep_tasks = 0
+        self.sleep_ms = 0.0
+        self.bad_lines = 0
+
+    def check(self) -> None:
+        """Raise WorkloadError unless the file exists, is a readable file and is text."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise WorkloadError(self.path, "no such file") from None
+        except OSError as exc:
+            raise WorkloadError(self.path, exc.strerror or str(exc)) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise WorkloadError(self.path, "is a directory, not a workload file")
+        try:
+            with open(self.path, "rb") as f:
+                sample = f.read(BINARY_SNIFF_BYTES)
+                at_end = not f.read(1)
+        except OSError as exc:
+            raise WorkloadError(self.path, exc.strerror or str(exc)) from None
+        if not sample:
+            raise WorkloadError(self.path, "is empty: no tasks to run")
+        if _looks_binary(sample, at_end):
+            raise WorkloadError(
+                self.path,
+                "is not a text workload (binary data); a workload is UTF-8 text, one task per line",
+            )
+
+    def __iter__(self) -> Iterator[Task]:
+        """Yield the tasks of the file in order, as (line, command) tuples."""
+        for bundle in self.bundles("", 1024, math.inf):
+            yield from bundle.tasks
+
+    def validate(self) -> int:
+        """Read the whole file without running anything; return the number of bad lines."""
+        for _ in self.bundles("", 1024, math.inf):
+            pass
+        return self.bad_lines
+
+    def bundles(self, job_id: str, size: int, budget_ms: float) -> Iterator[Bundle]:
+        """Yield the tasks in bundles of at most ``size`` tasks and about ``budget_ms`` work.
+
+        A sleep task costs its milliseconds; a shell command is assumed to cost the whole
+        budget, so commands travel alone unless the budget is raised.
+        """
+        self.tasks = self.sleep_tasks = self.bad_lines = 0
+        self.sleep_ms = 0.0
+        cache_get = SLEEP_CACHE.get
+        tasks: list[tuple[int, str]] = []
+        append = tasks.append
+        cost = total_sleep = 0.0
+        seq = 0
+        for first, lines in self._blocks():
+            n = first - 1
+            for text in lines:
+                n += 1
+                s = text.strip()
+                if not s or s[0] == "#":
+                    continue
+                ms = cache_get(s)
+                if ms is None:
+                    try:
+                        ms = sleep_ms(s)
+                    except ValueError as exc:
+                        self._bad(n, str(exc))
+                        continue
+                    if ms is None:  # a shell command
+                        cost += budget_ms
+                        append((n, s))
+                        if len(tasks) >= size or cost >= budget_ms:
+                            self.tasks += len(tasks)
+                            yield Bundle(job_id, seq, tasks)
+                            seq += 1
+                            tasks = []
+                            append = tasks.append
+                            cost = 0.0
+                        continue
+                self.sleep_tasks += 1
+                total_sleep += ms
+                cost += ms
+                append((n, s))
+                if len(tasks) >= size or cost >= budget_ms:
+                    self.tasks += len(tasks)
+                    yield Bundle(job_id, seq, tasks)
+                    seq += 1
+                    tasks = []
+                    append = tasks.append
+                    cost = 0.0
+            self.sleep_ms = total_sleep
+        if tasks:
+            self.tasks += len(tasks)
+            yield Bundle(job_id, seq, tasks)
+        self.sleep_ms = total_sleep
+
+    def _blocks(self) -> Iterator[tuple[int, list[str]]]:
+        """Yield the file as (number of the first line, decoded lines) per block of bytes.
+
+        A bad line is reported and stands as an empty line, so numbering holds. A line
+        longer than the limit is skipped as it streams by, never held whole.
+        """
+        limit = self.max_line_bytes
+        try:
+            f = open(self.path, "rb")
+        except OSError as exc:
+            raise WorkloadError(self.path, exc.strerror or str(exc)) from None
+        with f:
+            done = 0  # lines completed so far
+            carry = b""
+            skipping = False  # inside an over-long line, its start already dropped
+            first = True
+            while True:
+                try:
+                    block = f.read(_CHUNK_BYTES)
+                except OSError as exc:
+                    raise WorkloadError(self.path, f"line {done + 1}: {exc.strerror or exc}") from None
+                if first:
+                    first = False
+                    if block.startswith(_UTF8_BOM):
+                        block = block[len(_UTF8_BOM):]
+                if not block:
+                    if skipping:
+                        self._bad(done + 1, f"longer than {limit} bytes")
+                    elif carry:
+                        yield done + 1, self._decode(done + 1, carry, [carry])
+                    return
+                if skipping:
+                    nl = block.find(b"\n")
+                    if nl < 0:
+                        continue
+                    done += 1
+                    self._bad(done, f"longer than {limit} bytes")
+                    skipping = False
+                    block = block[nl + 1:]
+                data = carry + block if carry else block
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                else:
+                    carry = data[cut + 1:]
+                    body = data[:cut]
+                    raws = body.split(b"\n")
+                    yield done + 1, self._decode(done + 1, body, raws)
+                    done += len(raws)
+                if len(carry) > limit + 1:  # +1: room for a "\r" that is not counted
+                    carry = b""
+                    skipping = True
+
+    def _decode(self, first: int, body: bytes, raws: list[bytes]) -> list[str]:
+        """The lines of ``body`` as text; bad lines reported and replaced by ''."""
+        limit = self.max_line_bytes
+        if max(map(len, raws)) <= limit and b"\0" not in body:
+            try:
+                return body.decode("utf-8").split("\n")
+            except UnicodeDecodeError:
+                pass
+        lines = []
+        for n, raw in enumerate(raws, first):
+            if len(raw.rstrip(b"\r")) > limit:
+                self._bad(n, f"longer than {limit} bytes")
+            elif b"\0" in raw:
+                self._bad(n, "contains a NUL byte")
+            else:
+                try:
+                    lines.append(raw.decode("utf-8"))
+                    continue
+                except UnicodeDecodeError as exc:
+                    self._bad(n, f"is not valid UTF-8 (byte {exc.start + 1})")
+            lines.append("")
+        return lines
+
+    def _bad(self, line: int, reason: str) -> None:
+        self.bad_lines += 1
+        if self.on_bad_line is not None:
+            self.on_bad_line(BadLine(self.path, line, reason))
+
+
+def _looks_binary(sample: bytes, at_end: bool) -> bool:
+    """True if most lines of the sample could not be tasks (NUL bytes, not UTF-8).
+
+    One bad line among good ones is a bad line, reported as such; a file whose lines are
+    mostly bad is not a workload at all (an image, an archive, UTF-16 text).
+    """
+    lines = sample.split(b"\n")
+    if not at_end and len(lines) > 1:
+        lines.pop()  # cut off mid-line by the sample's end
+    try:
+        sample.decode("utf-8")
+        if b"\0" not in sample:
+            return False
+    except UnicodeDecodeError:
+        pass
+    bad = 0
+    for raw in lines:
+        if b"\0" in raw:
+            bad += 1
+            continue
+        try:
+            # final=False: a long first line may be cut inside a multi-byte character.
+            codecs.getincrementaldecoder("utf-8")().decode(raw, final=at_end)
+        except UnicodeDecodeError:
+            bad += 1
+    return bad > 0 and bad * 2 >= len(lines)

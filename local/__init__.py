@@ -1,0 +1,1 @@
+"""The local flavour: in-process queues and worker threads, no AWS account needed."""

@@ -1,0 +1,1 @@
+"""Workload -> bundles -> SQS, for the Lambda and `cloudkon submit --direct` (issue: submission)."""

@@ -22,6 +22,7 @@ from cloudkon.limits import (
     DEFAULT_BUNDLE_SIZE,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
+    MAX_LOCAL_WORKERS,
     MAX_REPORTED_BAD_LINES,
 )
 
@@ -92,8 +93,9 @@ def cli(verbose: int) -> None:
 
 @cli.command()
 @click.argument("workload", metavar="WORKLOAD")
-@click.option("-w", "--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
-              show_default="number of CPUs", help="Worker threads executing tasks.")
+@click.option("-w", "--workers", type=click.IntRange(1, MAX_LOCAL_WORKERS),
+              default=lambda: os.cpu_count() or 1, show_default="number of CPUs",
+              help="Worker threads executing tasks.")
 @click.option("-o", "--output", metavar="FILE",
               help="Write one JSON line per task to FILE ('-' for stdout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")

@@ -3,13 +3,20 @@ passed down frozen."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from cloudkon.errors import UsageError
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
     DEFAULT_BUNDLE_SIZE,
+    DEFAULT_DRAIN_SECONDS,
+    DEFAULT_LIVENESS_SECONDS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
+    DEFAULT_VISIBILITY_SECONDS,
+    HEARTBEATS_PER_VISIBILITY,
+    SQS_LONG_POLL_SECONDS,
 )
 
 
@@ -25,3 +32,69 @@ class RunConfig:
     bundle_ms: float = DEFAULT_BUNDLE_MS
     tail_bytes: int = DEFAULT_TAIL_BYTES
     strict: bool = False
+
+
+# A prefix names every AWS resource of one deployment. S3 bucket names are the strictest
+# (lowercase, digits, hyphens, at most 63 characters) and the bucket's name adds
+# "-workloads-" and a 12-digit account id, so a prefix is at most 40 such characters.
+PREFIX_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
+DEFAULT_PREFIX = "cloudkon"
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """Where the remote flavour's AWS resources are: every name derives from the prefix.
+
+    ``region`` and ``endpoint_url`` None leave them to boto3's own resolution
+    (AWS_DEFAULT_REGION or the profile; AWS_ENDPOINT_URL or the profile).
+    """
+
+    prefix: str = DEFAULT_PREFIX
+    region: str | None = None
+    endpoint_url: str | None = None
+    bucket_suffix: str | None = None  # None: the account id
+
+    def __post_init__(self) -> None:
+        if not PREFIX_PATTERN.fullmatch(self.prefix):
+            raise UsageError(
+                f"--prefix {self.prefix!r}: use 1 to 40 lowercase letters, digits and hyphens,"
+                " starting and ending with a letter or digit (it becomes part of an S3 bucket name)"
+            )
+
+    @property
+    def input_queue(self) -> str:
+        return f"{self.prefix}-input"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.prefix}-input-dlq"
+
+    @property
+    def output_queue(self) -> str:
+        return f"{self.prefix}-output"
+
+    @property
+    def lease_table(self) -> str:
+        return f"{self.prefix}-leases"
+
+    def bucket(self, account: str) -> str:
+        """The workload bucket's name, made unique by the suffix or the account id."""
+        return f"{self.prefix}-workloads-{self.bucket_suffix or account}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker daemon runs."""
+
+    worker_id: str  # names the worker in leases, logs and results: host:pid by default
+    threads: int = 4
+    visibility_seconds: int = DEFAULT_VISIBILITY_SECONDS  # also the lease
+    wait_seconds: int = SQS_LONG_POLL_SECONDS  # long poll
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    liveness_seconds: float = DEFAULT_LIVENESS_SECONDS
+    task_timeout: float | None = DEFAULT_TASK_TIMEOUT
+    tail_bytes: int = DEFAULT_TAIL_BYTES
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.visibility_seconds / HEARTBEATS_PER_VISIBILITY

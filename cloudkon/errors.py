@@ -36,3 +36,29 @@ class BadLinesError(WorkloadError):
         noun = "line" if count == 1 else "lines"
         super().__init__(path, f"{count} bad {noun}; nothing was run (--strict)")
         self.count = count
+
+
+class OutputError(CloudKonError):
+    """Results could not be written (disk full, file removed, pipe closed)."""
+
+
+class CodecError(CloudKonError):
+    """A message body that is not a CloudKon message: not JSON, an unknown version, a
+    missing or ill-typed field."""
+
+
+class AwsError(CloudKonError):
+    """An AWS call failed: at once for an error that retrying cannot mend, or after the
+    retries for throttling, 5xx and dropped connections ran out."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code  # the AWS error code, e.g. "AccessDenied"; "" for connection errors
+
+
+class NotSetUpError(UsageError):
+    """A queue, table or bucket the command needs does not exist (`cloudkon setup`)."""
+
+
+class CredentialsError(UsageError):
+    """boto3 found no AWS credentials, or no region to use."""

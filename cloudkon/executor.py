@@ -109,6 +109,8 @@ class Executor:
                     f"cloudkon: could not start {SHELL}: {exc}")
         with self._lock:
             self._running[proc.pid] = proc
+        if self._cancelled.is_set():  # cancel() came while it started, and missed it
+            _kill_group(proc, signal.SIGKILL)
         try:
             stdout, stderr, timed_out = self._wait(proc)
         finally:
@@ -117,8 +119,9 @@ class Executor:
         end = time.time()
         code = proc.returncode
         sig = None
-        if code < 0:
+        if code < 0:  # ended by a signal: no exit status, the signal says what happened
             sig = _signal_name(-code)
+            code = None
         if timed_out:
             status = TIMED_OUT
         elif self._cancelled.is_set() and code != 0:
@@ -153,9 +156,10 @@ class Executor:
                     if limit is not None:
                         wait = min(wait, max(limit - now, 0.0))
                 events = sel.select(wait)
-                if not events and proc.poll() is not None:
+                if not events and kill_at is None and proc.poll() is not None:
                     # The shell has exited but something it started holds the pipes open:
-                    # keep what was read, do not wait for that background process.
+                    # keep what was read, do not wait for that background process (after
+                    # a timeout, it gets the grace period, then the SIGKILL).
                     break
                 for key, _ in events:
                     chunk = os.read(key.fd, _READ_CHUNK)
@@ -180,6 +184,10 @@ class Executor:
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _kill_group(proc, signal.SIGKILL)
+        if timed_out:
+            # The shell is gone; what it started may still live (ignoring SIGTERM, or
+            # holding the pipes open): a timed-out task ends with its whole group.
+            _kill_group(proc, signal.SIGKILL)
         out, err = tails.values()
         return out, err, timed_out
 

@@ -27,8 +27,83 @@ DEFAULT_TASK_TIMEOUT = 3600.0
 # (as `timeout --kill-after`).
 KILL_GRACE_SECONDS = 2.0
 
+# The most worker threads `cloudkon run` starts: each is an OS thread with its own stack,
+# and a few thousand already keep thousands of `sleep` tasks in flight.
+MAX_LOCAL_WORKERS = 4096
+
 # How many bad lines are printed one by one before the rest are only counted.
 MAX_REPORTED_BAD_LINES = 20
 
 # The first bytes of a workload that are inspected to tell text from binary data.
 BINARY_SNIFF_BYTES = 65536
+
+# --- AWS: the remote flavour ---------------------------------------------------------------
+# Service quotas as documented by AWS (SQS Developer Guide, "Amazon SQS quotas"; DynamoDB
+# Developer Guide, "Service, account, and table quotas").
+
+# Entries in one SendMessageBatch / DeleteMessageBatch / ChangeMessageVisibilityBatch call,
+# and the most messages one ReceiveMessage returns (MaxNumberOfMessages).
+SQS_MAX_BATCH = 10
+
+# The largest message, and the largest batch in total, SQS accepts since August 2025: 1 MiB.
+# A queue's MaximumMessageSize still defaults to 256 KiB; `cloudkon setup` raises it to this.
+SQS_MAX_MESSAGE_BYTES = 1048576
+SQS_MAX_BATCH_BYTES = 1048576
+
+# What a queue created elsewhere accepts unless told otherwise (the MaximumMessageSize
+# default). Results messages stay under it, so they fit any queue they are sent to.
+SQS_DEFAULT_MAX_MESSAGE_BYTES = 262144
+
+# The longest long poll: ReceiveMessage WaitTimeSeconds is 0 to 20.
+SQS_LONG_POLL_SECONDS = 20
+
+# The longest visibility timeout, 12 hours, counted from the message's first receive:
+# heartbeats cannot keep one message invisible for longer than that.
+SQS_MAX_VISIBILITY_SECONDS = 43200
+
+# The longest a queue keeps a message (MessageRetentionPeriod maximum, 14 days). The
+# dead-letter queue keeps its messages that long, and a COMPLETED lease is kept as long, so
+# that any late duplicate of a bundle is still recognised.
+SQS_MAX_RETENTION_SECONDS = 1209600
+
+# A DynamoDB item is at most 400 KB, attribute names and values included.
+DYNAMODB_MAX_ITEM_BYTES = 400 * 1024
+
+# Of that, what a lease item may spend on the packed results of its bundle; the rest is
+# room for the key, owner, status and times. Results that do not fit get their output tails
+# cut (codec.pack_results).
+LEASE_RESULTS_MAX_BYTES = 360 * 1024
+
+# The worker's visibility timeout and lease, in seconds: how long a bundle of a worker that
+# died stays invisible before another worker may take it over. A heartbeat renews both
+# every third of it, so a task may run for as long as it needs (up to the 12 hours above).
+DEFAULT_VISIBILITY_SECONDS = 60
+HEARTBEATS_PER_VISIBILITY = 3
+
+# How often SQS may deliver a message before redrive moves it to the dead-letter queue.
+# A bundle is received again after a crash, a give-back at shutdown, or while another
+# worker holds its lease; ten leaves room for those, and stops a message that kills every
+# worker that takes it.
+DEFAULT_MAX_RECEIVE_COUNT = 10
+
+# After SIGTERM, how long running tasks may take to finish. An EC2 spot interruption
+# notice comes two minutes ahead; 110 s leaves ten for giving work back and exiting.
+DEFAULT_DRAIN_SECONDS = 110.0
+
+# How often the worker logs its liveness line with counts.
+DEFAULT_LIVENESS_SECONDS = 60.0
+
+# Attempts at one AWS call that fails with throttling, a 5xx or a dropped connection, and
+# the cap of the exponential backoff between them (seconds, full jitter). Eight attempts
+# ride out about a minute of trouble before the caller is told.
+AWS_MAX_ATTEMPTS = 8
+AWS_BACKOFF_BASE_SECONDS = 0.2
+AWS_BACKOFF_MAX_SECONDS = 20.0
+
+# Connection and read time-outs of AWS calls. The read time-out must exceed the long poll.
+AWS_CONNECT_TIMEOUT_SECONDS = 5
+AWS_READ_TIMEOUT_SECONDS = SQS_LONG_POLL_SECONDS + 10
+
+# The most tasks one bundle message may carry. Its results must fit one lease item (above)
+# even with their output cut away: a few bytes each, packed, so ten thousand leave room.
+MAX_BUNDLE_TASKS = 10000

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import IO
 
-from cloudkon.errors import UsageError
+from cloudkon.errors import OutputError, UsageError
 from cloudkon.model import ResultBundle
 
 
@@ -31,10 +31,17 @@ class ResultsWriter:
 
     def write(self, bundle: ResultBundle) -> None:
         dumps = json.dumps
-        self._file.write("".join(dumps(rec, ensure_ascii=False) + "\n" for rec in bundle.records()))
+        text = "".join(dumps(rec, ensure_ascii=False) + "\n" for rec in bundle.records())
+        try:
+            self._file.write(text)
+        except OSError as exc:
+            raise OutputError(f"--output {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        if self._file is sys.stdout:
-            self._file.flush()
-        else:
-            self._file.close()
+        try:
+            if self._file is sys.stdout:
+                self._file.flush()
+            else:
+                self._file.close()
+        except OSError as exc:
+            raise OutputError(f"--output {self.path}: {exc.strerror or exc}") from None

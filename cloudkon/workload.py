@@ -26,7 +26,7 @@ from cloudkon.model import Bundle, Task
 log = logging.getLogger(__name__)
 
 SLEEP = "sleep"
-_DECIMAL = re.compile(r"\d+(\.\d+)?")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII digits only: not "sleep ٣"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -92,6 +92,9 @@ class Workload:
         self.sleep_tasks = 0
         self.sleep_ms = 0.0
         self.bad_lines = 0
+        # Lines a block's decoding found bad, by number: reported when the reader reaches
+        # them, so that bad lines are reported in line order.
+        self._undecodable: dict[int, str] = {}
 
     def check(self) -> None:
         """Raise WorkloadError unless the file exists, is a readable file and is text."""
@@ -136,6 +139,7 @@ class Workload:
         """
         self.tasks = self.sleep_tasks = self.bad_lines = 0
         self.sleep_ms = 0.0
+        undecodable = self._undecodable = {}
         cache_get = SLEEP_CACHE.get
         tasks: list[tuple[int, str]] = []
         append = tasks.append
@@ -147,6 +151,8 @@ class Workload:
                 n += 1
                 s = text.strip()
                 if not s or s[0] == "#":
+                    if undecodable and n in undecodable:
+                        self._bad(n, undecodable.pop(n))
                     continue
                 ms = cache_get(s)
                 if ms is None:
@@ -237,7 +243,7 @@ class Workload:
                     skipping = True
 
     def _decode(self, first: int, body: bytes, raws: list[bytes]) -> list[str]:
-        """The lines of ``body`` as text; bad lines reported and replaced by ''."""
+        """The lines of ``body`` as text; bad lines replaced by '' and kept for reporting."""
         limit = self.max_line_bytes
         if max(map(len, raws)) <= limit and b"\0" not in body:
             try:
@@ -245,17 +251,18 @@ class Workload:
             except UnicodeDecodeError:
                 pass
         lines = []
+        bad = self._undecodable
         for n, raw in enumerate(raws, first):
             if len(raw.rstrip(b"\r")) > limit:
-                self._bad(n, f"longer than {limit} bytes")
+                bad[n] = f"longer than {limit} bytes"
             elif b"\0" in raw:
-                self._bad(n, "contains a NUL byte")
+                bad[n] = "contains a NUL byte"
             else:
                 try:
                     lines.append(raw.decode("utf-8"))
                     continue
                 except UnicodeDecodeError as exc:
-                    self._bad(n, f"is not valid UTF-8 (byte {exc.start + 1})")
+                    bad[n] = f"is not valid UTF-8 (byte {exc.start + 1})"
             lines.append("")
         return lines
 

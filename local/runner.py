@@ -9,6 +9,7 @@ starts, and what finished is summarised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -71,8 +72,7 @@ class LocalRunner:
             self._restore_signal_handlers(handlers)
             self._stop.set()
             self.executor.cancel()
-            for t in threads:
-                t.join()
+            self._join(threads)
         self.summary.wall_seconds = time.monotonic() - started
         self._take_workload_counts()
         if self._errors:
@@ -141,6 +141,16 @@ class LocalRunner:
             add(item)
             if on_results is not None:
                 on_results(item)
+
+    def _join(self, threads: list[threading.Thread]) -> None:
+        """Wait for the threads, draining the output queue so no worker stays blocked on it
+        (the collector may have left early, e.g. when the results file failed)."""
+        for t in threads:
+            while t.is_alive():
+                t.join(_POLL_SECONDS)
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        self._outq.get_nowait()
 
     def _put(self, q: queue.Queue, item) -> bool:
         """Put, waiting for room; False if the run is stopping instead."""

@@ -1,0 +1,305 @@
+"""`cloudkon run` end to end, as a user meets it: a real process, its exit code, what it
+prints, the results file, Ctrl-C and SIGTERM, the progress bar."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
+
+import pytest
+
+DEADLINE_SECONDS = 30  # generous: only there to end a hang
+RECORD_FIELDS = {"task_id", "line", "command", "status", "exit_code", "signal", "start", "end",
+                 "duration", "stdout", "stderr", "worker"}
+
+
+def records(path) -> dict[int, dict]:
+    """The results file as records by line number."""
+    with open(path, encoding="utf-8") as f:
+        return {rec["line"]: rec for rec in map(json.loads, f)}
+
+
+# Exit codes and the summary
+
+
+def test_every_task_succeeding_exits_0(cloudkon, write_workload):
+    path = write_workload("sleep 5\necho hello\n# done\ntrue\n")
+
+    proc = cloudkon("run", path, "--workers", "2")
+
+    assert proc.returncode == 0, proc.stderr
+    assert "finished" in proc.stdout
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(("task", "options", "shown_as"), [
+    ("exit 3", [], "failed"),
+    ("/bin/sleep 30", ["--task-timeout", "0.5"], "timed out"),
+])
+def test_failed_or_timed_out_task_exits_1_and_the_summary_names_its_line(
+        cloudkon, write_workload, task, options, shown_as):
+    path = write_workload(f"echo first\n{task}\nsleep 1\n")
+
+    proc = cloudkon("run", path, "--workers", "2", *options)
+
+    assert proc.returncode == 1, proc.stderr
+    assert f"{shown_as}: line 2: {task}" in proc.stdout
+
+
+def test_task_timeout_makes_a_long_task_timed_out(cloudkon, write_workload, tmp_path):
+    path = write_workload("/bin/sleep 30\necho quick\n")
+    out = tmp_path / "results.jsonl"
+
+    proc = cloudkon("run", path, "--task-timeout", "0.5", "--output", out, "--json")
+
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["timed_out"] == 1
+    by_line = records(out)
+    assert by_line[1]["status"] == "timed_out"
+    assert by_line[2]["status"] == "succeeded"
+
+
+# Bad input: one line, exit 2, no traceback
+
+
+def _binary() -> bytes:
+    return bytes(range(256)) * 16
+
+
+@pytest.mark.parametrize(("setup", "args", "names_the_path"), [
+    pytest.param(None, ["missing.txt"], True, id="missing-file"),
+    pytest.param("mkdir", ["jobs"], True, id="directory"),
+    pytest.param(b"", ["w.txt"], True, id="empty-file"),
+    pytest.param(b"# only\n\n# comments\n", ["w.txt"], True, id="comments-only"),
+    pytest.param(_binary(), ["w.txt"], True, id="binary-file"),
+    pytest.param(b"sleep 0\n", ["w.txt", "--workers", "0"], False, id="workers-0"),
+    pytest.param(b"sleep 0\n", ["w.txt", "--workers", "-3"], False, id="workers-negative"),
+    pytest.param(b"sleep 0\n", ["w.txt", "--no-such-option"], False, id="unknown-option"),
+    pytest.param(b"sleep 0\n", ["w.txt", "--output", "no/such/folder/r.jsonl"], False,
+                 id="missing-output-folder"),
+])
+def test_bad_input_exits_2_with_one_error_line_and_no_traceback(
+        cloudkon, write_workload, tmp_path, setup, args, names_the_path):
+    if setup == "mkdir":
+        (tmp_path / args[0]).mkdir()
+    elif setup is not None:
+        write_workload(setup, name="w.txt")
+
+    proc = cloudkon("run", *args)
+
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("cloudkon: error:")
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    if names_the_path:
+        assert args[0] in proc.stderr
+
+
+def test_comments_only_file_exits_2_under_strict_too(cloudkon, write_workload):
+    path = write_workload("# nothing to do\n")
+
+    proc = cloudkon("run", path, "--strict")
+
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("cloudkon: error:") and len(proc.stderr.splitlines()) == 1
+
+
+def _with_bad_middle_line(tmp_path, write_workload):
+    made = [tmp_path / f"made-{n}" for n in (1, 2, 3, 4)]
+    content = (f"touch {made[0]}\ntouch {made[1]}\n".encode() + b"echo caf\xe9\n"
+               + f"touch {made[2]}\ntouch {made[3]}\n".encode())
+    return write_workload(content), made
+
+
+def test_bad_line_is_reported_with_file_and_line_and_the_rest_runs(
+        cloudkon, write_workload, tmp_path):
+    path, made = _with_bad_middle_line(tmp_path, write_workload)
+
+    proc = cloudkon("run", path, "--workers", "2")
+
+    assert proc.returncode == 1
+    assert f"{path}:3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert all(p.exists() for p in made)
+
+
+def test_bad_line_with_strict_exits_2_and_runs_nothing(cloudkon, write_workload, tmp_path):
+    path, made = _with_bad_middle_line(tmp_path, write_workload)
+
+    proc = cloudkon("run", path, "--workers", "2", "--strict")
+
+    assert proc.returncode == 2
+    assert f"{path}:3" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("cloudkon: error:")
+    assert "Traceback" not in proc.stderr
+    assert not any(p.exists() for p in made)
+
+
+# What a run writes
+
+
+def test_output_writes_one_record_per_task_with_ids_from_the_job_id(
+        cloudkon, write_workload, tmp_path):
+    path = write_workload("# results\necho out; echo err >&2\nexit 4\nsleep 5\nkill -KILL $$\n")
+    out = tmp_path / "results.jsonl"
+
+    proc = cloudkon("run", path, "--job-id", "nightly", "--output", out, "--workers", "2")
+
+    assert proc.returncode == 1, proc.stderr
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4
+    by_line = records(out)
+    assert sorted(by_line) == [2, 3, 4, 5]
+    for n, rec in by_line.items():
+        assert RECORD_FIELDS <= set(rec)
+        assert rec["task_id"] == f"nightly:{n}"
+        assert rec["end"] >= rec["start"] and rec["duration"] >= 0
+        assert rec["worker"]
+    assert by_line[2]["command"] == "echo out; echo err >&2"
+    assert (by_line[2]["status"], by_line[2]["exit_code"]) == ("succeeded", 0)
+    assert (by_line[2]["stdout"], by_line[2]["stderr"]) == ("out\n", "err\n")
+    assert (by_line[3]["status"], by_line[3]["exit_code"]) == ("failed", 4)
+    assert by_line[4]["status"] == "succeeded" and by_line[4]["duration"] >= 0.004
+    assert (by_line[5]["status"], by_line[5]["signal"]) == ("failed", "SIGKILL")
+
+
+def test_task_ids_are_the_same_when_the_same_workload_runs_again(
+        cloudkon, write_workload, tmp_path):
+    path = write_workload("echo a\n# b\nsleep 3\n\necho c\n")
+    ids = []
+    for attempt in (1, 2):
+        out = tmp_path / f"results-{attempt}.jsonl"
+        assert cloudkon("run", path, "--job-id", "retry", "--output", out).returncode == 0
+        ids.append({rec["task_id"]: rec["command"] for rec in records(out).values()})
+
+    assert ids[0] == ids[1] == {"retry:1": "echo a", "retry:3": "sleep 3", "retry:5": "echo c"}
+
+
+def test_json_prints_the_summary_as_one_object(cloudkon, write_workload):
+    path = write_workload("sleep 20\n" * 8)
+
+    proc = cloudkon("run", path, "--json", "--workers", "4")
+
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # the whole of stdout is one object
+    assert (summary["tasks"], summary["succeeded"], summary["failed"],
+            summary["timed_out"]) == (8, 8, 0, 0)
+    assert summary["wall_seconds"] > 0
+    assert summary["tasks_per_second"] > 0
+    assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
+    assert summary["latency_ms"]["p50"] >= 20
+    assert 0 < summary["efficiency"] <= 1
+
+
+def test_json_efficiency_is_null_for_shell_tasks(cloudkon, write_workload):
+    proc = cloudkon("run", write_workload("true\nsleep 10\n"), "--json")
+
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["efficiency"] is None
+
+
+def test_100000_tasks_all_run_once(cloudkon, write_workload, tmp_path):
+    lines = [("true" if n % 500 == 0 else "sleep 0") for n in range(1, 100_001)]  # 200 shell
+    path = write_workload("\n".join(lines) + "\n")
+    out = tmp_path / "results.jsonl"
+
+    proc = cloudkon("run", path, "--workers", "4", "--output", out, "--json",
+                    "--job-id", "big")
+
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["tasks"] == summary["succeeded"] == 100_000
+    ids = set()
+    with open(out, encoding="utf-8") as f:
+        for rec in map(json.loads, f):
+            assert rec["status"] == "succeeded"
+            ids.add(rec["task_id"])
+    assert ids == {f"big:{n}" for n in range(1, 100_001)}
+
+
+# Ctrl-C and SIGTERM
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_the_run_prints_an_interrupted_summary_and_ends_every_task(
+        start_cloudkon, write_workload, tmp_path, wait_until, process_gone, sig, code):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # Each task records the pid of its `sleep` (written whole, then renamed) and waits on it.
+    task = (f"/bin/sleep 30 & echo $! > {pids}/$CLOUDKON_LINE.tmp"
+            f" && mv {pids}/$CLOUDKON_LINE.tmp {pids}/$CLOUDKON_LINE; wait")
+    path = write_workload(f"{task}\n" * 20)
+    proc = start_cloudkon("run", path, "--workers", "4", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(list(pids.glob("[0-9]*"))) >= 4, what="4 tasks running")
+
+    proc.send_signal(sig)
+    stdout, _ = proc.communicate(timeout=DEADLINE_SECONDS)
+
+    assert proc.returncode == code
+    assert "interrupted" in stdout
+    started = [int(p.read_text()) for p in pids.glob("[0-9]*")]
+    assert len(started) < 20  # the run stopped: not every task started
+    for pid in started:
+        wait_until(lambda pid=pid: process_gone(pid), what=f"task process {pid} gone")
+
+
+# The progress bar
+
+
+def test_progress_bar_shows_on_a_terminal_with_the_total(start_cloudkon, write_workload):
+    path = write_workload("sleep 1\n" * 37)
+    master, slave = pty.openpty()
+    # A terminal has a size; a fresh pseudo-terminal reports 0x0, where tqdm draws nothing.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        proc = start_cloudkon("run", path, "--workers", "2", stdout=subprocess.DEVNULL,
+                              stderr=slave)
+        os.close(slave)
+        shown = _read_until_closed(master, proc)
+    finally:
+        os.close(master)
+
+    assert proc.wait(DEADLINE_SECONDS) == 0
+    assert "37/37" in shown
+
+
+def _read_until_closed(fd: int, proc: subprocess.Popen) -> str:
+    """Everything written to a pseudo-terminal until the other side has closed it."""
+    chunks = []
+    deadline = time.monotonic() + DEADLINE_SECONDS * 2
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # every slave end closed
+                break
+            raise
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_no_progress_output_when_stderr_is_a_pipe(cloudkon, write_workload):
+    proc = cloudkon("run", write_workload("sleep 1\n" * 37), "--workers", "2")
+
+    assert proc.returncode == 0
+    assert proc.stderr == ""

@@ -1,0 +1,155 @@
+"""The end-of-run summary: latency percentiles, counts, success, efficiency, its renderings."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, ResultBundle
+from cloudkon.summary import Histogram, Summary
+
+QUANTILES = (0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999)
+
+
+def exact_quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param([i / 1000 for i in range(1, 10_001)], id="uniform-1ms-to-10s"),
+    pytest.param([random.Random(7).lognormvariate(-6, 2) for _ in range(50_000)], id="lognormal"),
+    pytest.param([0.003] * 900 + [2.5] * 100, id="two-values"),
+])
+def test_histogram_quantiles_are_within_one_percent_of_exact(values):
+    histogram = Histogram()
+    for start in range(0, len(values), 256):  # in bundles, as results arrive
+        histogram.add_many(values[start:start + 256])
+
+    for q in QUANTILES:
+        exact = exact_quantile(values, q)
+        assert histogram.quantile(q) == pytest.approx(exact, rel=0.01), q
+
+
+def test_histogram_of_one_value_reports_that_value():
+    histogram = Histogram()
+    histogram.add_many([0.0421])
+
+    assert [histogram.quantile(q) for q in (0.5, 0.99)] == [0.0421, 0.0421]
+
+
+def test_empty_histogram_has_no_quantiles():
+    assert Histogram().quantile(0.5) is None
+
+
+def result(line: int, status: str, start: float = 100.0, end: float = 100.01,
+           command: str = "true") -> tuple:
+    code = {SUCCEEDED: 0, FAILED: 1}.get(status)
+    return (line, command, status, code, None, start, end, "", "")
+
+
+def summary_of(results: list[tuple], tasks_read: int | None = None, workers: int = 2,
+               wall_seconds: float = 1.0, **workload) -> Summary:
+    summary = Summary("job-1", workers)
+    summary.add(ResultBundle("job-1", 0, results, sent_at=100.0, worker="local-0"))
+    summary.tasks_read = len(results) if tasks_read is None else tasks_read
+    summary.wall_seconds = wall_seconds
+    for name, value in workload.items():
+        setattr(summary, name, value)
+    return summary
+
+
+def test_summary_counts_each_status():
+    summary = summary_of([result(1, SUCCEEDED), result(2, FAILED), result(3, TIMED_OUT),
+                          result(4, CANCELLED), result(5, SUCCEEDED)])
+
+    d = summary.to_dict()
+    assert (d["tasks"], d["done"], d["succeeded"], d["failed"], d["timed_out"],
+            d["cancelled"], d["not_run"]) == (5, 4, 2, 1, 1, 1, 0)
+
+
+def test_summary_is_ok_only_when_every_task_succeeded():
+    assert summary_of([result(1, SUCCEEDED), result(2, SUCCEEDED)]).ok
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"results": [result(1, SUCCEEDED), result(2, FAILED)]}, id="a-task-failed"),
+    pytest.param({"results": [result(1, SUCCEEDED), result(2, TIMED_OUT)]}, id="a-task-timed-out"),
+    pytest.param({"tasks_read": 3}, id="a-task-never-ran"),
+    pytest.param({"bad_lines": 1}, id="a-line-was-bad"),
+    pytest.param({"interrupted": True}, id="interrupted"),
+])
+def test_summary_is_not_ok_when_anything_went_wrong(change):
+    change = dict(change)
+    results = change.pop("results", [result(1, SUCCEEDED), result(2, SUCCEEDED)])
+
+    assert not summary_of(results, **change).ok
+
+
+def test_efficiency_of_an_all_sleep_workload_is_ideal_over_actual_time():
+    # 4 tasks of 100 ms on 2 workers: ideal 0.2 s; the run took 0.25 s.
+    summary = summary_of([result(n, SUCCEEDED) for n in range(1, 5)], workers=2,
+                         wall_seconds=0.25, sleep_tasks=4, sleep_ms=400.0)
+
+    assert summary.efficiency() == pytest.approx(0.8)
+    assert summary.to_dict()["efficiency"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("workload", [
+    pytest.param({"sleep_tasks": 3, "sleep_ms": 300.0}, id="not-all-sleep"),
+    pytest.param({"sleep_tasks": 4, "sleep_ms": 0.0}, id="all-sleep-0"),
+    pytest.param({"sleep_tasks": 0, "sleep_ms": 0.0}, id="all-shell"),
+    pytest.param({"sleep_tasks": 4, "sleep_ms": 400.0, "interrupted": True}, id="interrupted"),
+])
+def test_efficiency_is_none_unless_an_all_sleep_workload_with_time_to_sleep(workload):
+    summary = summary_of([result(n, SUCCEEDED) for n in range(1, 5)], **workload)
+
+    assert summary.efficiency() is None
+    assert summary.to_dict()["efficiency"] is None
+
+
+def test_to_dict_reports_counts_throughput_and_latency():
+    results = [result(n, SUCCEEDED, start=100.0, end=100.0 + n / 1000) for n in range(1, 101)]
+    summary = summary_of(results, workers=4, wall_seconds=2.0, sleep_tasks=100,
+                         sleep_ms=1000.0)
+
+    d = summary.to_dict()
+
+    assert d["job_id"] == "job-1" and d["workers"] == 4
+    assert (d["tasks"], d["succeeded"], d["failed"], d["timed_out"]) == (100, 100, 0, 0)
+    assert d["wall_seconds"] == 2.0
+    assert d["tasks_per_second"] == 50.0
+    assert set(d["latency_ms"]) == {"p50", "p95", "p99"}
+    # Latency runs from the bundle entering the queue (100.0) to each task's end.
+    assert d["latency_ms"]["p50"] == pytest.approx(50, rel=0.01)
+    assert d["latency_ms"]["p95"] == pytest.approx(95, rel=0.01)
+    assert d["latency_ms"]["p99"] == pytest.approx(99, rel=0.01)
+    assert d["efficiency"] == pytest.approx(1000 / 1000 / 4 / 2.0)
+    assert d["interrupted"] is False and d["bad_lines"] == 0
+
+
+def test_to_text_names_the_failed_and_timed_out_lines():
+    summary = summary_of([result(1, SUCCEEDED), result(7, FAILED, command="ls /nowhere"),
+                          result(9, TIMED_OUT, command="/bin/sleep 99")])
+
+    text = summary.to_text()
+
+    assert "line 7" in text and "ls /nowhere" in text
+    assert "line 9" in text and "/bin/sleep 99" in text
+    assert "line 1:" not in text
+
+
+def test_to_text_says_when_the_run_was_interrupted():
+    assert "interrupted" in summary_of([result(1, CANCELLED)], interrupted=True).to_text()
+    assert "interrupted" not in summary_of([result(1, SUCCEEDED)]).to_text()
+
+
+def test_to_text_counts_failures_beyond_those_it_lists():
+    summary = summary_of([result(n, FAILED) for n in range(1, 26)])
+
+    text = summary.to_text()
+
+    assert "line 10:" in text and "line 11:" not in text
+    assert "15 more" in text

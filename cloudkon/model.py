@@ -11,7 +11,7 @@ hundreds); ``Result._make(t)`` gives the named view where it is wanted.
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from typing import NamedTuple
 
@@ -30,7 +30,7 @@ def task_id(job_id: str, line: int) -> str:
 
 def new_job_id(prefix: str = "job") -> str:
     """A fresh job id: readable, sortable by time, unique enough to never collide."""
-    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
 
 
 class Task(NamedTuple):

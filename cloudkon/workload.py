@@ -17,6 +17,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 from typing import NamedTuple
 
 from cloudkon.errors import WorkloadError
@@ -69,7 +70,9 @@ def sleep_ms(command: str) -> float | None:
 # Workloads repeat their sleep lines ("sleep 0" a million times): parse each once.
 SLEEP_CACHE: dict[str, float] = {}
 SLEEP_CACHE_SIZE = 4096
-_CHUNK_BYTES = 1 << 20
+# Bytes read at a time: large enough that per-block work vanishes, small enough that a
+# block's line strings (about 32,000 of `sleep 0`) stay a few MB.
+BLOCK_BYTES = 1 << 18
 
 
 class Workload:
@@ -84,8 +87,12 @@ class Workload:
         path: str,
         on_bad_line: Callable[[BadLine], None] | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
+        opener: Callable[[], BinaryIO] | None = None,
     ) -> None:
+        """``path`` names the workload in messages; ``opener``, if given, opens it as a binary
+        stream (an S3 object's body, say) instead of the local file at ``path``."""
         self.path = path
+        self._opener = opener
         self.on_bad_line = on_bad_line
         self.max_line_bytes = max_line_bytes
         self.tasks = 0
@@ -97,17 +104,18 @@ class Workload:
         self._undecodable: dict[int, str] = {}
 
     def check(self) -> None:
-        """Raise WorkloadError unless the file exists, is a readable file and is text."""
+        """Raise WorkloadError unless the workload exists, is a readable file and is text."""
+        if self._opener is None:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                raise WorkloadError(self.path, "no such file") from None
+            except OSError as exc:
+                raise WorkloadError(self.path, exc.strerror or str(exc)) from None
+            if stat.S_ISDIR(st.st_mode):
+                raise WorkloadError(self.path, "is a directory, not a workload file")
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise WorkloadError(self.path, "no such file") from None
-        except OSError as exc:
-            raise WorkloadError(self.path, exc.strerror or str(exc)) from None
-        if stat.S_ISDIR(st.st_mode):
-            raise WorkloadError(self.path, "is a directory, not a workload file")
-        try:
-            with open(self.path, "rb") as f:
+            with self._open() as f:
                 sample = f.read(BINARY_SNIFF_BYTES)
                 at_end = not f.read(1)
         except OSError as exc:
@@ -119,6 +127,11 @@ class Workload:
                 self.path,
                 "is not a text workload (binary data); a workload is UTF-8 text, one task per line",
             )
+
+    def _open(self) -> BinaryIO:
+        if self._opener is not None:
+            return self._opener()
+        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
 
     def __iter__(self) -> Iterator[Task]:
         """Yield the tasks of the file in order, as (line, command) tuples."""
@@ -197,7 +210,7 @@ class Workload:
         """
         limit = self.max_line_bytes
         try:
-            f = open(self.path, "rb")
+            f = self._open()
         except OSError as exc:
             raise WorkloadError(self.path, exc.strerror or str(exc)) from None
         with f:
@@ -207,7 +220,7 @@ class Workload:
             first = True
             while True:
                 try:
-                    block = f.read(_CHUNK_BYTES)
+                    block = f.read(BLOCK_BYTES)
                 except OSError as exc:
                     raise WorkloadError(self.path, f"line {done + 1}: {exc.strerror or exc}") from None
                 if first:
@@ -218,7 +231,7 @@ class Workload:
                     if skipping:
                         self._bad(done + 1, f"longer than {limit} bytes")
                     elif carry:
-                        yield done + 1, self._decode(done + 1, carry, [carry])
+                        yield done + 1, self._decode(done + 1, carry)
                     return
                 if skipping:
                     nl = block.find(b"\n")
@@ -234,22 +247,29 @@ class Workload:
                     carry = data
                 else:
                     carry = data[cut + 1:]
-                    body = data[:cut]
-                    raws = body.split(b"\n")
-                    yield done + 1, self._decode(done + 1, body, raws)
-                    done += len(raws)
+                    lines = self._decode(done + 1, data[:cut])
+                    yield done + 1, lines
+                    done += len(lines)
                 if len(carry) > limit + 1:  # +1: room for a "\r" that is not counted
                     carry = b""
                     skipping = True
 
-    def _decode(self, first: int, body: bytes, raws: list[bytes]) -> list[str]:
+    def _decode(self, first: int, body: bytes) -> list[str]:
         """The lines of ``body`` as text; bad lines replaced by '' and kept for reporting."""
         limit = self.max_line_bytes
-        if max(map(len, raws)) <= limit and b"\0" not in body:
+        if b"\0" not in body:
             try:
-                return body.decode("utf-8").split("\n")
+                lines = body.decode("utf-8").split("\n")
             except UnicodeDecodeError:
                 pass
+            else:
+                # A line of L characters has at most 4 L bytes: measure only the suspects.
+                if len(body) <= limit or all(
+                    len(line.rstrip("\r").encode()) <= limit
+                    for line in lines if 4 * len(line) > limit
+                ):
+                    return lines
+        raws = body.split(b"\n")
         lines = []
         bad = self._undecodable
         for n, raw in enumerate(raws, first):

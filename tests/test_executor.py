@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -183,14 +182,14 @@ def test_cancel_ends_a_running_task(tmp_path, wait_until, command):
 @pytest.mark.timeout(60)
 def test_cancel_while_a_task_is_being_started_still_ends_it(monkeypatch):
     executor = Executor(None)
-    real_popen = subprocess.Popen
+    real_spawn = cloudkon.executor._spawn
 
-    def popen_then_cancel(*args, **kwargs):
-        proc = real_popen(*args, **kwargs)
+    def spawn_then_cancel(*args, **kwargs):
+        started = real_spawn(*args, **kwargs)
         executor.cancel()  # lands after the task was started, before it is tracked
-        return proc
+        return started
 
-    monkeypatch.setattr(cloudkon.executor.subprocess, "Popen", popen_then_cancel)
+    monkeypatch.setattr(cloudkon.executor, "_spawn", spawn_then_cancel)
     started = time.monotonic()
 
     result = Result._make(executor.run("job", 1, "/bin/sleep 30"))

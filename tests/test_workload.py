@@ -10,9 +10,9 @@ import zlib
 import pytest
 
 from cloudkon.errors import WorkloadError
-from cloudkon.workload import Workload, sleep_ms
+from cloudkon.workload import BLOCK_BYTES, Workload, sleep_ms
 
-BLOCK = 1 << 20  # the reader takes the file a MiB at a time; lines may straddle blocks
+BLOCK = BLOCK_BYTES  # the reader takes the file a block at a time; lines may straddle blocks
 
 
 def read(path, **kwargs):

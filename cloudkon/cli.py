@@ -229,3 +229,311 @@ def _tqdm_logging():
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     return logging_redirect_tqdm(loggers=[logging.getLogger()])
+
+
+# --- The remote flavour: AWS resources and the worker daemon --------------------------------
+# boto3 is imported inside these commands only, so that `cloudkon run` starts fast.
+
+from cloudkon.limits import (  # noqa: E402 - this section's own, kept with it
+    DEFAULT_DRAIN_SECONDS,
+    DEFAULT_LIVENESS_SECONDS,
+    DEFAULT_VISIBILITY_SECONDS,
+    SQS_LONG_POLL_SECONDS,
+    SQS_MAX_VISIBILITY_SECONDS,
+)
+
+
+def _aws_options(prefix_required: bool = False):
+    """--prefix, --region and --endpoint-url, with their environment variables."""
+
+    def decorate(f):
+        f = click.option("--endpoint-url", metavar="URL", default=None,
+                         help="Send AWS calls here (a moto server, LocalStack). Default: boto3's"
+                              " own setting (AWS_ENDPOINT_URL, the profile).")(f)
+        f = click.option("--region", envvar=["AWS_REGION", "AWS_DEFAULT_REGION"], default=None,
+                         help="AWS region [env: AWS_REGION, AWS_DEFAULT_REGION]. Default: the"
+                              " profile's.")(f)
+        # No default= at all when required: click counts an explicit None as given.
+        default = {} if prefix_required else {"default": None, "show_default": "cloudkon"}
+        f = click.option("--prefix", envvar="CLOUDKON_PREFIX", required=prefix_required,
+                         **default, help="Names every AWS resource: PREFIX-input, PREFIX-input-dlq,"
+                              " PREFIX-output, PREFIX-leases, PREFIX-workloads-ACCOUNT"
+                              " [env: CLOUDKON_PREFIX].")(f)
+        return f
+
+    return decorate
+
+
+def _aws_config(prefix: str | None, region: str | None, endpoint_url: str | None,
+                bucket_suffix: str | None = None):
+    from cloudkon.config import DEFAULT_PREFIX, AwsConfig
+
+    return AwsConfig(prefix=prefix or DEFAULT_PREFIX, region=region or None,
+                     endpoint_url=endpoint_url or None, bucket_suffix=bucket_suffix or None)
+
+
+_BUCKET_SUFFIX = click.option(
+    "--bucket-suffix", metavar="SUFFIX", default=None,
+    help="Ends the workload bucket's name (S3 names are global). Default: the account id.")
+
+
+@cli.command("setup")
+@_aws_options()
+@_BUCKET_SUFFIX
+@click.option("--visibility-timeout", type=click.IntRange(1, SQS_MAX_VISIBILITY_SECONDS),
+              default=DEFAULT_VISIBILITY_SECONDS, show_default=True, metavar="SECONDS",
+              help="The input queue's default visibility timeout.")
+def setup_command(prefix: str | None, region: str | None, endpoint_url: str | None,
+                  bucket_suffix: str | None, visibility_timeout: int) -> int:
+    """Create the AWS resources of PREFIX: queues, lease table, workload bucket.
+
+    Creates only what is missing and sets the attributes of what exists, so running it
+    again is harmless. Prints each resource and what was done to it.
+    """
+    from worker.resources import setup
+
+    config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
+    for resource in setup(config, visibility_timeout):
+        click.echo(str(resource))
+    return EXIT_OK
+
+
+@cli.command("teardown")
+@_aws_options(prefix_required=True)
+@_BUCKET_SUFFIX
+def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
+                     bucket_suffix: str | None) -> int:
+    """Delete the AWS resources of PREFIX, and the objects in its bucket.
+
+    Messages still in the queues are lost. Resources already gone are reported as absent.
+    """
+    from worker.resources import teardown
+
+    config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
+    for resource in teardown(config):
+        click.echo(str(resource))
+    return EXIT_OK
+
+
+@cli.command("worker")
+@_aws_options()
+@click.option("-t", "--threads", type=click.IntRange(1, 1024), default=lambda: os.cpu_count() or 1,
+              show_default="number of CPUs", help="Bundles run at the same time.")
+@click.option("--no-create", is_flag=True,
+              help="Fail if the queues or the table are missing instead of creating them.")
+@click.option("--drain-seconds", type=click.FloatRange(min=0), default=DEFAULT_DRAIN_SECONDS,
+              show_default=True,
+              metavar="SECONDS",
+              help="After SIGTERM, how long running tasks may take to finish (the spot"
+                   " interruption notice is 120 s).")
+@click.option("--visibility-timeout", type=click.IntRange(2, SQS_MAX_VISIBILITY_SECONDS),
+              default=DEFAULT_VISIBILITY_SECONDS, show_default=True, metavar="SECONDS",
+              help="How long a received bundle stays hidden, renewed by heartbeats every third"
+                   " of it; after a crash, others take the bundle over this much later.")
+@click.option("--wait-seconds", type=click.IntRange(0, SQS_LONG_POLL_SECONDS),
+              default=SQS_LONG_POLL_SECONDS, show_default=True,
+              metavar="SECONDS", help="Long poll: how long one receive waits for messages.")
+@click.option("--task-timeout", type=click.FloatRange(min=0), default=DEFAULT_TASK_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="Time limit of each task; 0 for none.")
+@click.option("--tail-bytes", type=click.IntRange(min=0), default=DEFAULT_TAIL_BYTES,
+              show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
+@click.option("--liveness-seconds", type=click.FloatRange(min=1), default=DEFAULT_LIVENESS_SECONDS,
+              show_default=True, metavar="SECONDS", help="How often to log a line of counts.")
+@click.option("--log-json", is_flag=True, help="Log JSON lines (for CloudWatch Logs, jq).")
+@click.option("--worker-id", metavar="ID", default=None,
+              help="Names this worker in leases, logs and results. Default: HOST:PID.")
+def worker_command(prefix: str | None, region: str | None, endpoint_url: str | None,
+                   threads: int, no_create: bool, drain_seconds: float, visibility_timeout: int,
+                   wait_seconds: int, task_timeout: float, tail_bytes: int,
+                   liveness_seconds: float, log_json: bool, worker_id: str | None) -> int:
+    """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
+
+    SIGTERM drains: nothing new starts, what has not started is given back at once,
+    running tasks get --drain-seconds to finish, exit 0. A second SIGTERM or SIGINT ends
+    them, gives everything back and exits at once (143 or 130).
+    """
+    import socket
+
+    from cloudkon import aws
+    from cloudkon.config import WorkerConfig
+    from worker import resources
+    from worker.daemon import Worker
+    from worker.leases import DynamoLeaseStore
+    from worker.sqs import SqsBroker
+
+    _setup_worker_logging(log_json)
+    config = _aws_config(prefix, region, endpoint_url)
+    if no_create:
+        resources.check(config)
+    else:
+        for resource in resources.setup(config, visibility_timeout, bucket=False, update=False):
+            if resource.state != resources.EXISTS:
+                log.info("%s", resource)
+    connections = threads + 4  # bundle threads, the receiver, the heartbeat, spare
+    sqs = aws.sqs_client(config, connections)
+    broker = SqsBroker(sqs)
+    inbox = broker.queue(config.input_queue, dead_letter=config.dead_letter_queue)
+    leases = DynamoLeaseStore(aws.dynamodb_client(config, connections), config.lease_table)
+    worker_config = WorkerConfig(
+        worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}", threads=threads,
+        visibility_seconds=visibility_timeout, wait_seconds=wait_seconds,
+        drain_seconds=drain_seconds, liveness_seconds=liveness_seconds,
+        task_timeout=task_timeout or None, tail_bytes=tail_bytes,
+    )
+    return Worker(inbox, broker, leases, worker_config).run()
+
+
+def _setup_worker_logging(as_json: bool) -> None:
+    """A daemon logs what it does: INFO and up, with times (or JSON lines), on stderr."""
+    from cloudkon.jsonlog import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if as_json else _Formatter(
+        "%(asctime)s cloudkon: %(levelname_lower)s: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    for name in ("cloudkon", "worker", "local"):
+        logging.getLogger(name).setLevel(level)
+
+
+# --- The remote flavour: submitting jobs and collecting their results -----------------------
+
+from cloudkon.limits import DEFAULT_SENDERS, MAX_BUNDLE_TASKS  # noqa: E402 - this section's own
+
+_COLLECT_OPTIONS = (
+    click.option("-o", "--output", metavar="FILE",
+                 help="Write one JSON line per task to FILE ('-' for stdout)."),
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object."),
+    click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                 help="Stop collecting after SECONDS; missing tasks are named, exit code 1."
+                      " Default: wait until every task has a result."),
+    click.option("--progress/--no-progress", default=None,
+                 help="Show a progress bar on stderr. Default: only when stderr is a terminal."),
+)
+
+
+def _collect_options(f):
+    for option in reversed(_COLLECT_OPTIONS):
+        f = option(f)
+    return f
+
+
+@cli.command("submit")
+@_aws_options()
+@_BUCKET_SUFFIX
+@click.argument("workload", metavar="WORKLOAD")
+@click.option("--direct", is_flag=True,
+              help="Split the workload here and send its bundles to PREFIX-input, instead of"
+                   " uploading it to the bucket for the Lambda to split.")
+@click.option("--wait", is_flag=True, help="Then collect the results, as `cloudkon collect` does.")
+@_collect_options
+@click.option("--job-id", metavar="ID", help="Name the job (task ids are ID:LINE). Default: generated.")
+@click.option("--bundle-size", type=click.IntRange(1, MAX_BUNDLE_TASKS), default=DEFAULT_BUNDLE_SIZE,
+              show_default=True, help="With --direct: most tasks per bundle.")
+@click.option("--bundle-ms", type=click.FloatRange(min=0), default=DEFAULT_BUNDLE_MS,
+              show_default=True, metavar="MS",
+              help="With --direct: a bundle closes once its sleep tasks add up to MS.")
+@click.option("--senders", type=click.IntRange(1, 64), default=DEFAULT_SENDERS, show_default=True,
+              help="With --direct: SendMessageBatch calls in flight at once.")
+def submit_command(prefix: str | None, region: str | None, endpoint_url: str | None,
+                   bucket_suffix: str | None, workload: str, direct: bool, wait: bool,
+                   output: str | None, as_json: bool, timeout: float | None,
+                   progress: bool | None, job_id: str | None, bundle_size: int, bundle_ms: float,
+                   senders: int) -> int:
+    """Submit the tasks of WORKLOAD to the workers of PREFIX; print the job id.
+
+    By default the workload is uploaded to the bucket, where the Lambda (`chalice deploy`)
+    splits it into bundles on PREFIX-input; with --direct this command does that itself.
+    With --wait it then collects the results and prints the summary, as `cloudkon collect`.
+    """
+    from cloudkon.model import new_job_id
+    from submitter import client
+    from submitter.deployment import Deployment
+    from submitter.submit import check_job_id
+
+    if (output or as_json or timeout is not None) and not wait:
+        raise click.UsageError("--output, --json and --timeout go with --wait")
+    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix), senders)
+    job_id = check_job_id(job_id) if job_id else new_job_id("job")
+    if direct:
+        manifest = client.send_direct(deployment, workload, job_id, bundle_size, bundle_ms)
+        for line, reason in manifest.bad_lines:
+            log.warning("%s:%d: %s; line skipped", workload, line, reason)
+        click.echo(f"cloudkon: job {job_id}: sent {manifest.tasks:,} tasks in {manifest.bundles:,}"
+                   f" bundles to queue {deployment.config.input_queue}", err=True)
+    else:
+        uri, _ = client.upload(deployment, workload, job_id)
+        click.echo(f"cloudkon: job {job_id}: uploaded to {uri}; the Lambda splits it", err=True)
+    click.echo(job_id)
+    if not wait:
+        return EXIT_OK
+    return _collect_and_report(deployment, job_id, output, as_json, timeout, progress,
+                               show_elapsed=True)
+
+
+@cli.command("collect")
+@_aws_options()
+@_BUCKET_SUFFIX
+@click.argument("job_id", metavar="JOB_ID")
+@_collect_options
+def collect_command(prefix: str | None, region: str | None, endpoint_url: str | None,
+                    bucket_suffix: str | None, job_id: str, output: str | None, as_json: bool,
+                    timeout: float | None, progress: bool | None) -> int:
+    """Collect the results of job JOB_ID and print the summary, as `cloudkon run` does.
+
+    Results of other jobs on the shared output queue are left to their own collectors.
+    Results another collector took are read back from the lease table. Exit code: 0 every
+    task succeeded; 1 a task failed or timed out, or --timeout passed first; 2 usage errors
+    (no such job, a rejected workload, missing AWS resources or credentials).
+    """
+    from submitter.deployment import Deployment
+
+    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix))
+    return _collect_and_report(deployment, job_id, output, as_json, timeout, progress)
+
+
+def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bool,
+                        timeout: float | None, progress: bool | None,
+                        show_elapsed: bool = False) -> int:
+    from cloudkon.results import ResultsWriter
+    from submitter import client
+
+    writer = ResultsWriter(output) if output else None
+    summary_out = sys.stderr if output == "-" else sys.stdout
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, unit="task", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    redirect = _tqdm_logging() if bar is not None else contextlib.nullcontext()
+    try:
+        with redirect:
+            collection = client.collect(
+                deployment, job_id, timeout, on_results=_fan_out(writer, bar),
+                on_total=(lambda n: _set_total(bar, n)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    summary = collection.summary
+    click.echo(summary.to_json() if as_json else summary.to_text(), file=summary_out)
+    if show_elapsed and collection.complete:
+        click.echo(f"  submit to last result {summary.wall_seconds:.3f} s", file=summary_out)
+    if collection.recovered:
+        log.warning("job %s: %d results read back from the lease table (their command is"
+                    " not recorded there)", job_id, collection.recovered)
+    if not collection.complete:
+        if collection.missing_count < 0:
+            _error(f"timed out after {timeout:g} s: job {job_id}'s workload is not split yet")
+        else:
+            named = ", ".join(collection.missing)
+            more = collection.missing_count - len(collection.missing)
+            _error(f"timed out after {timeout:g} s: {collection.missing_count:,} of"
+                   f" {summary.tasks_read:,} tasks have no result"
+                   + (f": {named}" if named else "") + (f" and {more:,} more" if named and more > 0 else ""))
+        return EXIT_FAILED
+    return EXIT_OK if summary.ok else EXIT_FAILED

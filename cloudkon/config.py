@@ -89,7 +89,7 @@ class WorkerConfig:
     worker_id: str  # names the worker in leases, logs and results: host:pid by default
     threads: int = 4
     visibility_seconds: int = DEFAULT_VISIBILITY_SECONDS  # also the lease
-    wait_seconds: int = SQS_LONG_POLL_SECONDS  # long poll
+    wait_seconds: float = SQS_LONG_POLL_SECONDS  # long poll (SQS takes whole seconds)
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     liveness_seconds: float = DEFAULT_LIVENESS_SECONDS
     task_timeout: float | None = DEFAULT_TASK_TIMEOUT

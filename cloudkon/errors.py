@@ -62,3 +62,7 @@ class NotSetUpError(UsageError):
 
 class CredentialsError(UsageError):
     """boto3 found no AWS credentials, or no region to use."""
+
+
+class JobNotFoundError(UsageError):
+    """No job of that id was ever submitted with this prefix (no manifest, no upload)."""

@@ -80,6 +80,15 @@ LEASE_RESULTS_MAX_BYTES = 360 * 1024
 DEFAULT_VISIBILITY_SECONDS = 60
 HEARTBEATS_PER_VISIBILITY = 3
 
+# A lease lasts this share of the visibility timeout, both renewed together: when a worker
+# dies, its lease has expired by the time its message is visible again, so the next
+# receiver takes the bundle over at once instead of finding it still leased.
+LEASE_SHARE_OF_VISIBILITY = 0.9
+
+# After an AWS call failed even with its retries, how long the worker waits before trying
+# that step again (receiving, or a heartbeat).
+AWS_ERROR_PAUSE_SECONDS = 5.0
+
 # How often SQS may deliver a message before redrive moves it to the dead-letter queue.
 # A bundle is received again after a crash, a give-back at shutdown, or while another
 # worker holds its lease; ten leaves room for those, and stops a message that kills every
@@ -107,3 +116,8 @@ AWS_READ_TIMEOUT_SECONDS = SQS_LONG_POLL_SECONDS + 10
 # The most tasks one bundle message may carry. Its results must fit one lease item (above)
 # even with their output cut away: a few bytes each, packed, so ten thousand leave room.
 MAX_BUNDLE_TASKS = 10000
+
+# Senders of `cloudkon submit --direct` and of the Lambda: SendMessageBatch calls in flight
+# at once. On AWS one call takes 10-50 ms, so a few in parallel send a million-task
+# workload's bundles in seconds.
+DEFAULT_SENDERS = 4

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from aws_fixtures import *  # noqa: F403 - the moto server and AWS fixtures
+
 # Generous: the machines are shared and small; a deadline is only there to end a hang.
 DEADLINE_SECONDS = 30.0
 

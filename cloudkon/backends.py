@@ -1,0 +1,101 @@
+"""The two narrow interfaces the worker loop runs against: message queues and a lease store.
+
+In-memory implementations live in ``local/memory.py``, SQS and DynamoDB ones in
+``worker/sqs.py`` and ``worker/leases.py``; ``tests/test_broker_contract.py`` holds every
+implementation to the contracts stated here, one sentence per method. A backend raises
+:class:`~cloudkon.errors.CloudKonError` subclasses only, its own errors translated.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+
+class Message(NamedTuple):
+    """A message as received: its body and the handle that acknowledges it."""
+
+    id: str
+    body: str
+    receipt: str  # the handle of this receive; a later receive of the same message gets another
+    receive_count: int  # 1 on the first delivery
+
+
+class MessageQueue(Protocol):
+    """One queue with at-least-once delivery and visibility timeouts (SQS semantics)."""
+
+    name: str
+
+    def receive(self, max_messages: int, wait_seconds: float,
+                visibility_seconds: int) -> list[Message]:
+        """Up to ``max_messages`` messages, each then invisible to other receivers for
+        ``visibility_seconds``; waits up to ``wait_seconds`` for the first, else returns []."""
+
+    def delete(self, message: Message) -> None:
+        """Remove a received message for good; deleting one already gone is not an error."""
+
+    def extend(self, message: Message, seconds: int) -> bool:
+        """Keep a received message invisible for ``seconds`` from now; False if it is no
+        longer held (deleted; an earlier receive's handle may or may not still work)."""
+
+    def give_back(self, messages: list[Message]) -> None:
+        """Make received messages visible again at once; ones no longer held are skipped."""
+
+    def send_batch(self, bodies: list[str]) -> None:
+        """Send every body as a message, in as few calls as the limits allow, retrying only
+        the entries that failed; raises if some could not be sent."""
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Move a received message to this queue's dead-letter queue, then delete it here."""
+
+
+class Broker(Protocol):
+    """Finds queues by name, the way a task bundle names where its results go."""
+
+    def queue(self, name: str) -> MessageQueue:
+        """The queue called ``name`` (for SQS also its URL); NotSetUpError if it does not exist."""
+
+
+# Lease states, as stored.
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETED = "COMPLETED"
+
+# What a claim found, besides CLAIMED: the key is COMPLETED, or held by a live lease (BUSY).
+CLAIMED = "CLAIMED"
+BUSY = "BUSY"
+
+
+class Claim(NamedTuple):
+    """The outcome of a claim, and the key's record as the claim left or found it."""
+
+    outcome: str  # CLAIMED, COMPLETED or BUSY
+    owner: str  # who holds (or completed) the key: the claimer itself when CLAIMED
+    lease_expires: float  # seconds since the epoch
+    results: bytes | None  # stored results: all when COMPLETED, else those finished so far
+    attempt: int  # how many claims the key has had, this one included when CLAIMED
+
+
+class LeaseStore(Protocol):
+    """Claims on keys (one per bundle) with expiring leases, fenced by owner, plus the
+    bundle's results: what makes at-least-once delivery run each task effectively once."""
+
+    max_results_bytes: int  # the largest results blob the store keeps
+
+    def claim(self, key: str, owner: str, lease_seconds: float) -> Claim:
+        """Take the key for ``owner`` for ``lease_seconds`` in one conditional write if it is
+        new or its lease has expired (keeping stored results); else say who has it."""
+
+    def heartbeat(self, key: str, owner: str, lease_seconds: float,
+                  results: bytes | None = None) -> bool:
+        """Extend ``owner``'s live lease to ``lease_seconds`` from now, storing ``results``
+        if given; False if ``owner`` no longer holds the key."""
+
+    def complete(self, key: str, owner: str, results: bytes) -> bool:
+        """Mark the key COMPLETED with its results if ``owner`` holds it (again: idempotent);
+        False if someone else does."""
+
+    def release(self, key: str, owner: str, results: bytes | None = None) -> None:
+        """End ``owner``'s lease now, so that anyone may claim the key at once, storing
+        ``results`` if given; does nothing if ``owner`` no longer holds it."""
+
+    def lookup(self, key: str) -> Claim | None:
+        """The key's record as it stands (outcome IN_PROGRESS or COMPLETED), or None."""

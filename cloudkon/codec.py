@@ -1,0 +1,267 @@
+"""Message bodies and stored results: versioned, validated, compact JSON.
+
+A task bundle, on the input queue::
+
+    {"v": 1, "kind": "tasks", "job": "job-20250101T000000-a1b2c3", "seq": 3,
+     "reply_to": "<queue URL or name>", "sent_at": 1735689600.25,
+     "tasks": [[12, "sleep 10"], [13, "echo hi"]]}
+
+A result bundle, on the queue the task bundle names in ``reply_to``; the results are in
+columns (one list per field of :class:`~cloudkon.model.Result`, times as microseconds
+after ``t0``), which keeps a bundle of hundreds of results a few KiB::
+
+    {"v": 1, "kind": "results", "job": "...", "seq": 3, "worker": "ip-10-0-0-7:4242",
+     "sent_at": 1735689600.25, "results": {"t0": 1735689601.5, "line": [12, 13],
+     "command": [...], "status": [...], "exit": [...], "signal": [...],
+     "start_us": [...], "dur_us": [...], "stdout": [...], "stderr": [...]}}
+
+Stored results (the lease store's copy, for replay and takeover) are the same columns
+without the commands, which the bundle holds, compressed with zlib. Anything that does
+not decode and validate raises :class:`~cloudkon.errors.CodecError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Iterable
+
+from cloudkon.errors import CodecError
+from cloudkon.limits import MAX_BUNDLE_TASKS, SQS_DEFAULT_MAX_MESSAGE_BYTES
+from cloudkon.model import STATUSES, Bundle, ResultBundle
+
+VERSION = 1
+TASKS = "tasks"
+RESULTS = "results"
+_MAX_ID_CHARS = 256  # job ids, worker ids
+_MAX_REPLY_TO_CHARS = 1024  # an SQS queue URL is well under this
+
+# ensure_ascii: SQS refuses some characters (U+FFFE, U+FFFF, most controls) in bodies;
+# escaped, every string travels.
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_bundle(bundle: Bundle, reply_to: str) -> str:
+    """The body of a message carrying ``bundle``; results are to go to ``reply_to``."""
+    return _dumps({
+        "v": VERSION, "kind": TASKS, "job": bundle.job_id, "seq": bundle.seq,
+        "reply_to": reply_to, "sent_at": bundle.sent_at,
+        "tasks": [[line, command] for line, command in bundle.tasks],
+    })
+
+
+def decode_bundle(body: str | bytes) -> tuple[Bundle, str]:
+    """The bundle in a task message body and where its results go; CodecError if invalid."""
+    doc = _load(body, TASKS)
+    job_id = _string(doc, "job", _MAX_ID_CHARS)
+    seq = _count(doc, "seq")
+    reply_to = _string(doc, "reply_to", _MAX_REPLY_TO_CHARS)
+    sent_at = _time(doc, "sent_at")
+    tasks = doc.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise CodecError("'tasks' must be a non-empty list of [line, command]")
+    if len(tasks) > MAX_BUNDLE_TASKS:
+        raise CodecError(f"'tasks' holds {len(tasks)} tasks; a bundle holds at most"
+                         f" {MAX_BUNDLE_TASKS}")
+    seen = set()
+    checked = []
+    for item in tasks:
+        if (not isinstance(item, list) or len(item) != 2 or not _is_int(item[0]) or item[0] < 1
+                or not isinstance(item[1], str) or not item[1] or "\0" in item[1]):
+            raise CodecError(f"'tasks' entry {str(item)[:80]} is not [line >= 1, command]")
+        if item[0] in seen:
+            raise CodecError(f"'tasks' names line {item[0]} twice")
+        seen.add(item[0])
+        checked.append((item[0], item[1]))
+    return Bundle(job_id, seq, checked, sent_at), reply_to
+
+
+def encode_results(bundle: ResultBundle) -> str:
+    """The body of a message carrying a bundle's results."""
+    return _dumps({
+        "v": VERSION, "kind": RESULTS, "job": bundle.job_id, "seq": bundle.seq,
+        "worker": bundle.worker, "sent_at": bundle.sent_at,
+        "results": _columns(bundle.results, with_commands=True),
+    })
+
+
+def decode_results(body: str | bytes) -> ResultBundle:
+    """The result bundle in a results message body; CodecError if invalid."""
+    doc = _load(body, RESULTS)
+    job_id = _string(doc, "job", _MAX_ID_CHARS)
+    seq = _count(doc, "seq")
+    worker = doc.get("worker", "")
+    if not isinstance(worker, str):
+        raise CodecError("'worker' must be a string")
+    results = _rows(doc.get("results"), commands=None)
+    return ResultBundle(job_id, seq, results, _time(doc, "sent_at"), worker)
+
+
+def results_bodies(bundle: ResultBundle,
+                   max_bytes: int = SQS_DEFAULT_MAX_MESSAGE_BYTES) -> list[str]:
+    """The bundle's results as message bodies of at most ``max_bytes`` each: one body
+    unless its output tails make it larger, then the results split over several."""
+    body = encode_results(bundle)
+    if len(body) <= max_bytes or len(bundle.results) <= 1:
+        return [body]
+    half = len(bundle.results) // 2
+    parts = []
+    for chunk in (bundle.results[:half], bundle.results[half:]):
+        part = ResultBundle(bundle.job_id, bundle.seq, chunk, bundle.sent_at, bundle.worker)
+        parts += results_bodies(part, max_bytes)
+    return parts
+
+
+def pack_results(results: list[tuple], max_bytes: int) -> tuple[bytes, list[tuple]]:
+    """Results, laid out as Result, packed for the lease store in at most ``max_bytes``;
+    also returns the results as packed. When the output tails make them too large, every
+    tail is cut to the same length, halved until they fit; CodecError if even empty tails
+    do not fit."""
+    while True:
+        packed = zlib.compress(_dumps(_columns(results, with_commands=False)).encode("ascii"))
+        if len(packed) <= max_bytes:
+            return packed, results
+        longest = max((max(len(r[7]), len(r[8])) for r in results), default=0)
+        if longest == 0:
+            raise CodecError(
+                f"the results of {len(results)} tasks take {len(packed)} bytes packed even"
+                f" without their output; the store holds {max_bytes}"
+            )
+        results = [_cut_tails(r, longest // 2) for r in results]
+
+
+def unpack_results(data: bytes, tasks: Iterable[tuple[int, str]]) -> list[tuple]:
+    """Stored results as tuples laid out as Result, their commands taken from ``tasks``
+    (the bundle's); CodecError if they are not valid or name a line not in ``tasks``."""
+    try:
+        doc = json.loads(zlib.decompress(data))
+    except (zlib.error, ValueError) as exc:
+        raise CodecError(f"stored results do not unpack: {exc}") from None
+    return _rows(doc, commands=dict(tasks))
+
+
+def _cut_tails(result: tuple, keep: int) -> tuple:
+    out, err = result[7], result[8]
+    if len(out) <= keep and len(err) <= keep:
+        return result
+    return result[:7] + (out[len(out) - keep:] if keep else "",
+                         err[len(err) - keep:] if keep else "")
+
+
+def _columns(results: list[tuple], with_commands: bool) -> dict:
+    """Results as columns; times as integer microseconds after the earliest start."""
+    t0 = min((r[5] for r in results), default=0.0)
+    cols = {
+        "t0": round(t0, 6),
+        "line": [r[0] for r in results],
+        "status": [r[2] for r in results],
+        "exit": [r[3] for r in results],
+        "signal": [r[4] for r in results],
+        "start_us": [round((r[5] - t0) * 1e6) for r in results],
+        "dur_us": [max(round((r[6] - r[5]) * 1e6), 0) for r in results],
+        "stdout": [r[7] for r in results],
+        "stderr": [r[8] for r in results],
+    }
+    if with_commands:
+        cols["command"] = [r[1] for r in results]
+    return cols
+
+
+def _rows(cols: object, commands: dict[int, str] | None) -> list[tuple]:
+    """Columns back into Result tuples; commands from ``commands`` if given, else a column."""
+    if not isinstance(cols, dict):
+        raise CodecError("'results' must be an object of columns")
+    names = ("line", "status", "exit", "signal", "start_us", "dur_us", "stdout", "stderr")
+    if commands is None:
+        names += ("command",)
+    columns = []
+    for name in names:
+        column = cols.get(name)
+        if not isinstance(column, list):
+            raise CodecError(f"results column {name!r} is missing")
+        columns.append(column)
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        raise CodecError("results columns differ in length")
+    t0 = cols.get("t0")
+    if not _is_number(t0):
+        raise CodecError("results 't0' must be a number")
+    rows = []
+    for i in range(n):
+        line, status, code, sig, start_us, dur_us, out, err = (c[i] for c in columns[:8])
+        if not _is_int(line) or status not in STATUSES:
+            raise CodecError(f"result {i}: bad line or status")
+        if not (code is None or _is_int(code)) or not (sig is None or isinstance(sig, str)):
+            raise CodecError(f"result {i}: bad exit code or signal")
+        if not _is_int(start_us) or not _is_int(dur_us) or not isinstance(out, str) \
+                or not isinstance(err, str):
+            raise CodecError(f"result {i}: bad times or output")
+        if commands is None:
+            command = columns[8][i]
+            if not isinstance(command, str):
+                raise CodecError(f"result {i}: bad command")
+        else:
+            command = commands.get(line)
+            if command is None:
+                raise CodecError(f"stored result for line {line}, which is not in the bundle")
+        start = t0 + start_us / 1e6
+        rows.append((line, command, status, code, sig, start, start + dur_us / 1e6, out, err))
+    return rows
+
+
+def _load(body: str | bytes, kind: str) -> dict:
+    try:
+        doc = json.loads(body)
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CodecError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CodecError("not a JSON object")
+    if doc.get("v") != VERSION:
+        raise CodecError(f"unknown version {doc.get('v')!r}; this worker reads version {VERSION}")
+    if doc.get("kind") != kind:
+        raise CodecError(f"kind is {doc.get('kind')!r}, expected {kind!r}")
+    return doc
+
+
+def _string(doc: dict, key: str, max_chars: int) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        raise CodecError(f"{key!r} must be a string of 1 to {max_chars} characters")
+    return value
+
+
+def _count(doc: dict, key: str) -> int:
+    value = doc.get(key)
+    if not _is_int(value) or value < 0:
+        raise CodecError(f"{key!r} must be an integer >= 0")
+    return value
+
+
+def _time(doc: dict, key: str) -> float:
+    value = doc.get(key, 0.0)
+    if not _is_number(value) or value < 0:
+        raise CodecError(f"{key!r} must be a number >= 0")
+    return float(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def unpack_stored_results(data: bytes) -> list[tuple]:
+    """Stored results as tuples laid out as Result, for a reader that does not have the
+    bundle (a collector reading them back): their commands are ''; CodecError if invalid."""
+    try:
+        doc = json.loads(zlib.decompress(data))
+    except (zlib.error, ValueError) as exc:
+        raise CodecError(f"stored results do not unpack: {exc}") from None
+    lines = doc.get("line") if isinstance(doc, dict) else None
+    if not isinstance(lines, list):
+        raise CodecError("stored results have no 'line' column")
+    return _rows(doc, commands={line: "" for line in lines if _is_int(line)})

@@ -1,0 +1,234 @@
+"""In-memory message queues and lease store, with the semantics of SQS and DynamoDB.
+
+They implement :mod:`cloudkon.backends` inside one process: thread-safe, with visibility
+timeouts, receive counts, redrive to a dead-letter queue, leases and owners. Time comes
+from a clock function, so a test can move it forward instead of sleeping; waiting in
+``receive`` is real time, in short slices, so a clock moved by another thread is seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS, Claim, Message
+from cloudkon.errors import CloudKonError, NotSetUpError
+from cloudkon.limits import LEASE_RESULTS_MAX_BYTES
+
+_WAIT_SLICE = 0.02  # seconds a waiting receive sleeps between looks
+
+
+@dataclass
+class _Stored:
+    id: str
+    body: str
+    visible_at: float = 0.0
+    receives: int = 0
+    receipt: str = ""
+
+
+class MemoryQueue:
+    """A queue in memory; ``clock`` gives the time visibility timeouts are measured in."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic,
+                 dead_letter: MemoryQueue | None = None, max_receives: int | None = None) -> None:
+        self.name = name
+        self.clock = clock
+        self.dead_letter_queue = dead_letter
+        self.max_receives = max_receives  # redrive to dead_letter after this many receives
+        self._messages: dict[str, _Stored] = {}  # in sending order
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+
+    def receive(self, max_messages: int, wait_seconds: float,
+                visibility_seconds: int) -> list[Message]:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            with self._lock:
+                got = self._take(max_messages, visibility_seconds)
+                remaining = deadline - time.monotonic()
+                if got or remaining <= 0:
+                    return got
+                self._lock.wait(min(remaining, _WAIT_SLICE))
+
+    def _take(self, max_messages: int, visibility_seconds: int) -> list[Message]:
+        now = self.clock()
+        got = []
+        for stored in list(self._messages.values()):
+            if len(got) >= max_messages:
+                break
+            if stored.visible_at > now:
+                continue
+            if self.max_receives is not None and stored.receives >= self.max_receives \
+                    and self.dead_letter_queue is not None:
+                del self._messages[stored.id]
+                self.dead_letter_queue.send_batch([stored.body])
+                continue
+            stored.receives += 1
+            stored.visible_at = now + visibility_seconds
+            stored.receipt = uuid.uuid4().hex
+            got.append(Message(stored.id, stored.body, stored.receipt, stored.receives))
+        return got
+
+    def delete(self, message: Message) -> None:
+        with self._lock:
+            stored = self._messages.get(message.id)
+            if stored is not None and stored.receipt == message.receipt:
+                del self._messages[message.id]
+
+    def extend(self, message: Message, seconds: int) -> bool:
+        with self._lock:
+            stored = self._messages.get(message.id)
+            if stored is None or stored.receipt != message.receipt:
+                return False
+            stored.visible_at = self.clock() + seconds
+            return True
+
+    def give_back(self, messages: list[Message]) -> None:
+        with self._lock:
+            now = self.clock()
+            for message in messages:
+                stored = self._messages.get(message.id)
+                if stored is not None and stored.receipt == message.receipt:
+                    stored.visible_at = now
+            self._lock.notify_all()
+
+    def send_batch(self, bodies: list[str]) -> None:
+        with self._lock:
+            for body in bodies:
+                mid = f"{self.name}-{next(self._ids)}"
+                self._messages[mid] = _Stored(mid, body)
+            self._lock.notify_all()
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        if self.dead_letter_queue is None:
+            raise NotSetUpError(f"queue {self.name} has no dead-letter queue")
+        self.dead_letter_queue.send_batch([message.body])
+        self.delete(message)
+
+    # Inspection, for tests and the local flavour: not part of the queue interface.
+    def __len__(self) -> int:
+        """Messages not yet deleted, visible or not."""
+        with self._lock:
+            return len(self._messages)
+
+    def visible(self) -> int:
+        """Messages a receive would get now."""
+        with self._lock:
+            now = self.clock()
+            return sum(1 for s in self._messages.values() if s.visible_at <= now)
+
+
+class MemoryBroker:
+    """Named in-memory queues sharing one clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._queues: dict[str, MemoryQueue] = {}
+        self._lock = threading.Lock()
+
+    def create(self, name: str, dead_letter: str | None = None,
+               max_receives: int | None = None) -> MemoryQueue:
+        """Make the queue ``name`` (and its dead-letter queue) unless it exists; return it."""
+        with self._lock:
+            if name not in self._queues:
+                dlq = None
+                if dead_letter is not None:
+                    dlq = self._queues.setdefault(dead_letter, MemoryQueue(dead_letter, self.clock))
+                self._queues[name] = MemoryQueue(name, self.clock, dlq, max_receives)
+            return self._queues[name]
+
+    def queue(self, name: str) -> MemoryQueue:
+        with self._lock:
+            try:
+                return self._queues[name]
+            except KeyError:
+                raise NotSetUpError(f"queue {name} does not exist") from None
+
+
+@dataclass
+class _Lease:
+    status: str
+    owner: str
+    lease_expires: float
+    results: bytes | None
+    attempt: int
+
+
+class MemoryLeaseStore:
+    """A lease store in memory; ``clock`` gives seconds since the epoch."""
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 max_results_bytes: int = LEASE_RESULTS_MAX_BYTES) -> None:
+        self.clock = clock
+        self.max_results_bytes = max_results_bytes
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, key: str, owner: str, lease_seconds: float) -> Claim:
+        with self._lock:
+            now = self.clock()
+            lease = self._leases.get(key)
+            if lease is None or (lease.status == IN_PROGRESS and lease.lease_expires < now):
+                results = lease.results if lease is not None else None
+                attempt = lease.attempt + 1 if lease is not None else 1
+                self._leases[key] = _Lease(IN_PROGRESS, owner, now + lease_seconds, results,
+                                           attempt)
+                return Claim(CLAIMED, owner, now + lease_seconds, results, attempt)
+            if lease.status == COMPLETED:
+                outcome = COMPLETED
+            else:  # a live lease: the claimer's own (a retried claim) or someone else's
+                outcome = CLAIMED if lease.owner == owner else BUSY
+            return Claim(outcome, lease.owner, lease.lease_expires, lease.results, lease.attempt)
+
+    def heartbeat(self, key: str, owner: str, lease_seconds: float,
+                  results: bytes | None = None) -> bool:
+        with self._lock:
+            lease = self._held(key, owner)
+            if lease is None:
+                return False
+            lease.lease_expires = self.clock() + lease_seconds
+            if results is not None:
+                lease.results = self._checked(results)
+            return True
+
+    def complete(self, key: str, owner: str, results: bytes) -> bool:
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None or lease.owner != owner:
+                return False
+            lease.status = COMPLETED
+            lease.results = self._checked(results)
+            return True
+
+    def release(self, key: str, owner: str, results: bytes | None = None) -> None:
+        with self._lock:
+            lease = self._held(key, owner)
+            if lease is not None:
+                lease.lease_expires = 0.0
+                if results is not None:
+                    lease.results = self._checked(results)
+
+    def lookup(self, key: str) -> Claim | None:
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None:
+                return None
+            return Claim(lease.status, lease.owner, lease.lease_expires, lease.results,
+                         lease.attempt)
+
+    def _held(self, key: str, owner: str) -> _Lease | None:
+        lease = self._leases.get(key)
+        if lease is None or lease.owner != owner or lease.status != IN_PROGRESS:
+            return None
+        return lease
+
+    def _checked(self, results: bytes) -> bytes:
+        if len(results) > self.max_results_bytes:
+            raise CloudKonError(f"results of {len(results)} bytes; the store keeps"
+                                f" {self.max_results_bytes}")
+        return results

@@ -1,0 +1,172 @@
+"""AWS without AWS: the moto server, and fixtures and helpers on top of it.
+
+``moto_server`` starts ``python -m moto.server`` on 127.0.0.1 and a free port once per
+session and points boto3 at it the standard way (AWS_ENDPOINT_URL, fake credentials,
+AWS_DEFAULT_REGION), for the tests and every subprocess they start. Each test names its
+resources with a prefix of its own. Registered in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudkon.config import AwsConfig
+
+MOTO_START_SECONDS = 60.0
+REGION = "us-east-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/reset-auth", timeout=1):
+            pass
+    except urllib.error.HTTPError:
+        return True  # it answered, whatever it said
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory) -> Iterator[str]:
+    """The URL of a moto server that stands in for AWS for this session."""
+    url = f"http://127.0.0.1:{_free_port()}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + MOTO_START_SECONDS
+        while not _answers(url):
+            if proc.poll() is not None:
+                pytest.fail(f"moto server exited with {proc.returncode}:"
+                            f" {log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"moto server did not answer within {MOTO_START_SECONDS} s")
+            time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ENDPOINT_URL", url)
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", REGION)
+            for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "CLOUDKON_PREFIX"):
+                mp.delenv(name, raising=False)
+            yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def aws_config(moto_server) -> AwsConfig:
+    """A configuration with a prefix no other test uses; nothing is created yet."""
+    return AwsConfig(prefix=f"t{uuid.uuid4().hex[:10]}", region=REGION)
+
+
+@pytest.fixture
+def provisioned(aws_config) -> AwsConfig:
+    """``aws_config`` with its queues and table made (as `cloudkon setup` makes them)."""
+    from worker.resources import setup
+
+    setup(aws_config, bucket=False)
+    return aws_config
+
+
+@pytest.fixture
+def sqs(moto_server):
+    import boto3
+
+    return boto3.client("sqs", region_name=REGION)
+
+
+@pytest.fixture
+def dynamodb(moto_server):
+    import boto3
+
+    return boto3.client("dynamodb", region_name=REGION)
+
+
+class WorkerProcess:
+    """A `cloudkon worker` subprocess; its stderr goes to a file."""
+
+    def __init__(self, config: AwsConfig, log_path: Path, args: tuple) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudkon", "worker", "--prefix", config.prefix,
+             *map(str, args)],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path) -> Iterator:
+    """Start `cloudkon worker --prefix PREFIX ARGS...`; every worker is killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(config: AwsConfig, *args: object) -> WorkerProcess:
+        worker = WorkerProcess(config, tmp_path / f"worker-{len(started)}.log", args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+def queue_url(sqs, name: str) -> str:
+    return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def messages_left(sqs, name: str) -> int:
+    """Messages in the queue, visible or not (SQS's approximate counts, exact on moto)."""
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=queue_url(sqs, name),
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (int(attrs["ApproximateNumberOfMessages"])
+            + int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+
+# What tests/conftest.py takes in: the fixtures. Tests import the helpers themselves.
+__all__ = ["moto_server", "aws_config", "provisioned", "sqs", "dynamodb", "start_worker"]

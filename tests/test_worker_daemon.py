@@ -1,0 +1,319 @@
+"""The worker daemon's behaviour, fast, on the in-memory backends (local/memory.py).
+
+The daemon runs in a thread of the test; queues and leases run on a clock the test moves,
+so "after the visibility timeout" costs nothing. The same daemon against SQS and DynamoDB,
+as real subprocesses, is in test_worker_aws.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from clock import FakeClock
+from conftest import wait_until
+
+from cloudkon.backends import CLAIMED, COMPLETED, IN_PROGRESS
+from cloudkon.codec import decode_results, encode_bundle, pack_results, unpack_results
+from cloudkon.config import WorkerConfig
+from cloudkon.errors import AwsError
+from cloudkon.model import SUCCEEDED, Bundle, task_id
+from local.memory import MemoryBroker, MemoryLeaseStore
+from worker.daemon import Worker
+
+VISIBILITY = 30
+
+
+class Harness:
+    """In-memory queues and leases on one fake clock, and workers running on them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.clock = FakeClock(time.time())
+        self.broker = MemoryBroker(self.clock)
+        self.inbox = self.broker.create("in", dead_letter="in-dlq", max_receives=10)
+        self.outbox = self.broker.create("out")
+        self.leases = MemoryLeaseStore(self.clock)
+        self.results: dict[str, list[tuple]] = {}  # task id -> every copy that arrived
+        self.workers: list[tuple[Worker, threading.Thread, list]] = []
+
+    def send(self, bundle: Bundle, copies: int = 1) -> None:
+        self.inbox.send_batch([encode_bundle(bundle, "out")] * copies)
+
+    def start(self, threads: int = 2, visibility: int = VISIBILITY, broker=None) -> Worker:
+        config = WorkerConfig(f"w{len(self.workers)}", threads=threads,
+                              visibility_seconds=visibility, wait_seconds=0.2,
+                              drain_seconds=30, liveness_seconds=600, task_timeout=60)
+        worker = Worker(self.inbox, broker or self.broker, self.leases, config)
+        code: list[int] = []
+        thread = threading.Thread(target=lambda: code.append(worker.run()), daemon=True)
+        thread.start()
+        self.workers.append((worker, thread, code))
+        return worker
+
+    def stop(self, worker: Worker, hard: bool = False, signum: int = signal.SIGTERM) -> int:
+        for w, thread, code in self.workers:
+            if w is worker:
+                worker.stop(hard=hard, signum=signum)
+                thread.join(60)
+                assert not thread.is_alive(), "the worker did not stop"
+                return code[0]
+        raise AssertionError("not a worker of this harness")
+
+    def collect(self, ids: set[str]) -> dict[str, list[tuple]]:
+        """Receive results until every id in ``ids`` has arrived at least once."""
+        def arrived() -> bool:
+            for message in self.outbox.receive(10, 0, 600):
+                rb = decode_results(message.body)
+                for r in rb.results:
+                    self.results.setdefault(task_id(rb.job_id, r[0]), []).append(
+                        r + (rb.worker,))
+                self.outbox.delete(message)
+            return ids <= self.results.keys()
+
+        wait_until(arrived, what=f"results of {len(ids)} tasks")
+        return self.results
+
+    def runs(self, name: str = "runs") -> list[str]:
+        """Lines the tasks appended to a file: how often, and which, ran."""
+        path = self.tmp_path / name
+        return path.read_text().split() if path.exists() else []
+
+    def close(self) -> None:
+        for worker, thread, _ in self.workers:
+            if thread.is_alive():
+                worker.stop(hard=True)
+                thread.join(30)
+
+
+@pytest.fixture
+def harness(tmp_path):
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+def appending(tmp_path: Path, line: int, then: str = "") -> tuple[int, str]:
+    """A task that appends its line number to the file `runs`, then does ``then``."""
+    command = f"echo {line} >> {tmp_path / 'runs'}"
+    return line, f"{command}; {then}" if then else command
+
+
+def ids_of(bundle: Bundle) -> set[str]:
+    return {task_id(bundle.job_id, line) for line, _ in bundle.tasks}
+
+
+def stored(harness: Harness, job: str, results: list[tuple], owner: str = "gone/1") -> None:
+    """Leave the lease store as a worker that completed the bundle, then crashed, left it."""
+    packed, _ = pack_results(results, harness.leases.max_results_bytes)
+    assert harness.leases.claim(f"{job}#0", owner, VISIBILITY).outcome == CLAIMED
+    assert harness.leases.complete(f"{job}#0", owner, packed)
+
+
+def test_bundles_run_and_their_results_arrive_once_per_task(harness):
+    bundles = [Bundle("job", seq, [(seq * 10 + i, f"echo {seq}-{i}") for i in range(1, 4)])
+               for seq in range(5)]
+    for b in bundles:
+        harness.send(b)
+    worker = harness.start(threads=3)
+    results = harness.collect(set().union(*map(ids_of, bundles)))
+    assert all(len(copies) == 1 for copies in results.values())
+    assert results["job:12"][0][2] == SUCCEEDED and results["job:12"][0][7] == "1-2\n"
+    wait_until(lambda: len(harness.inbox) == 0, what="every message deleted")
+    assert harness.leases.lookup("job#4").outcome == COMPLETED
+    assert harness.stop(worker) == 0
+    assert worker.counts["completed"] == 5
+
+
+def test_same_bundle_sent_twice_runs_once(harness):
+    bundle = Bundle("dup", 0, [appending(harness.tmp_path, 1), appending(harness.tmp_path, 2)])
+    harness.send(bundle, copies=2)
+    worker = harness.start(threads=2)
+    harness.collect(ids_of(bundle))
+
+    def both_copies_settled() -> bool:
+        # The copy that found the bundle leased was left to come back later: move time on.
+        harness.clock.advance(VISIBILITY * 4)
+        return len(harness.inbox) == 0
+
+    wait_until(both_copies_settled, what="both copies deleted")
+    assert harness.runs() == ["1", "2"]
+    for copies in harness.results.values():
+        assert all(copy == copies[0] for copy in copies)  # a replay sends what was stored
+    assert worker.counts["completed"] == 1 and worker.counts["replayed"] == 1
+
+
+def test_completed_bundle_is_replayed_from_the_store_not_run_again(harness):
+    bundle = Bundle("done", 0, [appending(harness.tmp_path, 1)])
+    t = time.time()
+    stored(harness, "done", [(1, "", SUCCEEDED, 0, None, t, t + 1, "stored output\n", "")])
+    harness.send(bundle)
+    worker = harness.start()
+    results = harness.collect(ids_of(bundle))
+    assert results["done:1"][0][7] == "stored output\n"
+    assert results["done:1"][0][-1] == "gone"  # the worker that ran it, not this one
+    wait_until(lambda: len(harness.inbox) == 0, what="message deleted")
+    assert harness.runs() == []
+    assert worker.counts["replayed"] == 1
+
+
+class _FirstSendFails:
+    """A broker whose queues fail their first send, as if the worker crashed right after
+    storing COMPLETED and before the results went out."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+        self.failed = False
+
+    def queue(self, name: str):
+        outer = self
+        inner = self.broker.queue(name)
+
+        class Queue:
+            def send_batch(self, bodies):
+                if not outer.failed:
+                    outer.failed = True
+                    raise AwsError("send: connection lost (injected)")
+                inner.send_batch(bodies)
+
+        return Queue()
+
+
+def test_results_lost_after_completion_are_replayed_on_redelivery_without_rerun(harness):
+    bundle = Bundle("crash", 0, [appending(harness.tmp_path, 1)])
+    harness.send(bundle)
+    worker = harness.start(broker=_FirstSendFails(harness.broker))
+    wait_until(lambda: worker.counts["failed"] == 1, what="the failed send")
+    assert harness.leases.lookup("crash#0").outcome == COMPLETED
+    harness.clock.advance(VISIBILITY + 1)  # the message comes back
+    harness.collect(ids_of(bundle))
+    wait_until(lambda: len(harness.inbox) == 0, what="message deleted")
+    assert harness.runs() == ["1"]
+    assert worker.counts["replayed"] == 1 and worker.counts["completed"] == 0
+
+
+def test_expired_lease_is_taken_over_and_only_unfinished_tasks_run(harness):
+    tmp = harness.tmp_path
+    bundle = Bundle("take", 0, [appending(tmp, 1), appending(tmp, 2), appending(tmp, 3)])
+    harness.send(bundle)
+    # A first worker received it, ran task 1, stored its result in a heartbeat, and died.
+    assert len(harness.inbox.receive(1, 0, VISIBILITY)) == 1
+    assert harness.leases.claim("take#0", "dead/1", VISIBILITY).outcome == CLAIMED
+    t = time.time()
+    first, _ = pack_results([(1, "", SUCCEEDED, 0, None, t, t, "by the first\n", "")], 10_000)
+    assert harness.leases.heartbeat("take#0", "dead/1", VISIBILITY, first)
+    harness.clock.advance(VISIBILITY + 1)
+    worker = harness.start()
+    results = harness.collect(ids_of(bundle))
+    assert harness.runs() == ["2", "3"]
+    assert results["take:1"][0][7] == "by the first\n"
+    assert all(len(copies) == 1 for copies in results.values())
+    assert harness.leases.lookup("take#0").attempt == 2
+    assert worker.counts["completed"] == 1
+
+
+def test_bundle_leased_by_a_live_worker_is_left_alone_then_replayed(harness):
+    bundle = Bundle("busy", 0, [appending(harness.tmp_path, 1)])
+    assert harness.leases.claim("busy#0", "other/1", VISIBILITY).outcome == CLAIMED
+    harness.send(bundle)
+    worker = harness.start()
+    wait_until(lambda: worker.counts["busy"] == 1, what="the bundle found leased")
+    assert harness.inbox.visible() == 0  # left hidden, to come back later
+    t = time.time()
+    packed, _ = pack_results([(1, "", SUCCEEDED, 0, None, t, t, "by the other\n", "")], 10_000)
+    assert harness.leases.complete("busy#0", "other/1", packed)
+    harness.clock.advance(VISIBILITY * 4)
+    results = harness.collect(ids_of(bundle))
+    assert results["busy:1"][0][7] == "by the other\n"
+    assert harness.runs() == []
+
+
+def test_undecodable_message_goes_to_the_dead_letter_queue_and_work_goes_on(harness):
+    harness.inbox.send_batch(["{not json", '{"v": 99}'])
+    bundle = Bundle("after", 0, [(1, "echo fine")])
+    harness.send(bundle)
+    worker = harness.start()
+    harness.collect(ids_of(bundle))
+    dead = harness.broker.queue("in-dlq")
+    wait_until(lambda: len(dead) == 2, what="both poison messages dead-lettered")
+    assert sorted(m.body for m in dead.receive(10, 0, 30)) == ['{"v": 99}', "{not json"]
+    assert worker.counts["dead_lettered"] == 2
+
+
+def test_worker_holds_no_more_messages_than_idle_threads(harness):
+    gate = harness.tmp_path / "gate"
+    wait = f"while [ ! -e {gate} ]; do /bin/sleep 0.05; done"
+    bundles = [Bundle("gated", seq, [appending(harness.tmp_path, seq + 1, wait)])
+               for seq in range(5)]
+    for b in bundles:
+        harness.send(b)
+    harness.start(threads=2)
+    wait_until(lambda: len(harness.runs()) == 2, what="two tasks started")
+    assert harness.inbox.visible() == 3  # the other three were never received
+    gate.touch()
+    harness.collect(set().union(*map(ids_of, bundles)))
+
+
+def test_stop_lets_running_task_finish_and_gives_the_rest_back_at_once(harness):
+    tmp = harness.tmp_path
+    gate = tmp / "gate"
+    gated = f"while [ ! -e {gate} ]; do /bin/sleep 0.05; done"
+    bundle = Bundle("drain", 0, [appending(tmp, 1, gated), appending(tmp, 2)])
+    harness.send(bundle)
+    worker = harness.start(threads=1)
+    wait_until(lambda: harness.runs() == ["1"], what="task 1 started")
+    stopping = threading.Thread(target=lambda: harness.stop(worker))
+    stopping.start()
+    wait_until(lambda: worker._draining.is_set(), what="the drain")
+    gate.touch()  # task 1 may now finish
+    stopping.join(60)
+    assert worker.counts["given_back"] == 1
+    assert harness.runs() == ["1"]  # task 2 never started
+    assert harness.inbox.visible() == 1  # visible at once: the clock has not moved
+    record = harness.leases.lookup("drain#0")
+    assert record.outcome == IN_PROGRESS and record.lease_expires == 0
+    assert [r[0] for r in unpack_results(record.results, bundle.tasks)] == [1]
+    # The next worker runs only what is left.
+    harness.start(threads=1)
+    harness.collect(ids_of(bundle))
+    assert harness.runs() == ["1", "2"]
+
+
+def test_drain_returns_0(harness):
+    worker = harness.start()
+    assert harness.stop(worker) == 0
+
+
+def test_hard_stop_ends_running_tasks_and_gives_everything_back(harness):
+    bundle = Bundle("hard", 0, [appending(harness.tmp_path, 1, "/bin/sleep 60")])
+    harness.send(bundle)
+    worker = harness.start(threads=1)
+    wait_until(lambda: harness.runs() == ["1"], what="task started")
+    started = time.monotonic()
+    assert harness.stop(worker, hard=True, signum=signal.SIGINT) == 128 + signal.SIGINT
+    assert time.monotonic() - started < 30  # not the task's 60 s
+    assert harness.inbox.visible() == 1
+    assert harness.leases.claim("hard#0", "next/1", VISIBILITY).outcome == CLAIMED
+    assert harness.leases.lookup("hard#0").results is None or \
+        unpack_results(harness.leases.lookup("hard#0").results, bundle.tasks) == []
+
+
+def test_worker_that_lost_its_lease_drops_its_results(harness):
+    gate = harness.tmp_path / "gate"
+    bundle = Bundle("fenced", 0, [appending(harness.tmp_path, 1,
+                                            f"while [ ! -e {gate} ]; do /bin/sleep 0.05; done")])
+    harness.send(bundle)
+    worker = harness.start(threads=1, visibility=3)  # a heartbeat every second
+    wait_until(lambda: harness.runs() == ["1"], what="task started")
+    # The worker stalls past its lease (a long GC pause, a partition): another takes over.
+    harness.clock.advance(60)
+    assert harness.leases.claim("fenced#0", "thief/1", VISIBILITY).outcome == CLAIMED
+    gate.touch()
+    # Found by the next heartbeat or by the completion, whichever comes first: both fenced.
+    wait_until(lambda: worker.counts["lost"] == 1, what="lease lost")
+    assert harness.leases.lookup("fenced#0").owner == "thief/1"
+    assert harness.leases.lookup("fenced#0").outcome == IN_PROGRESS
+    assert harness.outbox.visible() == 0

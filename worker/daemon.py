@@ -1,0 +1,490 @@
+"""The worker daemon: receive bundles, claim them, run them, report, delete; until SIGTERM.
+
+It is written against :mod:`cloudkon.backends` and never sees boto3: the same loop runs on
+the in-memory backends of ``local/memory.py`` and on SQS and DynamoDB. Threads:
+
+- the receiver long-polls the input queue, and only for as many messages as there are
+  idle bundle threads, so that every message it holds starts at once;
+- N bundle threads each take a message and follow the reliability protocol of DESIGN.md:
+  claim the bundle's lease (one conditional write), run its tasks with the shared
+  :class:`~cloudkon.executor.Executor`, store the results with COMPLETED, send them, delete
+  the message. A bundle found COMPLETED is replayed (its stored results sent again), not
+  run; one whose lease is live elsewhere is left for later;
+- the heartbeat thread keeps the messages of running bundles invisible and their leases
+  alive, and stores the results of finished tasks, so a takeover runs only the rest;
+- the main thread waits for signals (their handlers only set flags), logs a liveness line
+  and runs the shutdown.
+
+SIGTERM: receive no more; give back what has not started (visibility 0, lease released,
+finished results stored); let running tasks finish within the drain time, then stop their
+bundles and give the rest back; exit 0. A second SIGTERM, or SIGINT, ends running tasks,
+gives everything back and exits at once with 128 + the signal's number.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from cloudkon.backends import BUSY, COMPLETED, Broker, LeaseStore, Message, MessageQueue
+from cloudkon.codec import decode_bundle, pack_results, results_bodies, unpack_results
+from cloudkon.config import WorkerConfig
+from cloudkon.errors import CloudKonError, CodecError
+from cloudkon.executor import Executor
+from cloudkon.limits import (
+    AWS_ERROR_PAUSE_SECONDS,
+    LEASE_SHARE_OF_VISIBILITY,
+    SQS_MAX_BATCH,
+    SQS_MAX_VISIBILITY_SECONDS,
+)
+from cloudkon.model import CANCELLED, SUCCEEDED, Bundle, ResultBundle
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.1  # seconds between the main thread's looks at its flags
+_GIVE_BACK_SECONDS = 10.0  # after a hard stop, how long bundle threads get to give back
+_END = None  # tells a bundle thread to exit
+
+
+def bundle_key(bundle: Bundle) -> str:
+    """The lease key of a bundle: the same for every copy of it, whoever sent it."""
+    return f"{bundle.job_id}#{bundle.seq}"
+
+
+@dataclass
+class _Running:
+    """A bundle being run: what the heartbeat needs, shared under ``lock``."""
+
+    message: Message
+    bundle: Bundle
+    key: str
+    owner: str
+    results: list[tuple]  # of finished tasks, those from earlier owners first
+    stored: int  # how many of ``results`` the lease store already has
+    next_beat: float  # time.monotonic() of the next heartbeat
+    lost: bool = False  # the lease went to another owner: stop and drop the results
+    finished: bool = False  # the bundle thread is completing or giving back: no more beats
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Counts:
+    """What the worker has done, for the liveness line."""
+
+    NAMES = ("received", "completed", "replayed", "busy", "given_back", "dead_lettered",
+             "lost", "failed", "tasks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.NAMES, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self._counts[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class Worker:
+    """One worker daemon. ``run()`` serves until :meth:`stop` (or a signal) and returns the
+    exit code."""
+
+    def __init__(self, inbox: MessageQueue, broker: Broker, leases: LeaseStore,
+                 config: WorkerConfig, executor: Executor | None = None) -> None:
+        self.inbox = inbox
+        self.broker = broker
+        self.leases = leases
+        self.config = config
+        self.executor = executor or Executor(config.task_timeout, config.tail_bytes)
+        self.counts = Counts()
+        self.lease_seconds = config.visibility_seconds * LEASE_SHARE_OF_VISIBILITY
+        # Set by signal handlers and stop(): plain attributes, read by the main loop.
+        self._drain_signal: int | None = None
+        self._hard_signal: int | None = None
+        self._draining = threading.Event()  # receive no more, start no more tasks
+        self._halt = threading.Event()  # the heartbeat thread ends
+        self._handoff: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots = threading.Condition()
+        self._held: dict[str, Message] = {}  # receipt -> message, from receive to done
+        self._running: dict[str, _Running] = {}  # receipt -> running bundle
+        self._receiver_done = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- control ---------------------------------------------------------------------------
+
+    def stop(self, hard: bool = False, signum: int = signal.SIGTERM) -> None:
+        """Ask the worker to drain (or, ``hard``, to give everything back and exit now).
+        Safe in a signal handler: it only sets attributes."""
+        if hard or self._drain_signal is not None:
+            self._hard_signal = signum
+        else:
+            self._drain_signal = signum
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop(hard=signum != signal.SIGTERM, signum=signum)
+
+    def _stopping(self) -> bool:
+        """True from the moment a stop is asked for: the flags are read directly, not
+        through the main loop, so nothing starts in between."""
+        return (self._drain_signal is not None or self._hard_signal is not None
+                or self._draining.is_set())
+
+    def run(self) -> int:
+        """Serve until stopped; return 0 after a drain, 128 + signal after a hard stop."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, self._on_signal)
+                        for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._start_threads()
+            log.info("worker %s serving queue %s with %d threads (visibility %d s, heartbeat"
+                     " every %.0f s, drain %.0f s)", self.config.worker_id, self.inbox.name,
+                     self.config.threads, self.config.visibility_seconds,
+                     self.config.heartbeat_seconds, self.config.drain_seconds)
+            next_liveness = time.monotonic() + self.config.liveness_seconds
+            while self._drain_signal is None and self._hard_signal is None:
+                time.sleep(_TICK)
+                if time.monotonic() >= next_liveness:
+                    self._log_liveness()
+                    next_liveness += self.config.liveness_seconds
+            return self._shut_down()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _start_threads(self) -> None:
+        self._threads = [threading.Thread(target=self._receive_loop, name="cloudkon-receiver",
+                                          daemon=True),
+                         threading.Thread(target=self._heartbeat_loop, name="cloudkon-heartbeat",
+                                          daemon=True)]
+        self._threads += [threading.Thread(target=self._work_loop, name=f"cloudkon-bundle-{i}",
+                                           daemon=True)
+                          for i in range(self.config.threads)]
+        for t in self._threads:
+            t.start()
+
+    def _shut_down(self) -> int:
+        self._draining.set()
+        if self._hard_signal is None:
+            log.warning("%s: stopping: receiving no more, giving back unstarted bundles,"
+                        " letting running tasks finish for up to %.0f s",
+                        _signal_name(self._drain_signal), self.config.drain_seconds)
+            deadline = time.monotonic() + self.config.drain_seconds
+            while not self._idle() and self._hard_signal is None and time.monotonic() < deadline:
+                time.sleep(_TICK)
+            if not self._idle() and self._hard_signal is None:
+                log.warning("drain time over: ending %d running bundles' tasks and giving"
+                            " them back", len(self._running))
+        if self._hard_signal is not None:
+            log.warning("%s: ending running tasks, giving everything back, exiting now",
+                        _signal_name(self._hard_signal))
+        self.executor.cancel()
+        # Bundle threads now give back what they hold. A hard stop does not wait for a long
+        # poll in flight: what it returns comes back after its visibility timeout.
+        idle = self._idle if self._hard_signal is None else self._nothing_held
+        deadline = time.monotonic() + _GIVE_BACK_SECONDS
+        while not idle() and time.monotonic() < deadline:
+            time.sleep(_TICK)
+        self._halt.set()
+        for _ in range(self.config.threads):
+            self._handoff.put(_END)
+        self._give_back_leftovers()
+        self._log_liveness("stopped")
+        if self._hard_signal is not None:
+            return 128 + self._hard_signal
+        return 0
+
+    def _idle(self) -> bool:
+        return self._nothing_held() and self._receiver_done.is_set()
+
+    def _nothing_held(self) -> bool:
+        with self._slots:
+            return not self._held
+
+    def _give_back_leftovers(self) -> None:
+        """Give back what bundle threads could not (stuck in AWS calls after a hard stop)."""
+        with self._slots:
+            left = list(self._held.values())
+            self._held.clear()
+        if left:
+            try:
+                self.inbox.give_back(left)
+                self.counts.add("given_back", len(left))
+                log.warning("gave back %d messages still held at exit: %s", len(left),
+                            ", ".join(m.id for m in left))
+            except CloudKonError as exc:
+                log.error("could not give back %d messages (they come back after their"
+                          " visibility timeout): %s", len(left), exc)
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        cfg = self.config
+        try:
+            while not self._stopping():
+                with self._slots:
+                    while len(self._held) >= cfg.threads and not self._stopping():
+                        self._slots.wait(_TICK)
+                    free = cfg.threads - len(self._held)
+                if self._stopping():
+                    break
+                try:
+                    messages = self.inbox.receive(min(free, SQS_MAX_BATCH), cfg.wait_seconds,
+                                                  cfg.visibility_seconds)
+                except CloudKonError as exc:
+                    log.error("receiving from %s failed: %s; trying again in %.0f s",
+                              self.inbox.name, exc, AWS_ERROR_PAUSE_SECONDS)
+                    self._draining.wait(AWS_ERROR_PAUSE_SECONDS)
+                    continue
+                if not messages:
+                    continue
+                self.counts.add("received", len(messages))
+                if self._stopping():
+                    # The long poll outlived the stop: nothing of this has started.
+                    self._give_back(messages, "received after the stop")
+                    break
+                with self._slots:
+                    for m in messages:
+                        self._held[m.receipt] = m
+                for m in messages:
+                    self._handoff.put(m)
+        except Exception:  # a bug; the worker must still shut down cleanly
+            log.exception("the receiver failed; no more messages are received")
+        finally:
+            self._receiver_done.set()
+
+    def _give_back(self, messages: list[Message], why: str) -> None:
+        try:
+            self.inbox.give_back(messages)
+        except CloudKonError as exc:
+            log.error("could not give back messages %s (%s): they come back after their"
+                      " visibility timeout", ", ".join(m.id for m in messages), exc)
+            return
+        self.counts.add("given_back", len(messages))
+        for m in messages:
+            log.info("gave back message %s (%s)", m.id, why, extra={"message_id": m.id})
+
+    # --- bundles --------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while True:
+            message = self._handoff.get()
+            if message is _END:
+                return
+            try:
+                self._handle(message)
+            except CloudKonError as exc:
+                self.counts.add("failed")
+                log.error("message %s: %s; it comes back after its visibility timeout",
+                          message.id, exc, extra={"message_id": message.id})
+            except Exception:  # a bug must not kill the thread
+                self.counts.add("failed")
+                log.exception("message %s: unexpected error; it comes back after its"
+                              " visibility timeout", message.id, extra={"message_id": message.id})
+            finally:
+                with self._slots:
+                    self._held.pop(message.receipt, None)
+                    self._slots.notify_all()
+
+    def _handle(self, message: Message) -> None:
+        try:
+            bundle, reply_to = decode_bundle(message.body)
+        except CodecError as exc:
+            self.inbox.dead_letter(message, str(exc))
+            self.counts.add("dead_lettered")
+            log.warning("message %s is not a task bundle (%s): moved to the dead-letter queue",
+                        message.id, exc, extra={"message_id": message.id})
+            return
+        ids = _ids(bundle, message)
+        key = bundle_key(bundle)
+        if self._stopping():
+            self._give_back([message], f"bundle {key}, not started before the stop")
+            return
+        owner = f"{self.config.worker_id}/{secrets.token_hex(4)}"  # this claim's fencing token
+        claim = self.leases.claim(key, owner, self.lease_seconds)
+        if claim.outcome == COMPLETED:
+            self._replay(message, bundle, reply_to, claim.results, claim.owner, ids)
+            return
+        if claim.outcome == BUSY:
+            self._leave(message, key, claim.owner, claim.lease_expires, ids)
+            return
+        done = unpack_results(claim.results, bundle.tasks) if claim.results else []
+        running = _Running(message, bundle, key, owner, done, len(done),
+                           time.monotonic() + self.config.heartbeat_seconds)
+        takeover = (f", claim {claim.attempt}: taking over with {len(done)} tasks done"
+                    if claim.attempt > 1 else "")
+        log.info("claimed bundle %s (message %s, %d tasks%s)", key, message.id,
+                 len(bundle.tasks), takeover, extra=ids)
+        with self._slots:
+            self._running[message.receipt] = running
+        try:
+            self._execute(running)
+        finally:
+            with running.lock:
+                running.finished = True
+            with self._slots:
+                self._running.pop(message.receipt, None)
+        if running.lost:
+            self.counts.add("lost")
+            log.warning("bundle %s: lease lost to another worker; its %d results here are"
+                        " dropped, the new owner completes it", key, len(running.results),
+                        extra=ids)
+            return
+        if len(running.results) < len(bundle.tasks):
+            packed, _ = pack_results(running.results, self.leases.max_results_bytes)
+            self.leases.release(key, owner, packed)
+            self.inbox.give_back([message])
+            self.counts.add("given_back")
+            log.info("gave back bundle %s (message %s): %d of %d tasks done, the rest runs"
+                     " elsewhere", key, message.id, len(running.results), len(bundle.tasks),
+                     extra=ids)
+            return
+        self._complete(running, reply_to, ids)
+
+    def _execute(self, running: _Running) -> None:
+        """Run the bundle's tasks that have no result yet, until done or told to stop."""
+        bundle = running.bundle
+        done = {r[0] for r in running.results}
+        run = self.executor.run
+        for line, command in bundle.tasks:
+            if line in done:
+                continue
+            if self._stopping() or running.lost or self.executor.cancelled:
+                return
+            result = run(bundle.job_id, line, command)
+            if result[2] == CANCELLED:
+                return  # ended by the shutdown: not a result; the task runs again elsewhere
+            with running.lock:
+                running.results.append(result)
+            self.counts.add("tasks")
+
+    def _complete(self, running: _Running, reply_to: str, ids: dict) -> None:
+        bundle, key = running.bundle, running.key
+        try:
+            packed, results = pack_results(running.results, self.leases.max_results_bytes)
+        except CodecError as exc:
+            self.leases.release(running.key, running.owner)
+            self.inbox.dead_letter(running.message, f"results do not fit: {exc}")
+            self.counts.add("dead_lettered")
+            log.error("bundle %s: %s; moved to the dead-letter queue", key, exc, extra=ids)
+            return
+        if results is not running.results:
+            log.warning("bundle %s: output tails cut to %d characters so that the results fit"
+                        " the lease store", key, max(max(len(r[7]), len(r[8])) for r in results),
+                        extra=ids)
+        if not self.leases.complete(key, running.owner, packed):
+            self.counts.add("lost")
+            log.warning("bundle %s: lease lost to another worker before completion; results"
+                        " dropped", key, extra=ids)
+            return
+        self._send(bundle, results, reply_to, self.config.worker_id)
+        self.inbox.delete(running.message)
+        self.counts.add("completed")
+        failed = sum(1 for r in results if r[2] != SUCCEEDED)
+        log.info("completed bundle %s (message %s): %d tasks, %d not succeeded", key,
+                 running.message.id, len(results), failed, extra=ids)
+
+    def _replay(self, message: Message, bundle: Bundle, reply_to: str, stored: bytes | None,
+                owner: str, ids: dict) -> None:
+        key = bundle_key(bundle)
+        if stored is None:
+            raise CodecError(f"bundle {key} is COMPLETED but has no stored results")
+        results = unpack_results(stored, bundle.tasks)
+        self._send(bundle, results, reply_to, owner.split("/", 1)[0])
+        self.inbox.delete(message)
+        self.counts.add("replayed")
+        log.info("replayed bundle %s (message %s): completed earlier by %s; %d stored results"
+                 " sent again, nothing run", key, message.id, owner, len(results), extra=ids)
+
+    def _leave(self, message: Message, key: str, owner: str, lease_expires: float,
+               ids: dict) -> None:
+        """Another owner's lease is live: leave the message (it comes back), visible again
+        soon after that lease would expire, later each time it comes back while busy."""
+        remaining = max(lease_expires - time.time(), 0.0)
+        backoff = self.config.visibility_seconds * (2 ** min(message.receive_count - 1, 16) - 1)
+        delay = min(math.ceil(remaining) + 1 + backoff, SQS_MAX_VISIBILITY_SECONDS)
+        self.inbox.extend(message, delay)
+        self.counts.add("busy")
+        log.info("bundle %s (message %s) is held by %s for %.0f s more: left alone, back in"
+                 " %d s", key, message.id, owner, remaining, delay, extra=ids)
+
+    def _send(self, bundle: Bundle, results: list[tuple], reply_to: str, worker: str) -> None:
+        bodies = results_bodies(ResultBundle(bundle.job_id, bundle.seq, results, bundle.sent_at,
+                                             worker))
+        self.broker.queue(reply_to).send_batch(bodies)
+
+    # --- heartbeat ------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        tick = min(1.0, self.config.heartbeat_seconds / 4)
+        while not self._halt.wait(tick):
+            now = time.monotonic()
+            with self._slots:
+                due = [r for r in self._running.values() if r.next_beat <= now]
+            for running in due:
+                try:
+                    self._beat(running)
+                except CloudKonError as exc:
+                    running.next_beat = time.monotonic() + min(AWS_ERROR_PAUSE_SECONDS, tick)
+                    log.error("heartbeat of bundle %s failed: %s", running.key, exc,
+                              extra=_ids(running.bundle, running.message))
+                except Exception:  # a bug must not end the heartbeats
+                    running.next_beat = time.monotonic() + self.config.heartbeat_seconds
+                    log.exception("heartbeat of bundle %s failed", running.key)
+
+    def _beat(self, running: _Running) -> None:
+        """Extend the message's visibility and the lease; store new results."""
+        cfg = self.config
+        # Under the lock: a bundle thread that completes or gives back waits for this beat,
+        # so no beat lands after a release or completion.
+        with running.lock:
+            if running.finished or running.lost:
+                return
+            packed = None
+            if len(running.results) > running.stored:
+                packed, _ = pack_results(running.results, self.leases.max_results_bytes)
+            stored = len(running.results)
+            held = self.inbox.extend(running.message, cfg.visibility_seconds)
+            if not self.leases.heartbeat(running.key, running.owner, self.lease_seconds, packed):
+                running.lost = True
+                return
+            running.stored = stored
+            running.next_beat = time.monotonic() + cfg.heartbeat_seconds
+        if not held:
+            log.warning("bundle %s: message %s is no longer held (received again?); the lease"
+                        " still is, so the bundle runs on", running.key, running.message.id,
+                        extra=_ids(running.bundle, running.message))
+
+    # --- logs -----------------------------------------------------------------------------
+
+    def _log_liveness(self, what: str = "alive") -> None:
+        c = self.counts.snapshot()
+        with self._slots:
+            in_flight = len(self._held)
+        log.info("%s: %d in flight; received %d, completed %d, replayed %d, failed %d, given"
+                 " back %d, dead-lettered %d, busy %d, lost %d; %d tasks run", what, in_flight,
+                 c["received"], c["completed"], c["replayed"], c["failed"], c["given_back"],
+                 c["dead_lettered"], c["busy"], c["lost"], c["tasks"],
+                 extra={"counts": {**c, "in_flight": in_flight}})
+
+
+def _ids(bundle: Bundle, message: Message) -> dict:
+    return {"job_id": bundle.job_id, "bundle": bundle.seq, "message_id": message.id}
+
+
+def _signal_name(signum: int | None) -> str:
+    try:
+        return signal.Signals(signum).name
+    except (TypeError, ValueError):
+        return "stop"

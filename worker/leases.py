@@ -1,0 +1,136 @@
+"""The DynamoDB lease store behind the :mod:`cloudkon.backends` lease interface.
+
+One item per bundle, keyed ``pk``: its status (IN_PROGRESS or COMPLETED), the owner that
+holds it, when the owner's lease expires, the packed results of its finished tasks, and
+how many claims it has had. A claim is one conditional write, never a read and a write:
+
+    attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires < :now)
+
+It is an UpdateItem rather than a PutItem so that the finished-task results a previous
+owner recorded survive a takeover (a put would replace the item and drop them); ALL_NEW
+hands them to the new owner, and ReturnValuesOnConditionCheckFailure=ALL_OLD tells a
+loser what it lost to, without a second read. Every later write is conditional on the
+owner (a fencing token). Expiry is compared here, in code: the TTL attribute only lets
+DynamoDB sweep old items, up to days late, and nothing relies on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from cloudkon.aws import call
+from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS, Claim
+from cloudkon.limits import LEASE_RESULTS_MAX_BYTES, SQS_MAX_RETENTION_SECONDS
+
+_CHECK_FAILED = ("ConditionalCheckFailedException",)
+_NAMES = {"#status": "status", "#owner": "owner"}
+KEY = "pk"
+TTL_ATTRIBUTE = "expires_at"
+
+
+class DynamoLeaseStore:
+    """Leases in the DynamoDB table ``table``; ``clock`` gives seconds since the epoch."""
+
+    def __init__(self, client, table: str, clock: Callable[[], float] = time.time,
+                 max_results_bytes: int = LEASE_RESULTS_MAX_BYTES,
+                 retention_seconds: int = SQS_MAX_RETENTION_SECONDS) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+        self.max_results_bytes = max_results_bytes
+        # Items outlive any copy of their bundle still in a queue, then TTL may sweep them.
+        self.retention_seconds = retention_seconds
+
+    def claim(self, key: str, owner: str, lease_seconds: float) -> Claim:
+        now = self.clock()
+        try:
+            response = self._update(
+                f"claim bundle {key}", key,
+                "SET #status = :in_progress, #owner = :me, lease_expires = :lease,"
+                " expires_at = :ttl ADD attempts :one",
+                "attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires < :now)",
+                {":in_progress": {"S": IN_PROGRESS}, ":me": {"S": owner},
+                 ":lease": _number(now + lease_seconds), ":ttl": self._ttl(now),
+                 ":one": {"N": "1"}, ":now": _number(now)},
+                ReturnValues="ALL_NEW",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as exc:
+            item = exc.response.get("Item") or self._get(key)
+            if item is None:  # gone in between (swept by TTL): claim it afresh
+                return self.claim(key, owner, lease_seconds)
+            found = _claim(item, item["status"]["S"])
+            if found.outcome == COMPLETED:
+                return found
+            if found.owner == owner:
+                # A retried claim whose first attempt did land: still this owner's.
+                return found._replace(outcome=CLAIMED)
+            return found._replace(outcome=BUSY)
+        return _claim(response["Attributes"], CLAIMED)
+
+    def heartbeat(self, key: str, owner: str, lease_seconds: float,
+                  results: bytes | None = None) -> bool:
+        now = self.clock()
+        update = "SET lease_expires = :lease, expires_at = :ttl"
+        values = {":lease": _number(now + lease_seconds), ":ttl": self._ttl(now)}
+        return self._if_owner(f"heartbeat of bundle {key}", key, owner, update, values, results,
+                              in_progress=True)
+
+    def complete(self, key: str, owner: str, results: bytes) -> bool:
+        now = self.clock()
+        update = "SET #status = :completed, expires_at = :ttl, completed_at = :now"
+        values = {":completed": {"S": COMPLETED}, ":ttl": self._ttl(now), ":now": _number(now)}
+        # Conditional on the owner alone: a retry of a completion that did land succeeds.
+        return self._if_owner(f"complete bundle {key}", key, owner, update, values, results,
+                              in_progress=False)
+
+    def release(self, key: str, owner: str, results: bytes | None = None) -> None:
+        self._if_owner(f"release bundle {key}", key, owner, "SET lease_expires = :zero",
+                       {":zero": {"N": "0"}}, results, in_progress=True)
+
+    def lookup(self, key: str) -> Claim | None:
+        item = self._get(key)
+        return _claim(item, item["status"]["S"]) if item else None
+
+    def _get(self, key: str) -> dict | None:
+        return call(f"look up bundle {key}", self.client.get_item, TableName=self.table,
+                    Key={KEY: {"S": key}}, ConsistentRead=True).get("Item")
+
+    def _if_owner(self, what: str, key: str, owner: str, update: str, values: dict,
+                  results: bytes | None, in_progress: bool) -> bool:
+        condition = "#owner = :me"
+        values = {**values, ":me": {"S": owner}}
+        if in_progress:
+            condition += " AND #status = :in_progress"
+            values[":in_progress"] = {"S": IN_PROGRESS}
+        if results is not None:
+            update += ", results = :results"
+            values[":results"] = {"B": results}
+        try:
+            self._update(what, key, update, condition, values)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def _update(self, what: str, key: str, update: str, condition: str, values: dict, **extra):
+        names = {n: v for n, v in _NAMES.items() if n in update or n in condition}
+        return call(what, self.client.update_item, expected=_CHECK_FAILED,
+                    TableName=self.table, Key={KEY: {"S": key}}, UpdateExpression=update,
+                    ConditionExpression=condition, ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD", **extra)
+
+    def _ttl(self, now: float) -> dict:
+        return {"N": str(int(now) + self.retention_seconds)}
+
+
+def _number(value: float) -> dict:
+    return {"N": f"{value:.6f}"}
+
+
+def _claim(item: dict, outcome: str) -> Claim:
+    results = item.get("results", {}).get("B")
+    return Claim(outcome, item.get("owner", {}).get("S", ""),
+                 float(item.get("lease_expires", {}).get("N", "0")),
+                 bytes(results) if results is not None else None,
+                 int(item.get("attempts", {}).get("N", "0")))

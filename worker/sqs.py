@@ -1,0 +1,193 @@
+"""SQS queues behind the :mod:`cloudkon.backends` queue interface.
+
+Every call goes through :func:`cloudkon.aws.call` (retries, error translation). A batch
+send that answers 200 can still fail some entries: only those are sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from botocore.exceptions import ClientError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from cloudkon.aws import call
+from cloudkon.backends import Message
+from cloudkon.errors import AwsError, NotSetUpError
+from cloudkon.limits import (
+    AWS_BACKOFF_BASE_SECONDS,
+    AWS_BACKOFF_MAX_SECONDS,
+    AWS_MAX_ATTEMPTS,
+    SQS_LONG_POLL_SECONDS,
+    SQS_MAX_BATCH,
+    SQS_MAX_BATCH_BYTES,
+    SQS_MAX_VISIBILITY_SECONDS,
+)
+
+log = logging.getLogger(__name__)
+
+# What SQS answers when a receipt handle no longer holds its message: deleted, received
+# again, or past its visibility (moto says ReceiptHandleIsInvalid; AWS InvalidParameterValue
+# or MessageNotInflight).
+_NOT_HELD = ("ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
+             "AWS.SimpleQueueService.MessageNotInflight")
+_REASON_ATTRIBUTE = "cloudkon-dead-letter-reason"
+_SOURCE_ATTRIBUTE = "cloudkon-source-message-id"
+_MAX_ATTRIBUTE_CHARS = 1024
+
+
+class _EntriesFailed(Exception):
+    """Some entries of a batch failed on SQS's side; they are worth sending again."""
+
+
+class SqsQueue:
+    """One SQS queue, known by URL; ``dead_letter_url`` is where :meth:`dead_letter` sends."""
+
+    def __init__(self, client, url: str, name: str | None = None,
+                 dead_letter_url: str | None = None) -> None:
+        self.client = client
+        self.url = url
+        self.name = name or url.rstrip("/").rsplit("/", 1)[-1]
+        self.dead_letter_url = dead_letter_url
+
+    def receive(self, max_messages: int, wait_seconds: float,
+                visibility_seconds: int) -> list[Message]:
+        response = call(
+            f"receive from queue {self.name}", self.client.receive_message,
+            QueueUrl=self.url,
+            MaxNumberOfMessages=max(1, min(max_messages, SQS_MAX_BATCH)),
+            WaitTimeSeconds=max(0, min(round(wait_seconds), SQS_LONG_POLL_SECONDS)),
+            VisibilityTimeout=min(int(visibility_seconds), SQS_MAX_VISIBILITY_SECONDS),
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            Message(m["MessageId"], m["Body"], m["ReceiptHandle"],
+                    int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)))
+            for m in response.get("Messages", ())
+        ]
+
+    def delete(self, message: Message) -> None:
+        with contextlib.suppress(ClientError):  # already gone: what deleting was for
+            call(f"delete message {message.id} from queue {self.name}", self.client.delete_message,
+                 expected=_NOT_HELD, QueueUrl=self.url, ReceiptHandle=message.receipt)
+
+    def extend(self, message: Message, seconds: int) -> bool:
+        try:
+            call(f"extend message {message.id} in queue {self.name}",
+                 self.client.change_message_visibility, expected=_NOT_HELD,
+                 QueueUrl=self.url, ReceiptHandle=message.receipt,
+                 VisibilityTimeout=min(int(seconds), SQS_MAX_VISIBILITY_SECONDS))
+        except ClientError:
+            return False
+        return True
+
+    def give_back(self, messages: list[Message]) -> None:
+        for start in range(0, len(messages), SQS_MAX_BATCH):
+            chunk = messages[start:start + SQS_MAX_BATCH]
+            response = call(
+                f"give back {len(chunk)} messages to queue {self.name}",
+                self.client.change_message_visibility_batch, QueueUrl=self.url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m.receipt, "VisibilityTimeout": 0}
+                         for i, m in enumerate(chunk)],
+            )
+            for failed in response.get("Failed", ()):
+                log.debug("message %s was no longer held when given back (%s)",
+                          chunk[int(failed["Id"])].id, failed.get("Code"))
+
+    def send_batch(self, bodies: list[str]) -> None:
+        for batch in _batches(bodies):
+            self._send_entries({str(i): body for i, body in enumerate(batch)})
+
+    def _send_entries(self, pending: dict[str, str]) -> None:
+        """Send the entries, again and again for those that fail on SQS's side."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(_EntriesFailed),
+            wait=wait_random_exponential(multiplier=AWS_BACKOFF_BASE_SECONDS,
+                                         max=AWS_BACKOFF_MAX_SECONDS),
+            stop=stop_after_attempt(AWS_MAX_ATTEMPTS),
+            before_sleep=lambda state: log.warning(
+                "send to queue %s: %s; sending those again (attempt %d of %d)", self.name,
+                state.outcome.exception(), state.attempt_number, AWS_MAX_ATTEMPTS),
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._send_once(pending)
+        except _EntriesFailed as exc:
+            raise AwsError(f"send to queue {self.name}: {exc} (gave up after "
+                           f"{AWS_MAX_ATTEMPTS} attempts)") from None
+
+    def _send_once(self, pending: dict[str, str]) -> None:
+        response = call(
+            f"send {len(pending)} messages to queue {self.name}", self.client.send_message_batch,
+            QueueUrl=self.url,
+            Entries=[{"Id": i, "MessageBody": body} for i, body in pending.items()],
+        )
+        for sent in response.get("Successful", ()):
+            pending.pop(sent["Id"], None)
+        failed = response.get("Failed", ())
+        refused = [f for f in failed if f.get("SenderFault")]
+        if refused:
+            first = refused[0]
+            raise AwsError(f"send to queue {self.name}: {len(refused)} messages refused "
+                           f"({first.get('Code')}: {first.get('Message', '')})",
+                           first.get("Code", ""))
+        if pending:
+            codes = sorted({f.get("Code", "?") for f in failed}) or ["no answer"]
+            raise _EntriesFailed(f"{len(pending)} entries failed ({', '.join(codes)})")
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        if self.dead_letter_url is None:
+            raise NotSetUpError(f"queue {self.name} has no dead-letter queue")
+        call(f"send message {message.id} to the dead-letter queue of {self.name}",
+             self.client.send_message, QueueUrl=self.dead_letter_url, MessageBody=message.body,
+             MessageAttributes={
+                 _REASON_ATTRIBUTE: {"DataType": "String",
+                                     "StringValue": reason[:_MAX_ATTRIBUTE_CHARS] or "?"},
+                 _SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": message.id},
+             })
+        self.delete(message)
+
+
+def _batches(bodies: list[str]) -> list[list[str]]:
+    """Bodies in batches of at most 10 entries and 1 MiB in all (the SQS batch limits)."""
+    batches: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for body in bodies:
+        n = len(body.encode("utf-8"))
+        if current and (len(current) == SQS_MAX_BATCH or size + n > SQS_MAX_BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(body)
+        size += n
+    if current:
+        batches.append(current)
+    return batches
+
+
+class SqsBroker:
+    """Finds SQS queues by name or URL, looking each name up once."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self._urls: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def url(self, name: str) -> str:
+        """The URL of the queue ``name`` (a URL is its own); NotSetUpError if it does not exist."""
+        if name.startswith(("https://", "http://")):
+            return name
+        with self._lock:
+            url = self._urls.get(name)
+        if url is None:
+            url = call(f"queue {name}", self.client.get_queue_url, QueueName=name)["QueueUrl"]
+            with self._lock:
+                self._urls[name] = url
+        return url
+
+    def queue(self, name: str, dead_letter: str | None = None) -> SqsQueue:
+        dlq_url = self.url(dead_letter) if dead_letter is not None else None
+        return SqsQueue(self.client, self.url(name), None if "/" in name else name, dlq_url)

@@ -8,10 +8,12 @@ time-out or a cancel ends the whole tree it started, not only the shell.
 from __future__ import annotations
 
 import os
-import selectors
+import select
 import signal
+import subprocess
 import threading
 import time
+from typing import IO
 
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, task_id
@@ -36,7 +38,8 @@ class Executor:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._running: set[int] = set()  # pids (= process group ids) of running tasks
-        self._env = dict(os.environ)
+        # Encoded once: Popen would encode every variable again for every task.
+        self._env: dict[bytes, bytes] = dict(os.environb)
 
     @property
     def cancelled(self) -> bool:
@@ -94,27 +97,27 @@ class Executor:
         if self._cancelled.is_set():
             return (line, command, CANCELLED, None, None, start, start, "", "")
         env = self._env.copy()
-        env["CLOUDKON_JOB_ID"] = job_id
-        env["CLOUDKON_TASK_ID"] = task_id(job_id, line)
-        env["CLOUDKON_LINE"] = str(line)
+        env[b"CLOUDKON_JOB_ID"] = job_id.encode()
+        env[b"CLOUDKON_TASK_ID"] = task_id(job_id, line).encode()
+        env[b"CLOUDKON_LINE"] = str(line).encode()
         try:
-            pid, out_fd, err_fd = _spawn(command, env)
+            proc = _spawn(command, env)
         except OSError as exc:
             return (line, command, FAILED, None, None, start, time.time(), "",
                     f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
+        pid = proc.pid
         with self._lock:
             self._running.add(pid)
         if self._cancelled.is_set():  # cancel() came while it started, and missed it
             _kill_group(pid, signal.SIGKILL)
         try:
-            stdout, stderr, timed_out = self._wait(pid, out_fd, err_fd)
+            stdout, stderr, timed_out = self._wait(pid, proc.stdout, proc.stderr)
         finally:
             with self._lock:
                 self._running.discard(pid)
             # Reaped only now, after leaving _running: cancel() never signals a reused pid.
-            _, status = os.waitpid(pid, 0)
+            code = proc.wait()
         end = time.time()
-        code = os.waitstatus_to_exitcode(status)
         sig = None
         if code < 0:  # ended by a signal: no exit status, the signal says what happened
             sig = _signal_name(-code)
@@ -128,27 +131,29 @@ class Executor:
         return (line, command, status, code, sig, start, end,
                 _decode_tail(stdout, self.tail_bytes), _decode_tail(stderr, self.tail_bytes))
 
-    def _wait(self, pid: int, out_fd: int, err_fd: int) -> tuple[bytearray, bytearray, bool]:
-        """Read the ends of stdout and stderr until the task has exited, enforcing the time
-        limit; the task is left unreaped (a zombie at most), so its pid stays its own."""
+    def _wait(self, pid: int, stdout: IO[bytes], stderr: IO[bytes]
+              ) -> tuple[bytearray, bytearray, bool]:
+        """Read the ends of stdout and stderr (and close them) until the task has exited,
+        enforcing the time limit; the task is left unreaped (a zombie at most), so its pid
+        stays its own."""
         keep = self.tail_bytes
+        out_fd, err_fd = stdout.fileno(), stderr.fileno()
         tails = {out_fd: bytearray(), err_fd: bytearray()}
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         kill_at = None  # when a timed-out task's group gets SIGKILL
         drain_until = None  # once it has exited: how long to read what it left in the pipes
         timed_out = False
         pidfd = _pidfd_open(pid)
-        sel = selectors.PollSelector()
+        poller = select.poll()  # select.poll, not selectors: this loop runs for every task
+        watched = {out_fd, err_fd} if pidfd is None else {out_fd, err_fd, pidfd}
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
         try:
-            for fd in tails:
-                sel.register(fd, selectors.EVENT_READ)
-            if pidfd is not None:
-                sel.register(pidfd, selectors.EVENT_READ)
             while True:
                 now = time.monotonic()
                 if drain_until is None and pidfd is None and _has_exited(pid):
                     drain_until = now + _DRAIN_SECONDS
-                if drain_until is not None and (len(sel.get_map()) == 0 or now >= drain_until):
+                if drain_until is not None and (not watched or now >= drain_until):
                     break
                 if deadline is not None and now >= deadline and not timed_out:
                     timed_out = True
@@ -161,28 +166,28 @@ class Executor:
                 for limit in (None if timed_out else deadline, kill_at, drain_until):
                     if limit is not None:
                         wait = min(wait, max(limit - now, 0.0))
-                events = sel.select(wait)
+                events = poller.poll(wait * 1000.0)
                 if not events and drain_until is not None:
                     break  # exited, and whatever it started holds the pipes open: done
-                for key, _ in events:
-                    fd = key.fd
+                for fd, _ in events:
                     if fd == pidfd:
-                        sel.unregister(fd)
                         drain_until = time.monotonic() + _DRAIN_SECONDS
-                        continue
-                    chunk = os.read(fd, _READ_CHUNK)
-                    if not chunk:
-                        sel.unregister(fd)
+                        chunk = b""
+                    else:
+                        chunk = os.read(fd, _READ_CHUNK)
+                    if not chunk:  # end of file (POLLHUP), or the task exited
+                        poller.unregister(fd)
+                        watched.discard(fd)
                         continue
                     tail = tails[fd]
                     tail += chunk
                     if len(tail) > 2 * keep:
                         del tail[: len(tail) - keep]
         finally:
-            sel.close()
-            for fd in (out_fd, err_fd, pidfd):
-                if fd is not None:
-                    os.close(fd)
+            stdout.close()
+            stderr.close()
+            if pidfd is not None:
+                os.close(pidfd)
             if drain_until is None:  # left early (an error): do not leave the task behind
                 _kill_group(pid, signal.SIGKILL)
         if timed_out:
@@ -192,33 +197,17 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(command: str, env: dict[str, str]) -> tuple[int, int, int]:
-    """Start ``/bin/sh -c command`` in a new session with stdin from /dev/null; return its
-    pid and the read ends of its stdout and stderr pipes.
+def _spawn(command: str, env: dict[bytes, bytes]) -> subprocess.Popen:
+    """Start ``/bin/sh -c command`` in a new session (its own process group), stdin from
+    /dev/null, stdout and stderr to pipes.
 
-    posix_spawn (vfork and exec in C) costs a fraction of subprocess.Popen's Python-level
-    set-up, which matters when tasks are as short as `true`.
+    Popen rather than os.posix_spawn: on Linux it vforks with the GIL released, so one
+    worker starting a task does not stall the others (posix_spawn holds the GIL).
     """
-    out_r, out_w = os.pipe()  # non-inheritable; dup2 makes the child's copies inheritable
-    err_r, err_w = os.pipe()
-    try:
-        pid = os.posix_spawn(
-            SHELL, [SHELL, "-c", command], env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_DUP2, err_w, 2),
-            ],
-            setsid=True,
-        )
-    except BaseException:
-        os.close(out_r)
-        os.close(err_r)
-        raise
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    return pid, out_r, err_r
+    return subprocess.Popen(
+        [SHELL, "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True, env=env,
+    )
 
 
 def _pidfd_open(pid: int) -> int | None:

@@ -1,34 +1,37 @@
-"""The local framework: reader -> input queue -> N worker threads -> output queue -> collector.
+"""The local framework: client -> input queue -> N worker threads -> output queue -> client.
 
-It plays the original design's CloudKon_Main: the reader thread is the client, the threads
-are the workers, and the calling thread collects. Bundles of tasks, not single tasks, go
-through the queues, and both queues are bounded, so memory stays flat however long the
-workload is. SIGINT and SIGTERM stop the run cleanly: running tasks are ended, nothing new
-starts, and what finished is summarised.
+It plays the original design's CloudKon_Main. The calling thread is the client: it streams
+the workload into the input queue as bundles of tasks (CloudKon's task bundling) and
+collects bundles of results from the output queue in between, never more than
+``2 x workers`` bundles in flight, so memory stays flat however long the workload is. The
+worker threads execute. One client thread rather than a reader and a collector: every
+thread wake-up costs context switches and GIL hand-offs, which on short shell tasks cost
+more than the tasks themselves.
+
+SIGINT and SIGTERM stop the run cleanly: running tasks are ended, nothing new starts, and
+what finished is summarised.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from cloudkon.config import RunConfig
-from cloudkon.errors import CloudKonError
 from cloudkon.executor import Executor
-from cloudkon.model import ResultBundle
+from cloudkon.model import Bundle, ResultBundle
 from cloudkon.summary import Summary
 from cloudkon.workload import BadLine, Workload
 
 log = logging.getLogger(__name__)
 
-_END = None  # put on the input queue once per worker when the workload is exhausted
-_WORKER_DONE = "worker-done"  # put on the output queue by each worker as it exits
-_POLL_SECONDS = 0.1  # how often blocked threads look whether the run is stopping
+_END = None  # put on the input queue once per worker: exit
+_POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a signal
+_BUNDLES_IN_FLIGHT_PER_WORKER = 2  # one running, one waiting: no worker waits for the client
 
 
 class LocalRunner:
@@ -45,122 +48,92 @@ class LocalRunner:
         self.workload = Workload(config.workload, on_bad_line=on_bad_line)
         self.executor = Executor(config.task_timeout, config.tail_bytes)
         self.on_results = on_results
-        self.on_total = on_total  # told the exact task count once the reader has it
+        self.on_total = on_total  # told the exact task count once the whole file is read
         self.summary = Summary(config.job_id, config.workers)
         self.signal_received: int | None = None
-        self._stop = threading.Event()
-        self._errors: list[BaseException] = []
-        # Bounded: a few bundles waiting per worker keep every worker busy.
-        self._inq: queue.Queue = queue.Queue(maxsize=2 * config.workers)
-        self._outq: queue.Queue = queue.Queue(maxsize=4 * config.workers)
+        self._stopping = False
+        # Bounded by the client, which keeps at most a few bundles per worker in flight.
+        self._inq: queue.SimpleQueue = queue.SimpleQueue()
+        self._outq: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(self) -> Summary:
         """Run the workload to its end (or until a signal) and return the summary."""
         started = time.monotonic()
         handlers = self._install_signal_handlers()
-        threads = [threading.Thread(target=self._read, name="cloudkon-reader", daemon=True)]
-        threads += [
+        workers = [
             threading.Thread(target=self._work, args=(f"local-{i}",), name=f"cloudkon-worker-{i}",
                              daemon=True)
             for i in range(self.config.workers)
         ]
         try:
-            for t in threads:
+            for t in workers:
                 t.start()
-            self._collect()
+            self._submit_and_collect()
         finally:
             self._restore_signal_handlers(handlers)
-            self._stop.set()
-            self.executor.cancel()
-            self._join(threads)
-        self.summary.wall_seconds = time.monotonic() - started
-        self._take_workload_counts()
-        if self._errors:
-            raise self._errors[0]
+            if self._stopping or any(t.is_alive() for t in workers):
+                self._stopping = True
+                self.executor.cancel()
+            for _ in workers:
+                self._inq.put(_END)
+            for t in workers:
+                t.join()
+            self.summary.wall_seconds = time.monotonic() - started
+            self._take_workload_counts()
         return self.summary
 
-    # The client: stream the workload into the input queue.
-    def _read(self) -> None:
+    def _submit_and_collect(self) -> None:
         cfg = self.config
-        try:
-            for bundle in self.workload.bundles(cfg.job_id, cfg.bundle_size, cfg.bundle_ms):
-                bundle.sent_at = time.time()
-                if not self._put(self._inq, bundle):
-                    return
-            if self.on_total is not None:
-                self.on_total(self.workload.tasks)
-            for _ in range(cfg.workers):
-                if not self._put(self._inq, _END):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, re-raised there
-            if not isinstance(exc, CloudKonError):
-                log.error("reading %s failed", cfg.workload, exc_info=exc)
-            self._errors.append(exc)
-            self._stop.set()
-
-    # A worker: take bundles, run their tasks, put the results.
-    def _work(self, name: str) -> None:
-        job_id = self.config.job_id
-        run_bundle = self.executor.run_bundle
-        try:
-            while not self._stop.is_set():
-                try:
-                    bundle = self._inq.get(timeout=_POLL_SECONDS)
-                except queue.Empty:
-                    continue
-                if bundle is _END:
-                    break
-                results = run_bundle(job_id, bundle.tasks)
-                if results:
-                    self._outq.put(ResultBundle(job_id, bundle.seq, results, bundle.sent_at, name))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, re-raised there
-            log.error("worker %s failed", name, exc_info=exc)
-            self._errors.append(exc)
-            self._stop.set()
-        finally:
-            self._outq.put(_WORKER_DONE)
-
-    # The collector: the calling thread drains the output queue until every worker is done.
-    def _collect(self) -> None:
-        running = self.config.workers
+        bundles: Iterator[Bundle] | None = self.workload.bundles(
+            cfg.job_id, cfg.bundle_size, cfg.bundle_ms)
+        window = _BUNDLES_IN_FLIGHT_PER_WORKER * cfg.workers
+        in_flight = 0
         add = self.summary.add
         on_results = self.on_results
-        while running:
-            if self.signal_received is not None and not self._stop.is_set():
+        while True:
+            while bundles is not None and in_flight < window and not self._stopping:
+                bundle = next(bundles, None)
+                if bundle is None:
+                    bundles = None
+                    if self.on_total is not None:
+                        self.on_total(self.workload.tasks)
+                    break
+                bundle.sent_at = time.time()
+                self._inq.put(bundle)
+                in_flight += 1
+            if not in_flight and (bundles is None or self._stopping):
+                return
+            if self.signal_received is not None and not self._stopping:
                 log.warning("stopping: ending running tasks, starting no more")
                 self.summary.interrupted = True
-                self._stop.set()
+                self._stopping = True
                 self.executor.cancel()
             try:
-                item = self._outq.get(timeout=_POLL_SECONDS)
+                results = self._outq.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 continue
-            if item is _WORKER_DONE:
-                running -= 1
-                continue
-            add(item)
-            if on_results is not None:
-                on_results(item)
+            in_flight -= 1
+            if results.results:
+                add(results)
+                if on_results is not None:
+                    on_results(results)
 
-    def _join(self, threads: list[threading.Thread]) -> None:
-        """Wait for the threads, draining the output queue so no worker stays blocked on it
-        (the collector may have left early, e.g. when the results file failed)."""
-        for t in threads:
-            while t.is_alive():
-                t.join(_POLL_SECONDS)
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        self._outq.get_nowait()
-
-    def _put(self, q: queue.Queue, item) -> bool:
-        """Put, waiting for room; False if the run is stopping instead."""
+    def _work(self, name: str) -> None:
+        """A worker: take bundles, run their tasks, put one result bundle for each."""
+        job_id = self.config.job_id
+        run_bundle = self.executor.run_bundle
         while True:
+            bundle = self._inq.get()
+            if bundle is _END:
+                return
+            results = []
             try:
-                q.put(item, timeout=_POLL_SECONDS)
-                return True
-            except queue.Full:
-                if self._stop.is_set():
-                    return False
+                if not self._stopping:
+                    results = run_bundle(job_id, bundle.tasks)
+            except Exception:  # a bug: report it, and keep the client's count of bundles right
+                log.exception("worker %s: bundle %d failed", name, bundle.seq)
+            finally:
+                self._outq.put(ResultBundle(job_id, bundle.seq, results, bundle.sent_at, name))
 
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary
@@ -168,7 +141,7 @@ class LocalRunner:
         s.sleep_tasks, s.sleep_ms = w.sleep_tasks, w.sleep_ms
 
     def _on_signal(self, signum, frame) -> None:
-        # Only a flag: the collector loop sees it within _POLL_SECONDS and acts.
+        # Only a flag: the client loop sees it within _POLL_SECONDS and acts.
         self.signal_received = signum
 
     def _install_signal_handlers(self) -> dict:

@@ -1,9 +1,22 @@
 """The Chalice app of the remote flavour: the S3-triggered Lambda that splits workloads.
 
-Its handler arrives with the submission issue (S3 upload -> bundles on SQS); until then
-this app has no handlers and `chalice deploy` would deploy nothing.
+An object created under ``workloads/JOB_ID/`` in the workload bucket is streamed, split into
+task bundles and sent to the input queue; the job's manifest goes to the lease table. The
+bucket and prefix are the stage's environment variables in ``.chalice/config.json``.
 """
+
+import os
 
 from chalice import Chalice
 
+from submitter.deployment import WORKLOADS_PREFIX
+from submitter.s3_lambda import on_upload, workload_bucket
+
 app = Chalice(app_name="cloudkon")
+
+
+@app.on_s3_event(bucket=workload_bucket(os.path.dirname(os.path.abspath(__file__))),
+                 prefix=WORKLOADS_PREFIX, events=["s3:ObjectCreated:*"])
+def split_workload(event):
+    """Split the uploaded workload into task bundles on the input queue."""
+    on_upload(event.bucket, event.key)  # event.key: Chalice has undone S3's quote_plus

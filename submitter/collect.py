@@ -1,0 +1,266 @@
+"""Collecting a job's results from the output queue, the way `cloudkon collect` does.
+
+The output queue is shared by every job of a prefix. The collector long-polls it, keeps the
+results of its own job (written, counted, then deleted), and makes the messages of other
+jobs visible again at once for their own collectors. Results are deduplicated by task id:
+a bundle delivered twice is replayed by the workers, not run again, and its results come
+twice. The collector stops when the job's manifest is final and every task has a result,
+or at its deadline. When the queue has had nothing of the job for a while, the results of
+bundles it has not seen are read back from the lease store, where the workers recorded
+them before sending: a previous collector that took them and died loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
+from cloudkon.codec import decode_results, unpack_stored_results
+from cloudkon.errors import CodecError, JobNotFoundError, WorkloadError
+from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
+from cloudkon.model import Bundle, ResultBundle, task_id
+from cloudkon.summary import Summary
+from submitter.manifest import REJECTED, Manifest
+from worker.daemon import bundle_key
+
+log = logging.getLogger(__name__)
+
+# How long the collector holds a received result: written and deleted well within it.
+COLLECT_VISIBILITY_SECONDS = 30
+# While the manifest is not final (the workload is still being split), how often it is read.
+MANIFEST_POLL_SECONDS = 2.0
+# After this long without a result of the job, bundles not yet seen are looked up in the
+# lease store; again after the interval while results are still missing, the interval
+# doubling (up to the cap) while the lookups find nothing: workers may be down for hours.
+RECOVERY_QUIET_SECONDS = float(SQS_LONG_POLL_SECONDS)
+RECOVERY_INTERVAL_SECONDS = 60.0
+MAX_RECOVERY_INTERVAL_SECONDS = 1800.0
+# Another job's message is made visible again at once, for its own collector. One that has
+# kept coming back to this collector for this long is likely a job nobody collects (a late
+# duplicate): it is then hidden for the delay below each time, so that on a queue that
+# returns the oldest messages first (moto; SQS may too) it cannot hide this job's results.
+OTHERS_GRACE_SECONDS = 10.0
+OTHERS_DELAY_SECONDS = SQS_LONG_POLL_SECONDS
+# Without a manifest this long after the collector started, the upload is probably not being
+# split (no Lambda deployed, or it fails): said once, then the collector waits on.
+SPLIT_WARNING_SECONDS = 60.0
+# How many missing task ids a timed-out collection names.
+MAX_NAMED_MISSING = 20
+
+
+@dataclass
+class Collection:
+    """How a collection ended."""
+
+    summary: Summary
+    manifest: Manifest | None
+    complete: bool
+    missing_count: int  # tasks without a result; -1 if unknown (manifest not final)
+    missing: list[str]  # ids of the first few missing tasks (empty if they cannot be named)
+    recovered: int  # results read back from the lease store
+
+
+class Collector:
+    """Collects the results of job ``job_id``: ``run()`` returns a :class:`Collection`."""
+
+    def __init__(self, job_id: str, outbox: MessageQueue, manifests,
+                 leases: LeaseStore | None = None,
+                 on_results: Callable[[ResultBundle], None] | None = None,
+                 on_total: Callable[[int], None] | None = None,
+                 exists: Callable[[], bool] | None = None,
+                 quiet_seconds: float = RECOVERY_QUIET_SECONDS) -> None:
+        """``exists`` tells whether the job was submitted though it has no manifest yet (its
+        workload uploaded, not split yet); without it, no manifest means no such job.
+        After ``quiet_seconds`` without a result of the job, the lease store is read."""
+        self.job_id = job_id
+        self.outbox = outbox
+        self.manifests = manifests
+        self.leases = leases
+        self.on_results = on_results
+        self.on_total = on_total
+        self.exists = exists
+        self.quiet_seconds = quiet_seconds
+        self.summary = Summary(job_id, 0)
+        self._seen = bytearray()  # _seen[line] == 1 once the task on that line has a result
+        self.count = 0  # tasks with a result
+        self._seqs: set[int] = set()  # bundles with a result received from the queue
+        self._resolved: set[int] = set()  # bundles read back COMPLETED from the lease store
+        self._workers: set[str] = set()
+        self._others: dict[str, float] = {}  # message id of another job -> when first seen
+        self._last_end = 0.0
+        self.recovered = 0
+
+    def run(self, timeout: float | None = None) -> Collection:
+        now = time.monotonic
+        deadline = now() + timeout if timeout is not None else float("inf")
+        manifest = self.manifests.load(self.job_id)
+        if manifest is None and not (self.exists is not None and self.exists()):
+            raise JobNotFoundError(f"job {self.job_id} does not exist (no manifest, no upload)")
+        announced = self._announce(manifest)
+        started = manifest_read = last_mine = now()
+        last_recovery = None
+        recovery_interval = RECOVERY_INTERVAL_SECONDS
+        warned = False
+        while True:
+            if manifest is not None and manifest.status == REJECTED:
+                raise WorkloadError(manifest.source, manifest.error)
+            if manifest is not None and manifest.final and self.count >= manifest.tasks:
+                break
+            remaining = deadline - now()
+            if remaining <= 0:
+                break
+            messages = self.outbox.receive(SQS_MAX_BATCH, min(SQS_LONG_POLL_SECONDS, remaining),
+                                           COLLECT_VISIBILITY_SECONDS)
+            if self._take(messages):
+                last_mine = now()
+            elif (manifest is not None and manifest.final and self.leases is not None
+                  and now() - last_mine >= self.quiet_seconds
+                  and (last_recovery is None or now() - last_recovery >= recovery_interval)):
+                found = self._recover(manifest)
+                if last_recovery is not None:
+                    recovery_interval = (RECOVERY_INTERVAL_SECONDS if found else
+                                         min(recovery_interval * 2, MAX_RECOVERY_INTERVAL_SECONDS))
+                last_recovery = now()
+            if (manifest is None or not manifest.final) and now() - manifest_read >= MANIFEST_POLL_SECONDS:
+                manifest = self.manifests.load(self.job_id)
+                manifest_read = now()
+                if not announced:
+                    announced = self._announce(manifest)
+                if manifest is None and not warned and now() - started >= SPLIT_WARNING_SECONDS:
+                    warned = True
+                    log.warning("job %s: its upload has not been split after %.0f s; is the"
+                                " Lambda deployed (`chalice deploy`)? Its log says why not",
+                                self.job_id, now() - started, extra={"job_id": self.job_id})
+        return self._finish(manifest)
+
+    def _announce(self, manifest: Manifest | None) -> bool:
+        if manifest is None or not manifest.final:
+            return False
+        self.summary.tasks_read = manifest.tasks
+        self.summary.bad_lines = manifest.bad_line_count
+        for line, reason in manifest.bad_lines:
+            log.warning("%s:%d: %s; line skipped", manifest.source, line, reason,
+                        extra={"job_id": self.job_id})
+        if manifest.bad_line_count > len(manifest.bad_lines):
+            log.warning("%s: %d bad lines in all, %d shown", manifest.source,
+                        manifest.bad_line_count, len(manifest.bad_lines))
+        if self.on_total is not None and manifest.status != REJECTED:
+            self.on_total(manifest.tasks)
+        return True
+
+    def _take(self, messages: list[Message]) -> bool:
+        """Keep this job's results, give the rest back; True if any was this job's."""
+        mine, others, later = [], [], []
+        now = time.monotonic()
+        for message in messages:
+            try:
+                bundle = decode_results(message.body)
+            except CodecError as exc:
+                log.warning("message %s on queue %s is not a results message (%s); left there",
+                            message.id, self.outbox.name, exc, extra={"message_id": message.id})
+                later.append(message)
+                continue
+            if bundle.job_id != self.job_id:
+                first_seen = self._others.setdefault(message.id, now)
+                (later if now - first_seen >= OTHERS_GRACE_SECONDS else others).append(message)
+                continue
+            self._add(bundle)
+            mine.append(message)
+        if others:
+            self.outbox.give_back(others)
+        for m in later:
+            self.outbox.extend(m, OTHERS_DELAY_SECONDS)
+        for m in mine:  # after their results were written: a crash before loses nothing
+            self.outbox.delete(m)
+        return bool(mine)
+
+    def _add(self, bundle: ResultBundle) -> None:
+        """Count and hand on the results not seen before."""
+        seen = self._seen
+        fresh = []
+        for r in bundle.results:
+            line = r[0]
+            if line >= len(seen):
+                seen.extend(bytes(max(line + 1 - len(seen), len(seen))))
+            if not seen[line]:
+                seen[line] = 1
+                fresh.append(r)
+        self._seqs.add(bundle.seq)
+        if not fresh:
+            log.debug("job %s: bundle %d's results came again; dropped", self.job_id,
+                      bundle.seq, extra={"job_id": self.job_id, "bundle": bundle.seq})
+            return
+        self.count += len(fresh)
+        if bundle.worker:
+            self._workers.add(bundle.worker)
+        self._last_end = max(self._last_end, max(r[6] for r in fresh))
+        fresh_bundle = ResultBundle(bundle.job_id, bundle.seq, fresh, bundle.sent_at, bundle.worker)
+        self.summary.add(fresh_bundle)
+        if self.on_results is not None:
+            self.on_results(fresh_bundle)
+
+    def _recover(self, manifest: Manifest) -> int:
+        """Read back from the lease store the results of bundles not seen on the queue (when
+        every bundle has been seen, of those not read back yet: some of their results are
+        missing); return how many results that added."""
+        looked = found = 0
+        before = self.count
+        unresolved = [seq for seq in range(manifest.bundles) if seq not in self._resolved]
+        unseen = [seq for seq in unresolved if seq not in self._seqs]
+        for seq in unseen or unresolved:
+            looked += 1
+            claim = self.leases.lookup(bundle_key_of(self.job_id, seq))
+            if claim is None or claim.outcome != COMPLETED or not claim.results:
+                continue
+            try:
+                results = unpack_stored_results(claim.results)
+            except CodecError as exc:
+                log.warning("job %s: bundle %d's stored results do not unpack: %s", self.job_id,
+                            seq, exc, extra={"job_id": self.job_id, "bundle": seq})
+                continue
+            self._resolved.add(seq)
+            found += 1
+            # The replayed bundle's sent_at is unknown: latency counts from the submit.
+            self._add(ResultBundle(self.job_id, seq, results, manifest.submitted_at,
+                                   claim.owner.split("/", 1)[0]))
+        self.recovered += self.count - before
+        log.info("job %s: looked up %d bundles in the lease store, %d completed, %d results"
+                 " read back", self.job_id, looked, found, self.count - before,
+                 extra={"job_id": self.job_id})
+        return self.count - before
+
+    def _finish(self, manifest: Manifest | None) -> Collection:
+        s = self.summary
+        s.workers = len(self._workers)
+        if manifest is not None and self._last_end:
+            s.wall_seconds = max(self._last_end - manifest.submitted_at, 0.0)
+        if manifest is None or not manifest.final:
+            return Collection(s, manifest, False, -1, [], self.recovered)
+        missing_count = max(manifest.tasks - self.count, 0)
+        named = []
+        if missing_count and manifest.skipped is not None:
+            for line in self._missing_lines(manifest):
+                named.append(task_id(self.job_id, line))
+                if len(named) >= MAX_NAMED_MISSING:
+                    break
+        return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered)
+
+    def _missing_lines(self, manifest: Manifest) -> Iterator[int]:
+        skipped = iter(manifest.skipped or ())
+        gap = next(skipped, None)
+        seen = self._seen
+        for line in range(1, manifest.last_line + 1):
+            while gap is not None and line > gap[1]:
+                gap = next(skipped, None)
+            if gap is not None and gap[0] <= line <= gap[1]:
+                continue
+            if line >= len(seen) or not seen[line]:
+                yield line
+
+
+def bundle_key_of(job_id: str, seq: int) -> str:
+    """The lease key the workers give bundle ``seq`` of job ``job_id``."""
+    return bundle_key(Bundle(job_id, seq, []))

@@ -1,0 +1,126 @@
+"""Submitting a job: from a local file (`cloudkon submit --direct`) or from an S3 upload
+(the Lambda of ``app.py``), the same steps: manifest started, bundles sent, manifest done.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import replace
+
+from botocore.exceptions import ClientError
+
+from cloudkon.aws import call
+from cloudkon.backends import MessageQueue
+from cloudkon.errors import UsageError, WorkloadError
+from cloudkon.limits import DEFAULT_BUNDLE_MS, DEFAULT_BUNDLE_SIZE, DEFAULT_SENDERS
+from cloudkon.workload import Workload
+from submitter.deployment import WORKLOADS_PREFIX, Deployment
+from submitter.manifest import REJECTED, SUBMITTING, Manifest
+from submitter.split import split
+
+log = logging.getLogger(__name__)
+
+# A job id becomes part of S3 keys, lease keys and log lines: keep it plain.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The object metadata that carries the submit time from the client to the Lambda.
+SUBMITTED_AT_METADATA = "cloudkon-submitted-at"
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is a usable job id; UsageError if not."""
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise UsageError(f"job id {job_id!r}: use 1 to 128 letters, digits, '.', '_' and '-',"
+                         " starting with a letter or digit")
+    return job_id
+
+
+def workload_key(job_id: str, filename: str) -> str:
+    """The S3 key a workload of job ``job_id`` is uploaded to."""
+    return f"{WORKLOADS_PREFIX}{job_id}/{filename}"
+
+
+def job_of_key(key: str) -> str | None:
+    """The job id in a workload key (``workloads/JOB_ID/NAME``), or None if it is not one."""
+    if not key.startswith(WORKLOADS_PREFIX):
+        return None
+    job_id, sep, name = key[len(WORKLOADS_PREFIX):].partition("/")
+    if not sep or not name or not JOB_ID_PATTERN.fullmatch(job_id):
+        return None
+    return job_id
+
+
+def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox: MessageQueue,
+                    reply_to: str, manifests, bundle_size: int = DEFAULT_BUNDLE_SIZE,
+                    bundle_ms: float = DEFAULT_BUNDLE_MS,
+                    senders: int = DEFAULT_SENDERS) -> Manifest:
+    """Send the workload's tasks to ``inbox`` and record the job's manifest; return it.
+
+    A workload that cannot be used at all (empty, binary, no tasks) is recorded REJECTED
+    with the reason, and nothing is sent."""
+    started = Manifest(job_id, SUBMITTING, workload.path, submitted_at)
+    manifests.start(started)
+    try:
+        workload.check()
+    except WorkloadError as exc:
+        return _reject(manifests, started, exc.reason)
+    report = split(workload, job_id, inbox, reply_to, bundle_size, bundle_ms, senders)
+    if not report.tasks:
+        reason = (f"no line is a task ({report.bad_line_count} bad line(s))"
+                  if report.bad_line_count else "holds no tasks (only blank lines and comments)")
+        return _reject(manifests, started, reason)
+    manifest = started.done(tasks=report.tasks, bundles=report.bundles,
+                            bad_line_count=report.bad_line_count,
+                            bad_lines=[list(b) for b in report.bad_lines],
+                            last_line=report.last_line, skipped=report.skipped)
+    manifests.save(manifest)
+    return manifest
+
+
+def _reject(manifests, started: Manifest, reason: str) -> Manifest:
+    rejected = replace(started, status=REJECTED, error=reason)
+    manifests.save(rejected)
+    log.warning("job %s: %s: %s; nothing sent", started.job_id, started.source, reason,
+                extra={"job_id": started.job_id})
+    return rejected
+
+
+def handle_upload(deployment: Deployment, bucket: str, key: str,
+                  bundle_size: int = DEFAULT_BUNDLE_SIZE,
+                  bundle_ms: float = DEFAULT_BUNDLE_MS) -> Manifest | None:
+    """Split the workload uploaded to ``bucket`` under ``key`` (decoded: S3 events carry
+    keys quote_plus-encoded), streaming it; None if the key or object is not a workload."""
+    source = f"s3://{bucket}/{key}"
+    job_id = job_of_key(key)
+    if job_id is None:
+        log.error("%s: not a workload key (expected %sJOB_ID/FILE); ignored", source,
+                  WORKLOADS_PREFIX)
+        return None
+    s3 = deployment.s3
+    try:
+        head = call(f"read {source}", s3.head_object, expected=("404", "NoSuchKey"),
+                    Bucket=bucket, Key=key)
+    except ClientError:
+        log.warning("job %s: %s is gone; nothing to split", job_id, source,
+                    extra={"job_id": job_id})
+        return None
+    try:
+        submitted_at = float(head.get("Metadata", {}).get(SUBMITTED_AT_METADATA, ""))
+    except ValueError:
+        submitted_at = head["LastModified"].timestamp()
+    version = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+
+    def opener():
+        return call(f"read {source}", s3.get_object, Bucket=bucket, Key=key, **version)["Body"]
+
+    log.info("job %s: splitting %s (%d bytes)", job_id, source, head.get("ContentLength", 0),
+             extra={"job_id": job_id})
+    started = time.monotonic()
+    manifest = submit_workload(Workload(source, opener=opener), job_id, submitted_at,
+                               deployment.input_queue, deployment.output_queue.url,
+                               deployment.manifests, bundle_size, bundle_ms, deployment.senders)
+    log.info("job %s: %s, %d tasks in %d bundles, %.1f s", job_id, manifest.status.lower(),
+             manifest.tasks, manifest.bundles, time.monotonic() - started,
+             extra={"job_id": job_id})
+    return manifest

@@ -109,7 +109,8 @@ def cli(verbose: int) -> None:
               show_default=True, help="Most tasks per bundle through the queues.")
 @click.option("--bundle-ms", type=click.FloatRange(min=0), default=DEFAULT_BUNDLE_MS,
               show_default=True, metavar="MS",
-              help="A bundle closes once its sleep tasks add up to MS; shell tasks travel alone.")
+              help="A bundle closes once its tasks add up to about MS of work (a sleep N"
+                   " counts N, a shell command 20): shell tasks travel alone by default.")
 @click.option("--tail-bytes", type=click.IntRange(min=0), default=DEFAULT_TAIL_BYTES,
               show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
 @click.option("--progress/--no-progress", default=None,
@@ -400,7 +401,7 @@ def _setup_worker_logging(as_json: bool) -> None:
 
 # --- The remote flavour: submitting jobs and collecting their results -----------------------
 
-from cloudkon.limits import DEFAULT_SENDERS, MAX_BUNDLE_TASKS  # noqa: E402 - this section's own
+from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_SENDERS, MAX_BUNDLE_TASKS  # noqa: E402 - this section's own
 
 _COLLECT_OPTIONS = (
     click.option("-o", "--output", metavar="FILE",
@@ -432,9 +433,10 @@ def _collect_options(f):
 @click.option("--job-id", metavar="ID", help="Name the job (task ids are ID:LINE). Default: generated.")
 @click.option("--bundle-size", type=click.IntRange(1, MAX_BUNDLE_TASKS), default=DEFAULT_BUNDLE_SIZE,
               show_default=True, help="With --direct: most tasks per bundle.")
-@click.option("--bundle-ms", type=click.FloatRange(min=0), default=DEFAULT_BUNDLE_MS,
+@click.option("--bundle-ms", type=click.FloatRange(min=0), default=DEFAULT_REMOTE_BUNDLE_MS,
               show_default=True, metavar="MS",
-              help="With --direct: a bundle closes once its sleep tasks add up to MS.")
+              help="With --direct: a bundle closes once its tasks add up to about MS of work"
+                   " (a sleep N counts N, a shell command 20).")
 @click.option("--senders", type=click.IntRange(1, 64), default=DEFAULT_SENDERS, show_default=True,
               help="With --direct: SendMessageBatch calls in flight at once.")
 def submit_command(prefix: str | None, region: str | None, endpoint_url: str | None,

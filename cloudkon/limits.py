@@ -12,10 +12,16 @@ MAX_LINE_BYTES = 131072 - 1
 # (CloudKon's task bundling), small enough that a bundle of results stays a few KiB.
 DEFAULT_BUNDLE_SIZE = 256
 
-# A bundle also closes once the milliseconds its sleep tasks ask for reach this budget, so
-# that long tasks spread over the workers instead of queueing behind each other in one
-# bundle. A shell command's cost is unknown; it is assumed to fill the budget alone.
+# A bundle also closes once the estimated milliseconds of its tasks reach a budget, so that
+# long tasks spread over the workers instead of queueing behind each other in one bundle.
+# A sleep task costs its milliseconds. A shell command's cost is unknown: it is assumed to
+# cost SHELL_TASK_MS, about what starting a process and a shell costs at the least.
+SHELL_TASK_MS = 20
+# Locally a queue hand-off costs microseconds: shell commands travel one per bundle.
 DEFAULT_BUNDLE_MS = 20
+# Through SQS and DynamoDB a bundle costs about seven requests of 10-50 ms each: a bundle of
+# two seconds' work (100 shell commands, 200 `sleep 10`) makes them about 1% of its time.
+DEFAULT_REMOTE_BUNDLE_MS = 2000
 
 # How much of the end of each of stdout and stderr a result keeps.
 DEFAULT_TAIL_BYTES = 4096

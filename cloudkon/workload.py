@@ -21,7 +21,7 @@ from typing import BinaryIO
 from typing import NamedTuple
 
 from cloudkon.errors import WorkloadError
-from cloudkon.limits import BINARY_SNIFF_BYTES, MAX_LINE_BYTES
+from cloudkon.limits import BINARY_SNIFF_BYTES, MAX_LINE_BYTES, SHELL_TASK_MS
 from cloudkon.model import Bundle, Task
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,8 @@ class Workload:
     def bundles(self, job_id: str, size: int, budget_ms: float) -> Iterator[Bundle]:
         """Yield the tasks in bundles of at most ``size`` tasks and about ``budget_ms`` work.
 
-        A sleep task costs its milliseconds; a shell command is assumed to cost the whole
-        budget, so commands travel alone unless the budget is raised.
+        A sleep task costs its milliseconds; a shell command is assumed to cost
+        SHELL_TASK_MS, so with the local default budget commands travel alone.
         """
         self.tasks = self.sleep_tasks = self.bad_lines = 0
         self.sleep_ms = 0.0
@@ -175,7 +175,7 @@ class Workload:
                         self._bad(n, str(exc))
                         continue
                     if ms is None:  # a shell command
-                        cost += budget_ms
+                        cost += SHELL_TASK_MS
                         append((n, s))
                         if len(tasks) >= size or cost >= budget_ms:
                             self.tasks += len(tasks)

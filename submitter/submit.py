@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from cloudkon.aws import call
 from cloudkon.backends import MessageQueue
 from cloudkon.errors import UsageError, WorkloadError
-from cloudkon.limits import DEFAULT_BUNDLE_MS, DEFAULT_BUNDLE_SIZE, DEFAULT_SENDERS
+from cloudkon.limits import DEFAULT_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_SENDERS
 from cloudkon.workload import Workload
 from submitter.deployment import WORKLOADS_PREFIX, Deployment
 from submitter.manifest import REJECTED, SUBMITTING, Manifest
@@ -53,7 +53,7 @@ def job_of_key(key: str) -> str | None:
 
 def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox: MessageQueue,
                     reply_to: str, manifests, bundle_size: int = DEFAULT_BUNDLE_SIZE,
-                    bundle_ms: float = DEFAULT_BUNDLE_MS,
+                    bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS,
                     senders: int = DEFAULT_SENDERS) -> Manifest:
     """Send the workload's tasks to ``inbox`` and record the job's manifest; return it.
 
@@ -88,7 +88,7 @@ def _reject(manifests, started: Manifest, reason: str) -> Manifest:
 
 def handle_upload(deployment: Deployment, bucket: str, key: str,
                   bundle_size: int = DEFAULT_BUNDLE_SIZE,
-                  bundle_ms: float = DEFAULT_BUNDLE_MS) -> Manifest | None:
+                  bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS) -> Manifest | None:
     """Split the workload uploaded to ``bucket`` under ``key`` (decoded: S3 events carry
     keys quote_plus-encoded), streaming it; None if the key or object is not a workload."""
     source = f"s3://{bucket}/{key}"

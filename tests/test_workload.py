@@ -10,6 +10,7 @@ import zlib
 import pytest
 
 from cloudkon.errors import WorkloadError
+from cloudkon.limits import DEFAULT_BUNDLE_MS, DEFAULT_REMOTE_BUNDLE_MS
 from cloudkon.workload import BLOCK_BYTES, Workload, sleep_ms
 
 BLOCK = BLOCK_BYTES  # the reader takes the file a block at a time; lines may straddle blocks
@@ -238,13 +239,22 @@ def test_bundle_closes_when_its_sleeps_reach_the_budget(write_workload):
     assert [b.seq for b in bundles] == [0, 1, 2]
 
 
-def test_shell_commands_travel_alone(write_workload):
+def test_shell_commands_travel_alone_with_the_local_budget(write_workload):
     workload = Workload(str(write_workload("echo a\ntrue\n# c\necho b\n")))
 
-    bundles = list(workload.bundles("job", 256, 20))
+    bundles = list(workload.bundles("job", 256, DEFAULT_BUNDLE_MS))
 
     assert [b.tasks for b in bundles] == [[(1, "echo a")], [(2, "true")], [(4, "echo b")]]
     assert [b.seq for b in bundles] == [0, 1, 2]
+
+
+def test_shell_commands_share_bundles_with_the_remote_budget(write_workload):
+    workload = Workload(str(write_workload("true\n" * 250)))
+
+    bundles = list(workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS))
+
+    # Each shell command is assumed to cost SHELL_TASK_MS: 2000 / 20 = 100 a bundle.
+    assert [len(b.tasks) for b in bundles] == [100, 100, 50]
 
 
 def test_counters_describe_what_was_read(write_workload):

@@ -44,6 +44,10 @@ bootstrap_venv() {
             echo "cloudkon: error: installing into $VENV failed; the whole log is $log" >&2
             exit 2
         fi
+        # Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every start would
+        # otherwise compile the project's modules again (~25 ms a start).
+        "$VENV/bin/python" -m compileall -q "$root/cloudkon" "$root/local" "$root/worker" \
+            "$root/submitter" >/dev/null 2>&1 || true
         echo "$want" > "$stamp"
     fi
 }

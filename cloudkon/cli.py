@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import sys
 import click
 
 from cloudkon import __version__
-from cloudkon.errors import BadLinesError, CloudKonError, WorkloadError
+from cloudkon.errors import BadLinesError, CloudKonError, OutputClosed, WorkloadError
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
     DEFAULT_BUNDLE_SIZE,
@@ -44,17 +45,27 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.Abort:
         return 128 + signal.SIGINT
+    except (OutputClosed, BrokenPipeError):
+        # stdout closed early (`cloudkon run ... -o - | head`): not an error of ours.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's flush quiet
+        return OutputClosed.exit_code
     except CloudKonError as exc:
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
-    except BrokenPipeError:
-        # stdout closed early (`cloudkon run ... | head`): not an error of ours.
-        with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's flush quiet
-        return EXIT_FAILED
     return code if isinstance(code, int) else EXIT_OK
+
+
+class _Number(click.FloatRange):
+    """A float in a range, and not NaN (which every comparison, and so the range, lets by)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 def _error(message: str) -> None:
@@ -99,7 +110,7 @@ def cli(verbose: int) -> None:
 @click.option("-o", "--output", metavar="FILE",
               help="Write one JSON line per task to FILE ('-' for stdout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.option("--task-timeout", type=click.FloatRange(min=0), default=DEFAULT_TASK_TIMEOUT,
+@click.option("--task-timeout", type=_Number(min=0), default=DEFAULT_TASK_TIMEOUT,
               show_default=True, metavar="SECONDS",
               help="Time limit of each task; 0 for none. A task over it is timed_out.")
 @click.option("--strict", is_flag=True,
@@ -107,7 +118,7 @@ def cli(verbose: int) -> None:
 @click.option("--job-id", metavar="ID", help="Name the job (task ids are ID:LINE). Default: generated.")
 @click.option("--bundle-size", type=click.IntRange(min=1), default=DEFAULT_BUNDLE_SIZE,
               show_default=True, help="Most tasks per bundle through the queues.")
-@click.option("--bundle-ms", type=click.FloatRange(min=0), default=DEFAULT_BUNDLE_MS,
+@click.option("--bundle-ms", type=_Number(min=0), default=DEFAULT_BUNDLE_MS,
               show_default=True, metavar="MS",
               help="A bundle closes once its tasks add up to about MS of work (a sleep N"
                    " counts N, a shell command 20): shell tasks travel alone by default.")
@@ -121,16 +132,17 @@ def run(workload: str, workers: int, output: str | None, as_json: bool, task_tim
     """Run the tasks of WORKLOAD on local worker threads and summarise.
 
     Exit code: 0 all tasks succeeded; 1 a task failed or timed out, or a line was bad;
-    2 usage or input error; 130 interrupted.
+    2 usage or input error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
     from cloudkon.config import RunConfig
-    from cloudkon.model import new_job_id
+    from cloudkon.model import check_job_id, new_job_id
     from cloudkon.results import ResultsWriter
     from cloudkon.workload import Workload
     from local.runner import LocalRunner
 
     config = RunConfig(
-        workload=workload, job_id=job_id or new_job_id("local"), workers=workers,
+        workload=workload, job_id=new_job_id("local") if job_id is None else check_job_id(job_id),
+        workers=workers,
         task_timeout=task_timeout or None, bundle_size=bundle_size, bundle_ms=bundle_ms,
         tail_bytes=tail_bytes, strict=strict,
     )
@@ -322,7 +334,7 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
               show_default="number of CPUs", help="Bundles run at the same time.")
 @click.option("--no-create", is_flag=True,
               help="Fail if the queues or the table are missing instead of creating them.")
-@click.option("--drain-seconds", type=click.FloatRange(min=0), default=DEFAULT_DRAIN_SECONDS,
+@click.option("--drain-seconds", type=_Number(min=0), default=DEFAULT_DRAIN_SECONDS,
               show_default=True,
               metavar="SECONDS",
               help="After SIGTERM, how long running tasks may take to finish (the spot"
@@ -334,12 +346,12 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
 @click.option("--wait-seconds", type=click.IntRange(0, SQS_LONG_POLL_SECONDS),
               default=SQS_LONG_POLL_SECONDS, show_default=True,
               metavar="SECONDS", help="Long poll: how long one receive waits for messages.")
-@click.option("--task-timeout", type=click.FloatRange(min=0), default=DEFAULT_TASK_TIMEOUT,
+@click.option("--task-timeout", type=_Number(min=0), default=DEFAULT_TASK_TIMEOUT,
               show_default=True, metavar="SECONDS",
               help="Time limit of each task; 0 for none.")
 @click.option("--tail-bytes", type=click.IntRange(min=0), default=DEFAULT_TAIL_BYTES,
               show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
-@click.option("--liveness-seconds", type=click.FloatRange(min=1), default=DEFAULT_LIVENESS_SECONDS,
+@click.option("--liveness-seconds", type=_Number(min=1), default=DEFAULT_LIVENESS_SECONDS,
               show_default=True, metavar="SECONDS", help="How often to log a line of counts.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines (for CloudWatch Logs, jq).")
 @click.option("--worker-id", metavar="ID", default=None,
@@ -407,7 +419,7 @@ _COLLECT_OPTIONS = (
     click.option("-o", "--output", metavar="FILE",
                  help="Write one JSON line per task to FILE ('-' for stdout)."),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object."),
-    click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    click.option("--timeout", type=_Number(min=0), default=None, metavar="SECONDS",
                  help="Stop collecting after SECONDS; missing tasks are named, exit code 1."
                       " Default: wait until every task has a result."),
     click.option("--progress/--no-progress", default=None,
@@ -433,7 +445,7 @@ def _collect_options(f):
 @click.option("--job-id", metavar="ID", help="Name the job (task ids are ID:LINE). Default: generated.")
 @click.option("--bundle-size", type=click.IntRange(1, MAX_BUNDLE_TASKS), default=DEFAULT_BUNDLE_SIZE,
               show_default=True, help="With --direct: most tasks per bundle.")
-@click.option("--bundle-ms", type=click.FloatRange(min=0), default=DEFAULT_REMOTE_BUNDLE_MS,
+@click.option("--bundle-ms", type=_Number(min=0), default=DEFAULT_REMOTE_BUNDLE_MS,
               show_default=True, metavar="MS",
               help="With --direct: a bundle closes once its tasks add up to about MS of work"
                    " (a sleep N counts N, a shell command 20).")
@@ -453,7 +465,7 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
     from cloudkon.model import new_job_id
     from submitter import client
     from submitter.deployment import Deployment
-    from submitter.submit import check_job_id
+    from cloudkon.model import check_job_id
 
     if (output or as_json or timeout is not None) and not wait:
         raise click.UsageError("--output, --json and --timeout go with --wait")

@@ -39,7 +39,14 @@ class BadLinesError(WorkloadError):
 
 
 class OutputError(CloudKonError):
-    """Results could not be written (disk full, file removed, pipe closed)."""
+    """Results could not be written (disk full, file removed)."""
+
+
+class OutputClosed(OutputError):
+    """Whoever read the results from stdout has gone (`cloudkon run ... -o - | head`): the
+    run stops quietly, as a Unix filter does on SIGPIPE."""
+
+    exit_code = 141  # 128 + SIGPIPE
 
 
 class CodecError(CloudKonError):

@@ -96,10 +96,11 @@ LEASE_SHARE_OF_VISIBILITY = 0.9
 AWS_ERROR_PAUSE_SECONDS = 5.0
 
 # How often SQS may deliver a message before redrive moves it to the dead-letter queue.
-# A bundle is received again after a crash, a give-back at shutdown, or while another
-# worker holds its lease; ten leaves room for those, and stops a message that kills every
-# worker that takes it.
-DEFAULT_MAX_RECEIVE_COUNT = 10
+# Every receive counts, also one that ends in a give-back at shutdown (a spot interruption,
+# a scale-in) or in finding the bundle leased by another worker; 50 leaves room for a long
+# bundle to be interrupted many times, and still stops a message that kills every worker
+# that takes it (a message that is not a bundle goes to the dead-letter queue at once).
+DEFAULT_MAX_RECEIVE_COUNT = 50
 
 # After SIGTERM, how long running tasks may take to finish. An EC2 spot interruption
 # notice comes two minutes ahead; 110 s leaves ten for giving work back and exiting.

@@ -12,8 +12,11 @@ hundreds); ``Result._make(t)`` gives the named view where it is wanted.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import NamedTuple
+
+from cloudkon.errors import UsageError
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -26,6 +29,18 @@ STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
 def task_id(job_id: str, line: int) -> str:
     """The deterministic id of the task on ``line`` of job ``job_id``."""
     return f"{job_id}:{line}"
+
+
+# A job id becomes part of task ids, S3 keys, lease keys and log lines: keep it plain.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is a usable job id; UsageError if not."""
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise UsageError(f"job id {job_id!r}: use 1 to 128 letters, digits, '.', '_' and '-',"
+                         " starting with a letter or digit")
+    return job_id
 
 
 def new_job_id(prefix: str = "job") -> str:

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import IO
 
-from cloudkon.errors import OutputError, UsageError
+from cloudkon.errors import OutputClosed, OutputError, UsageError
 from cloudkon.model import ResultBundle
 
 
@@ -34,6 +34,8 @@ class ResultsWriter:
         text = "".join(dumps(rec, ensure_ascii=False) + "\n" for rec in bundle.records())
         try:
             self._file.write(text)
+        except BrokenPipeError:
+            raise OutputClosed(f"--output {self.path}: the reader has gone") from None
         except OSError as exc:
             raise OutputError(f"--output {self.path}: {exc.strerror or exc}") from None
 
@@ -43,5 +45,7 @@ class ResultsWriter:
                 self._file.flush()
             else:
                 self._file.close()
+        except BrokenPipeError:
+            raise OutputClosed(f"--output {self.path}: the reader has gone") from None
         except OSError as exc:
             raise OutputError(f"--output {self.path}: {exc.strerror or exc}") from None

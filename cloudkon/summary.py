@@ -94,6 +94,7 @@ class Summary:
         self.sleep_ms = 0.0
         self.wall_seconds = 0.0
         self.interrupted = False
+        self.incomplete = False  # collection gave up (--timeout) before every task had a result
         self.failures: list[tuple[int, str, str]] = []  # (line, status, command) of the first few
 
     def add(self, bundle: ResultBundle, keep_failures: int = 10) -> None:
@@ -101,6 +102,8 @@ class Summary:
         statuses = Counter(map(_STATUS, results))
         for status, n in statuses.items():
             self.counts[status] += n
+        if statuses[CANCELLED]:  # ended by Ctrl-C: neither latency nor duration of a task
+            results = [r for r in results if r[2] != CANCELLED]
         ends = list(map(_END, results))
         self.latency.add_many(list(map(sub, ends, repeat(bundle.sent_at))))
         self.busy_seconds += sum(ends) - sum(map(_START, results))
@@ -117,7 +120,7 @@ class Summary:
     def ok(self) -> bool:
         """True when every line of the workload became a task that succeeded."""
         return (self.counts[SUCCEEDED] == self.tasks_read and not self.bad_lines
-                and not self.interrupted)
+                and not self.interrupted and not self.incomplete)
 
     def efficiency(self) -> float | None:
         """Ideal time / actual time for an all-sleep workload, as CloudKon reports it."""
@@ -134,7 +137,7 @@ class Summary:
             return None if v is None else round(v * 1000.0, 3)
 
         eff = self.efficiency()
-        n_ran = sum(self.counts.values())
+        n_ran = self.done
         return {
             "job_id": self.job_id,
             "workers": self.workers,
@@ -147,6 +150,7 @@ class Summary:
             "not_run": max(self.tasks_read - sum(self.counts.values()), 0),
             "bad_lines": self.bad_lines,
             "interrupted": self.interrupted,
+            "incomplete": self.incomplete,
             "wall_seconds": round(self.wall_seconds, 6),
             "tasks_per_second": round(self.done / self.wall_seconds, 1) if self.wall_seconds else None,
             "latency_ms": {f"p{p}": ms(self.latency, p / 100) for p in (50, 95, 99)},
@@ -159,7 +163,9 @@ class Summary:
 
     def to_text(self) -> str:
         d = self.to_dict()
-        lines = [f"job {d['job_id']}: {'interrupted' if d['interrupted'] else 'finished'}"]
+        state = ("interrupted" if d["interrupted"] else "incomplete" if d["incomplete"]
+                 else "finished")
+        lines = [f"job {d['job_id']}: {state}"]
         lines.append(
             f"  tasks      {d['tasks']:>10,}   succeeded {d['succeeded']:,}  failed {d['failed']:,}"
             f"  timed out {d['timed_out']:,}"
@@ -176,7 +182,8 @@ class Summary:
         rate = d["tasks_per_second"]
         lines.append(
             f"  wall time  {d['wall_seconds']:>10.3f} s   throughput "
-            f"{rate if rate is not None else 0:,.1f} tasks/s with {d['workers']} workers"
+            f"{rate if rate is not None else 0:,.1f} tasks/s with {d['workers']}"
+            f" worker{'' if d['workers'] == 1 else 's'}"
         )
         lat = d["latency_ms"]
         if lat["p50"] is not None:

@@ -114,6 +114,11 @@ class Workload:
                 raise WorkloadError(self.path, exc.strerror or str(exc)) from None
             if stat.S_ISDIR(st.st_mode):
                 raise WorkloadError(self.path, "is a directory, not a workload file")
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO or a device: it cannot be read twice (sniffed, then streamed), and
+                # opening a FIFO with no writer would block.
+                raise WorkloadError(self.path, "is not a regular file (a FIFO, socket or"
+                                               " device); write the workload to a file")
         try:
             with self._open() as f:
                 sample = f.read(BINARY_SNIFF_BYTES)
@@ -144,12 +149,18 @@ class Workload:
             pass
         return self.bad_lines
 
-    def bundles(self, job_id: str, size: int, budget_ms: float) -> Iterator[Bundle]:
+    def bundles(self, job_id: str, size: int, budget_ms: float,
+                ramp: bool = False) -> Iterator[Bundle]:
         """Yield the tasks in bundles of at most ``size`` tasks and about ``budget_ms`` work.
 
         A sleep task costs its milliseconds; a shell command is assumed to cost
-        SHELL_TASK_MS, so with the local default budget commands travel alone.
+        SHELL_TASK_MS, so with the local default budget commands travel alone. With
+        ``ramp``, the budget starts at one shell command's and doubles with every bundle up
+        to ``budget_ms``: a short workload still spreads over many workers, a long one
+        soon travels in full bundles. Bundles depend only on the file, never on timing:
+        the same file always makes the same bundles.
         """
+        limit = min(budget_ms, SHELL_TASK_MS) if ramp else budget_ms
         self.tasks = self.sleep_tasks = self.bad_lines = 0
         self.sleep_ms = 0.0
         undecodable = self._undecodable = {}
@@ -177,25 +188,29 @@ class Workload:
                     if ms is None:  # a shell command
                         cost += SHELL_TASK_MS
                         append((n, s))
-                        if len(tasks) >= size or cost >= budget_ms:
+                        if len(tasks) >= size or cost >= limit:
                             self.tasks += len(tasks)
                             yield Bundle(job_id, seq, tasks)
                             seq += 1
                             tasks = []
                             append = tasks.append
                             cost = 0.0
+                            if limit < budget_ms:
+                                limit = min(2 * limit, budget_ms)
                         continue
                 self.sleep_tasks += 1
                 total_sleep += ms
                 cost += ms
                 append((n, s))
-                if len(tasks) >= size or cost >= budget_ms:
+                if len(tasks) >= size or cost >= limit:
                     self.tasks += len(tasks)
                     yield Bundle(job_id, seq, tasks)
                     seq += 1
                     tasks = []
                     append = tasks.append
                     cost = 0.0
+                    if limit < budget_ms:
+                        limit = min(2 * limit, budget_ms)
             self.sleep_ms = total_sleep
         if tasks:
             self.tasks += len(tasks)

@@ -46,7 +46,7 @@ OTHERS_GRACE_SECONDS = 10.0
 OTHERS_DELAY_SECONDS = SQS_LONG_POLL_SECONDS
 # Without a manifest this long after the collector started, the upload is probably not being
 # split (no Lambda deployed, or it fails): said once, then the collector waits on.
-SPLIT_WARNING_SECONDS = 60.0
+SPLIT_WARNING_SECONDS = 20.0
 # How many missing task ids a timed-out collection names.
 MAX_NAMED_MISSING = 20
 
@@ -238,6 +238,7 @@ class Collector:
         if manifest is not None and self._last_end:
             s.wall_seconds = max(self._last_end - manifest.submitted_at, 0.0)
         if manifest is None or not manifest.final:
+            s.incomplete = True
             return Collection(s, manifest, False, -1, [], self.recovered)
         missing_count = max(manifest.tasks - self.count, 0)
         named = []
@@ -246,6 +247,7 @@ class Collector:
                 named.append(task_id(self.job_id, line))
                 if len(named) >= MAX_NAMED_MISSING:
                     break
+        s.incomplete = missing_count > 0
         return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered)
 
     def _missing_lines(self, manifest: Manifest) -> Iterator[int]:

@@ -97,7 +97,7 @@ def _bodies(workload: Workload, job_id: str, reply_to: str, bundle_size: int,
     """The message bodies of the workload's bundles, renumbered so that a bundle too large
     for one message travels as several, still in a deterministic order."""
     seq = 0
-    for bundle in workload.bundles(job_id, bundle_size, bundle_ms):
+    for bundle in workload.bundles(job_id, bundle_size, bundle_ms, ramp=True):
         _note_lines(report, bundle.tasks)
         for part in _fitting(bundle.tasks, job_id, reply_to):
             part.seq = seq

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import replace
 
@@ -13,8 +12,9 @@ from botocore.exceptions import ClientError
 
 from cloudkon.aws import call
 from cloudkon.backends import MessageQueue
-from cloudkon.errors import UsageError, WorkloadError
+from cloudkon.errors import WorkloadError
 from cloudkon.limits import DEFAULT_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_SENDERS
+from cloudkon.model import JOB_ID_PATTERN
 from cloudkon.workload import Workload
 from submitter.deployment import WORKLOADS_PREFIX, Deployment
 from submitter.manifest import REJECTED, SUBMITTING, Manifest
@@ -22,18 +22,8 @@ from submitter.split import split
 
 log = logging.getLogger(__name__)
 
-# A job id becomes part of S3 keys, lease keys and log lines: keep it plain.
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # The object metadata that carries the submit time from the client to the Lambda.
 SUBMITTED_AT_METADATA = "cloudkon-submitted-at"
-
-
-def check_job_id(job_id: str) -> str:
-    """``job_id`` if it is a usable job id; UsageError if not."""
-    if not JOB_ID_PATTERN.fullmatch(job_id):
-        raise UsageError(f"job id {job_id!r}: use 1 to 128 letters, digits, '.', '_' and '-',"
-                         " starting with a letter or digit")
-    return job_id
 
 
 def workload_key(job_id: str, filename: str) -> str:

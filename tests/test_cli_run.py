@@ -12,6 +12,7 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import termios
 import time
 
@@ -86,11 +87,16 @@ def _binary() -> bytes:
     pytest.param(b"sleep 0\n", ["w.txt", "--no-such-option"], False, id="unknown-option"),
     pytest.param(b"sleep 0\n", ["w.txt", "--output", "no/such/folder/r.jsonl"], False,
                  id="missing-output-folder"),
+    pytest.param("mkfifo", ["pipe"], True, id="fifo"),
+    pytest.param(b"sleep 0\n", ["w.txt", "--task-timeout", "nan"], False, id="timeout-nan"),
+    pytest.param(b"sleep 0\n", ["w.txt", "--job-id", "a b/c"], False, id="job-id-unusable"),
 ])
 def test_bad_input_exits_2_with_one_error_line_and_no_traceback(
         cloudkon, write_workload, tmp_path, setup, args, names_the_path):
     if setup == "mkdir":
         (tmp_path / args[0]).mkdir()
+    elif setup == "mkfifo":  # no writer: opening it would block, so it must be refused first
+        os.mkfifo(tmp_path / args[0])
     elif setup is not None:
         write_workload(setup, name="w.txt")
 
@@ -103,6 +109,18 @@ def test_bad_input_exits_2_with_one_error_line_and_no_traceback(
     assert proc.stdout == ""
     if names_the_path:
         assert args[0] in proc.stderr
+
+
+def test_results_on_stdout_piped_into_head_end_the_run_quietly(write_workload, tmp_path):
+    path = write_workload("sleep 5\n" * 2000)  # long enough to still run when head exits
+
+    proc = subprocess.run(
+        f"{sys.executable} -m cloudkon run {path} --workers 4 --output - | head -n 1",
+        shell=True, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        executable="/bin/bash")
+
+    assert json.loads(proc.stdout)["status"] == "succeeded"
+    assert proc.stderr == ""  # no "Broken pipe", no traceback
 
 
 def test_comments_only_file_exits_2_under_strict_too(cloudkon, write_workload):

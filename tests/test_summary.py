@@ -153,3 +153,27 @@ def test_to_text_counts_failures_beyond_those_it_lists():
 
     assert "line 10:" in text and "line 11:" not in text
     assert "15 more" in text
+
+
+def test_a_collection_that_gave_up_says_incomplete_and_is_not_ok():
+    summary = Summary("job", 2)
+    summary.tasks_read = 1
+    summary.add(ResultBundle("job", 0, [(1, "true", SUCCEEDED, 0, None, 1.0, 2.0, "", "")], 0.5))
+    summary.incomplete = True
+
+    assert summary.to_text().splitlines()[0] == "job job: incomplete"
+    assert summary.to_dict()["incomplete"] is True
+    assert not summary.ok
+
+
+def test_cancelled_tasks_count_in_neither_latency_nor_duration():
+    summary = Summary("job", 1)
+    summary.add(ResultBundle("job", 0, [
+        (1, "true", SUCCEEDED, 0, None, 1.0, 1.5, "", ""),
+        (2, "sleep 9", CANCELLED, None, None, 1.0, 10.0, "", ""),
+    ], 0.5))
+
+    d = summary.to_dict()
+    assert d["cancelled"] == 1 and d["done"] == 1
+    assert d["mean_duration_ms"] == 500.0
+    assert d["latency_ms"]["p99"] == pytest.approx(1000.0, rel=0.01)

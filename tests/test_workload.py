@@ -351,3 +351,16 @@ def test_long_first_line_cut_inside_a_character_by_the_sniff_is_text(write_workl
 
 def test_text_workload_passes_the_check(write_workload):
     Workload(str(write_workload("# header\nsleep 0\necho hi\n"))).check()
+
+
+def test_ramped_bundles_start_small_and_grow_to_the_budget(write_workload):
+    workload = Workload(str(write_workload("true\n" * 250)))
+
+    sizes = [len(b.tasks) for b in workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS,
+                                                    ramp=True)]
+
+    # A few commands spread over many workers; a long file soon travels 100 to a bundle.
+    assert sizes == [1, 2, 4, 8, 16, 32, 64, 100, 23]
+    again = [len(b.tasks) for b in workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS,
+                                                    ramp=True)]
+    assert again == sizes  # the same file makes the same bundles: redeliveries dedup

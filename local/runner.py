@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 _END = None  # put on the input queue once per worker: exit
 _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a signal
-_BUNDLES_IN_FLIGHT_PER_WORKER = 2  # one running, one waiting: no worker waits for the client
+# One running, the rest waiting: a worker hands results over only when fewer than one
+# bundle per worker waits, so the client refills several at a time, and none waits.
+_BUNDLES_IN_FLIGHT_PER_WORKER = 4
 
 
 class LocalRunner:
@@ -109,22 +111,42 @@ class LocalRunner:
                 self._stopping = True
                 self.executor.cancel()
             try:
-                results = self._outq.get(timeout=_POLL_SECONDS)
+                batch = self._outq.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 continue
-            in_flight -= 1
-            if results.results:
-                add(results)
-                if on_results is not None:
-                    on_results(results)
+            in_flight -= len(batch)
+            for results in batch:
+                if results.results:
+                    add(results)
+                    if on_results is not None:
+                        on_results(results)
 
     def _work(self, name: str) -> None:
-        """A worker: take bundles, run their tasks, put one result bundle for each."""
+        """A worker: take bundles, run their tasks, put a result bundle for each.
+
+        Result bundles are handed to the client in batches: whenever the input queue runs
+        low (the client must refill it) or the worker would have to wait. Every hand-off
+        wakes the client thread, which on short shell tasks costs more than the task.
+        """
         job_id = self.config.job_id
         run_bundle = self.executor.run_bundle
+        inq, outq = self._inq, self._outq
+        low = self.config.workers
+        done: list[ResultBundle] = []
         while True:
-            bundle = self._inq.get()
+            if done and inq.qsize() <= low:
+                outq.put(done)
+                done = []
+            try:
+                bundle = inq.get_nowait()
+            except queue.Empty:
+                if done:
+                    outq.put(done)
+                    done = []
+                bundle = inq.get()
             if bundle is _END:
+                if done:
+                    outq.put(done)
                 return
             results = []
             try:
@@ -133,7 +155,7 @@ class LocalRunner:
             except Exception:  # a bug: report it, and keep the client's count of bundles right
                 log.exception("worker %s: bundle %d failed", name, bundle.seq)
             finally:
-                self._outq.put(ResultBundle(job_id, bundle.seq, results, bundle.sent_at, name))
+                done.append(ResultBundle(job_id, bundle.seq, results, bundle.sent_at, name))
 
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary

@@ -3,7 +3,7 @@
 It plays the original design's CloudKon_Main. The calling thread is the client: it streams
 the workload into the input queue as bundles of tasks (CloudKon's task bundling) and
 collects bundles of results from the output queue in between, never more than
-``2 x workers`` bundles in flight, so memory stays flat however long the workload is. The
+``4 x workers`` bundles in flight, so memory stays flat however long the workload is. The
 worker threads execute. One client thread rather than a reader and a collector: every
 thread wake-up costs context switches and GIL hand-offs, which on short shell tasks cost
 more than the tasks themselves.

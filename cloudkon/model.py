@@ -68,8 +68,12 @@ class Result(NamedTuple):
     stdout: str  # the last bytes of stdout, decoded with replacement
     stderr: str
 
-    def to_record(self, job_id: str, worker: str = "") -> dict:
-        """The result as the JSON object written to a results file, one per line."""
+    def to_record(self, job_id: str, worker: str = "", queued: float = 0.0) -> dict:
+        """The result as the JSON object written to a results file, one per line.
+
+        ``queued`` is when the task's bundle was put on the input queue (0 when unknown):
+        ``end - queued`` is the task's latency.
+        """
         return {
             "task_id": task_id(job_id, self.line),
             "job_id": job_id,
@@ -84,6 +88,7 @@ class Result(NamedTuple):
             "stdout": self.stdout,
             "stderr": self.stderr,
             "worker": worker,
+            "queued": round(queued, 6),
         }
 
 
@@ -118,5 +123,5 @@ class ResultBundle:
 
     def records(self) -> list[dict]:
         """The results as results-file records."""
-        make = Result._make
-        return [make(r).to_record(self.job_id, self.worker) for r in self.results]
+        make, job_id, worker, queued = Result._make, self.job_id, self.worker, self.sent_at
+        return [make(r).to_record(job_id, worker, queued) for r in self.results]

@@ -20,7 +20,7 @@ import pytest
 
 DEADLINE_SECONDS = 30  # generous: only there to end a hang
 RECORD_FIELDS = {"task_id", "line", "command", "status", "exit_code", "signal", "start", "end",
-                 "duration", "stdout", "stderr", "worker"}
+                 "duration", "stdout", "stderr", "worker", "queued"}
 
 
 def records(path) -> dict[int, dict]:
@@ -182,6 +182,7 @@ def test_output_writes_one_record_per_task_with_ids_from_the_job_id(
         assert RECORD_FIELDS <= set(rec)
         assert rec["task_id"] == f"nightly:{n}"
         assert rec["end"] >= rec["start"] and rec["duration"] >= 0
+        assert 0 < rec["queued"] <= rec["start"]
         assert rec["worker"]
     assert by_line[2]["command"] == "echo out; echo err >&2"
     assert (by_line[2]["status"], by_line[2]["exit_code"]) == ("succeeded", 0)

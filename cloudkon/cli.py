@@ -252,8 +252,13 @@ from cloudkon.limits import (  # noqa: E402 - this section's own, kept with it
     DEFAULT_LIVENESS_SECONDS,
     DEFAULT_VISIBILITY_SECONDS,
     SQS_LONG_POLL_SECONDS,
+    SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
 )
+
+_BATCH_SIZE_HELP = ("Most messages one SQS call sends or receives. 1, with --bundle-size 1 on"
+                    " submit, is the naive one-task-per-message, one-message-per-call design,"
+                    " for comparison.")
 
 
 def _aws_options(prefix_required: bool = False):
@@ -356,10 +361,13 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
 @click.option("--log-json", is_flag=True, help="Log JSON lines (for CloudWatch Logs, jq).")
 @click.option("--worker-id", metavar="ID", default=None,
               help="Names this worker in leases, logs and results. Default: HOST:PID.")
+@click.option("--batch-size", type=click.IntRange(1, SQS_MAX_BATCH), default=SQS_MAX_BATCH,
+              show_default=True, help=_BATCH_SIZE_HELP)
 def worker_command(prefix: str | None, region: str | None, endpoint_url: str | None,
                    threads: int, no_create: bool, drain_seconds: float, visibility_timeout: int,
                    wait_seconds: int, task_timeout: float, tail_bytes: int,
-                   liveness_seconds: float, log_json: bool, worker_id: str | None) -> int:
+                   liveness_seconds: float, log_json: bool, worker_id: str | None,
+                   batch_size: int) -> int:
     """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
 
     SIGTERM drains: nothing new starts, what has not started is given back at once,
@@ -385,7 +393,7 @@ def worker_command(prefix: str | None, region: str | None, endpoint_url: str | N
                 log.info("%s", resource)
     connections = threads + 4  # bundle threads, the receiver, the heartbeat, spare
     sqs = aws.sqs_client(config, connections)
-    broker = SqsBroker(sqs)
+    broker = SqsBroker(sqs, batch_size)
     inbox = broker.queue(config.input_queue, dead_letter=config.dead_letter_queue)
     leases = DynamoLeaseStore(aws.dynamodb_client(config, connections), config.lease_table)
     worker_config = WorkerConfig(
@@ -451,11 +459,13 @@ def _collect_options(f):
                    " (a sleep N counts N, a shell command 20).")
 @click.option("--senders", type=click.IntRange(1, 64), default=DEFAULT_SENDERS, show_default=True,
               help="With --direct: SendMessageBatch calls in flight at once.")
+@click.option("--batch-size", type=click.IntRange(1, SQS_MAX_BATCH), default=SQS_MAX_BATCH,
+              show_default=True, help=_BATCH_SIZE_HELP)
 def submit_command(prefix: str | None, region: str | None, endpoint_url: str | None,
                    bucket_suffix: str | None, workload: str, direct: bool, wait: bool,
                    output: str | None, as_json: bool, timeout: float | None,
                    progress: bool | None, job_id: str | None, bundle_size: int, bundle_ms: float,
-                   senders: int) -> int:
+                   senders: int, batch_size: int) -> int:
     """Submit the tasks of WORKLOAD to the workers of PREFIX; print the job id.
 
     By default the workload is uploaded to the bucket, where the Lambda (`chalice deploy`)
@@ -469,7 +479,8 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
 
     if (output or as_json or timeout is not None) and not wait:
         raise click.UsageError("--output, --json and --timeout go with --wait")
-    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix), senders)
+    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix), senders,
+                            batch_size)
     job_id = check_job_id(job_id) if job_id else new_job_id("job")
     if direct:
         manifest = client.send_direct(deployment, workload, job_id, bundle_size, bundle_ms)

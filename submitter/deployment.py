@@ -11,7 +11,7 @@ import functools
 
 from cloudkon import aws
 from cloudkon.config import AwsConfig
-from cloudkon.limits import DEFAULT_SENDERS
+from cloudkon.limits import DEFAULT_SENDERS, SQS_MAX_BATCH
 from submitter.manifest import DynamoManifests
 from worker.leases import DynamoLeaseStore
 from worker.sqs import SqsBroker, SqsQueue
@@ -24,13 +24,16 @@ WORKLOADS_PREFIX = "workloads/"
 class Deployment:
     """The queues, lease table, manifests and bucket named by ``config``'s prefix."""
 
-    def __init__(self, config: AwsConfig, senders: int = DEFAULT_SENDERS) -> None:
+    def __init__(self, config: AwsConfig, senders: int = DEFAULT_SENDERS,
+                 batch_size: int = SQS_MAX_BATCH) -> None:
         self.config = config
         self.senders = senders
+        self.batch_size = batch_size  # messages per SQS call: sends and receives
 
     @functools.cached_property
     def broker(self) -> SqsBroker:
-        return SqsBroker(aws.sqs_client(self.config, max_connections=self.senders + 2))
+        return SqsBroker(aws.sqs_client(self.config, max_connections=self.senders + 2),
+                         self.batch_size)
 
     @functools.cached_property
     def input_queue(self) -> SqsQueue:

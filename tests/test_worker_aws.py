@@ -357,3 +357,20 @@ def test_results_lost_after_completion_are_replayed_without_running_again(
     assert runs(log) == ["ran"]
     assert results["crash:1"][0][7] == ""
     assert worker.counts["replayed"] == 1 and worker.counts["completed"] == 0
+
+
+def test_batch_size_one_moves_one_message_per_call(provisioned, sqs):
+    """--batch-size 1, the naive design's setting: every send and receive carries one."""
+    calls: Counter = Counter()
+    client = aws.sqs_client(provisioned)
+    client.meta.events.register("before-call.sqs.*",
+                                lambda model, **_: calls.update([model.name]))
+    queue = SqsBroker(client, batch_size=1).queue(provisioned.output_queue)
+
+    queue.send_batch(["a", "b", "c"])
+    got = queue.receive(10, 0, 30)
+
+    assert calls["SendMessageBatch"] == 3
+    assert len(got) == 1
+    default = SqsBroker(client).queue(provisioned.output_queue)
+    assert len(default.receive(10, 0, 30)) == 2

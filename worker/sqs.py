@@ -43,21 +43,29 @@ class _EntriesFailed(Exception):
 
 
 class SqsQueue:
-    """One SQS queue, known by URL; ``dead_letter_url`` is where :meth:`dead_letter` sends."""
+    """One SQS queue, known by URL; ``dead_letter_url`` is where :meth:`dead_letter` sends.
+
+    ``batch_size`` caps the messages of one call (receive, batch send, batch give-back):
+    10 is what SQS allows and what CloudKon uses; 1 is the naive design, kept as a setting
+    so that benchmarks can measure what batching saves.
+    """
 
     def __init__(self, client, url: str, name: str | None = None,
-                 dead_letter_url: str | None = None) -> None:
+                 dead_letter_url: str | None = None, batch_size: int = SQS_MAX_BATCH) -> None:
+        if not 1 <= batch_size <= SQS_MAX_BATCH:
+            raise ValueError(f"batch_size {batch_size}: SQS takes 1 to {SQS_MAX_BATCH}")
         self.client = client
         self.url = url
         self.name = name or url.rstrip("/").rsplit("/", 1)[-1]
         self.dead_letter_url = dead_letter_url
+        self.batch_size = batch_size
 
     def receive(self, max_messages: int, wait_seconds: float,
                 visibility_seconds: int) -> list[Message]:
         response = call(
             f"receive from queue {self.name}", self.client.receive_message,
             QueueUrl=self.url,
-            MaxNumberOfMessages=max(1, min(max_messages, SQS_MAX_BATCH)),
+            MaxNumberOfMessages=max(1, min(max_messages, self.batch_size)),
             WaitTimeSeconds=max(0, min(round(wait_seconds), SQS_LONG_POLL_SECONDS)),
             VisibilityTimeout=min(int(visibility_seconds), SQS_MAX_VISIBILITY_SECONDS),
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
@@ -84,8 +92,8 @@ class SqsQueue:
         return True
 
     def give_back(self, messages: list[Message]) -> None:
-        for start in range(0, len(messages), SQS_MAX_BATCH):
-            chunk = messages[start:start + SQS_MAX_BATCH]
+        for start in range(0, len(messages), self.batch_size):
+            chunk = messages[start:start + self.batch_size]
             response = call(
                 f"give back {len(chunk)} messages to queue {self.name}",
                 self.client.change_message_visibility_batch, QueueUrl=self.url,
@@ -97,7 +105,7 @@ class SqsQueue:
                           chunk[int(failed["Id"])].id, failed.get("Code"))
 
     def send_batch(self, bodies: list[str]) -> None:
-        for batch in _batches(bodies):
+        for batch in _batches(bodies, self.batch_size):
             self._send_entries({str(i): body for i, body in enumerate(batch)})
 
     def _send_entries(self, pending: dict[str, str]) -> None:
@@ -151,14 +159,14 @@ class SqsQueue:
         self.delete(message)
 
 
-def _batches(bodies: list[str]) -> list[list[str]]:
-    """Bodies in batches of at most 10 entries and 1 MiB in all (the SQS batch limits)."""
+def _batches(bodies: list[str], entries: int = SQS_MAX_BATCH) -> list[list[str]]:
+    """Bodies in batches of at most ``entries`` entries and 1 MiB in all (SQS allows 10)."""
     batches: list[list[str]] = []
     current: list[str] = []
     size = 0
     for body in bodies:
         n = len(body.encode("utf-8"))
-        if current and (len(current) == SQS_MAX_BATCH or size + n > SQS_MAX_BATCH_BYTES):
+        if current and (len(current) == entries or size + n > SQS_MAX_BATCH_BYTES):
             batches.append(current)
             current, size = [], 0
         current.append(body)
@@ -169,10 +177,12 @@ def _batches(bodies: list[str]) -> list[list[str]]:
 
 
 class SqsBroker:
-    """Finds SQS queues by name or URL, looking each name up once."""
+    """Finds SQS queues by name or URL, looking each name up once; its queues move
+    ``batch_size`` messages per call at most."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, batch_size: int = SQS_MAX_BATCH) -> None:
         self.client = client
+        self.batch_size = batch_size
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -190,4 +200,5 @@ class SqsBroker:
 
     def queue(self, name: str, dead_letter: str | None = None) -> SqsQueue:
         dlq_url = self.url(dead_letter) if dead_letter is not None else None
-        return SqsQueue(self.client, self.url(name), None if "/" in name else name, dlq_url)
+        return SqsQueue(self.client, self.url(name), None if "/" in name else name, dlq_url,
+                        self.batch_size)

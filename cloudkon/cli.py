@@ -546,7 +546,7 @@ def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bo
             writer.close()
     summary = collection.summary
     click.echo(summary.to_json() if as_json else summary.to_text(), file=summary_out)
-    if show_elapsed and collection.complete:
+    if show_elapsed and collection.complete and not as_json:
         click.echo(f"  submit to last result {summary.wall_seconds:.3f} s", file=summary_out)
     if collection.recovered:
         log.warning("job %s: %d results read back from the lease table (their command is"
@@ -562,3 +562,35 @@ def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bo
                    + (f": {named}" if named else "") + (f" and {more:,} more" if named and more > 0 else ""))
         return EXIT_FAILED
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+# --- Reading a results file back ------------------------------------------------------------
+
+
+@cli.command("report")
+@click.argument("results", metavar="RESULTS")
+@click.option("--plot", "png", metavar="PNG", help="Draw every chart, as panels of one PNG file.")
+@click.option("--plot-dir", metavar="DIR",
+              help="Write one PNG file per chart into DIR, created if missing: completed.png,"
+                   " throughput.png, latency_cdf.png, durations.png, workers.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def report_command(results: str, png: str | None, plot_dir: str | None, as_json: bool) -> int:
+    """Summarise a results file: counts, throughput, latency, durations, workers.
+
+    RESULTS ('-' for stdin) is the file of one JSON line per task that `cloudkon run
+    --output FILE`, `cloudkon submit --wait --output FILE` and `cloudkon collect --output
+    FILE` write. --plot and --plot-dir also draw charts (they need matplotlib: pip install
+    'cloudkon[plot]'). Exit code: 0; 2 usage or input error (a line that is not a result is
+    named by its number).
+    """
+    from cloudkon import report
+
+    if png or plot_dir:
+        report.check_plotting(png, plot_dir)
+    summary = report.Report(report.load(results))
+    click.echo(summary.to_json() if as_json else summary.to_text())
+    if png or plot_dir:
+        for path in report.plot(summary, png, plot_dir):
+            click.echo(f"cloudkon: wrote {path}", err=True)
+    return EXIT_OK
+

@@ -11,11 +11,23 @@ import os
 import pytest
 from bench_harness import Figures
 
+from cloudkon.bench import suite
+
 _FIGURES_KEY = pytest.StashKey[Figures]()
+_BENCH_KEY = pytest.StashKey[suite.Bench]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("cloudkon", "CloudKon benchmarks")
+    group.addoption(
+        "--benchmark-large", action="store_true",
+        help="Run the comparison runs (test_compare.py) at the sizes of issue 5: 100,000"
+             " `sleep 0` tasks, 2,000 of the other workloads, remote scaling to 10^5.",
+    )
+    group.addoption(
+        "--cloudkon-json", metavar="FILE", default=None,
+        help="Write the comparison runs' table (every row and figure) to FILE as JSON.",
+    )
     group.addoption(
         "--cloudkon-scale", type=float, default=None, metavar="FACTOR",
         help="Multiply every workload size by FACTOR (default: $CLOUDKON_BENCH_SCALE, or 1: "
@@ -41,11 +53,28 @@ def figures(pytestconfig: pytest.Config, scale: float) -> Figures:
     return figs
 
 
+@pytest.fixture(scope="session")
+def bench(pytestconfig: pytest.Config, tmp_path_factory):
+    """The comparison runs' session (cloudkon.bench.suite): its own moto server, started
+    when the first remote row needs it, and every row so far."""
+    with suite.Bench(tmp_path_factory.mktemp("compare")) as b:
+        pytestconfig.stash[_BENCH_KEY] = b
+        yield b
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     figs = config.stash.get(_FIGURES_KEY, None)
     lines = figs.table() if figs is not None else []
-    if not lines:
-        return
-    terminalreporter.section("CloudKon benchmark ratios against the targets of issue 2")
-    for line in lines:
-        terminalreporter.write_line(line)
+    if lines:
+        terminalreporter.section("CloudKon benchmark ratios against the targets of issue 2")
+        for line in lines:
+            terminalreporter.write_line(line)
+    bench = config.stash.get(_BENCH_KEY, None)
+    if bench is not None and bench.runs:
+        terminalreporter.section("CloudKon comparison runs (issue 5)")
+        for line in suite.table(bench.runs).splitlines():
+            terminalreporter.write_line(line)
+        path = config.getoption("--cloudkon-json")
+        if path:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(suite.to_json(bench.runs))

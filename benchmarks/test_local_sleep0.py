@@ -13,6 +13,7 @@ import pytest
 from bench_harness import (
     BASELINES,
     PYTHON,
+    REPO,
     SLEEP0_TASKS,
     check_baseline_output,
     check_cloudkon_summary,
@@ -22,6 +23,7 @@ from bench_harness import (
     write_workload,
 )
 
+THREAD_POOL_PEER = REPO / "cloudkon" / "bench" / "thread_pool_peer.py"
 GROUP = "local-sleep0"
 WORKERS = 4
 
@@ -32,7 +34,7 @@ CONTENDERS = {
     "queue-pipeline": (lambda wl: [PYTHON, str(BASELINES / "queue_pipeline.py"), str(wl),
                                    str(WORKERS)],
                        check_baseline_output, 5, False),
-    "thread-pool-map": (lambda wl: [PYTHON, str(BASELINES / "thread_pool_map.py"), str(wl),
+    "thread-pool-map": (lambda wl: [PYTHON, str(THREAD_POOL_PEER), str(wl),
                                     str(WORKERS)],
                         check_baseline_output, 1, False),
     "cloudkon": (lambda wl: cloudkon_argv(wl, WORKERS), check_cloudkon_summary, 7, True),

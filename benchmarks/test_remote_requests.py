@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(BENCH_DIR / "tools" / "aws_requests"))
 
 from aws_fixtures import moto_server  # noqa: E402,F401 - the session's moto server
+from cloudkon.bench.moto_server import read_counts, reset_counts  # noqa: E402
 from submit_helpers import chalice_project, deliver_upload  # noqa: E402
 
 import sitecustomize as request_counter  # noqa: E402 - tools/aws_requests, counts requests
@@ -52,6 +53,7 @@ def test_aws_requests_per_1000_tasks(moto_server, tmp_path, scale):  # noqa: F81
     config = AwsConfig(prefix=f"b{uuid.uuid4().hex[:10]}", region="us-east-1",
                        bucket_suffix=BUCKET_SUFFIX)
     setup(config)  # once per deployment: not part of a job's cost
+    reset_counts(moto_server)  # the server counts too: a check on botocore's events
     workload = tmp_path / "sleep0.txt"
     workload.write_text("sleep 0\n" * tasks)
     counts_dir = tmp_path / "counts"
@@ -99,6 +101,8 @@ def test_aws_requests_per_1000_tasks(moto_server, tmp_path, scale):  # noqa: F81
         by_role.setdefault(role, Counter()).update(json.loads(Path(path).read_text()))
     assert set(by_role) == {"lambda", "submit", "worker", "collect"}, by_role
     total = sum(sum(c.values()) for c in by_role.values())
+    # Every request botocore's events saw reached the server, and nothing else did.
+    assert read_counts(moto_server).requests == sum(by_role.values(), Counter())
     per_1000 = total * 1000 / tasks
 
     lines = [f"AWS requests, {tasks:,}-task `sleep 0` job end to end (2 workers x 4 threads):",

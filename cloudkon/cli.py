@@ -594,3 +594,50 @@ def report_command(results: str, png: str | None, plot_dir: str | None, as_json:
             click.echo(f"cloudkon: wrote {path}", err=True)
     return EXIT_OK
 
+
+# --- Comparison runs --------------------------------------------------------------------------
+
+
+@cli.command("bench")
+@click.option("--tasks", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Tasks in each compare-* workload. Default: 10,000 `sleep 0`, 1,000 of the"
+                   " others (2,000 and 100,000 with --large).")
+@click.option("-g", "--group", "groups", multiple=True, metavar="NAME",
+              help="What to run: compare (the default), scale, efficiency, all, or one group"
+                   " (compare-sleep0, compare-sleep10, compare-true, compare-mixed,"
+                   " scale-local-tasks, scale-remote-tasks, scale-local-workers,"
+                   " scale-remote-workers, efficiency-local, efficiency-remote). Repeatable.")
+@click.option("--large", is_flag=True, help="The sizes of the full comparison (issue 5).")
+@click.option("--json", "as_json", is_flag=True, help="Print every row and figure as JSON.")
+def bench_command(tasks: int | None, groups: tuple[str, ...], large: bool, as_json: bool) -> int:
+    """Run the comparison runs and print one table: the same workloads through the local
+    flavour, the remote flavour on a moto server started here (never AWS), the naive
+    remote design and peers (ThreadPoolExecutor, xargs, GNU parallel, Celery on SQS).
+
+    Each group's ratios are against its first row, measured in the same run. Remote rows
+    need the bench extra: pip install 'cloudkon[bench]'. The pytest-benchmark version of
+    the same runs is benchmarks/test_compare.py.
+    """
+    from cloudkon.bench import suite
+    from cloudkon.bench.contenders import ContenderFailed
+
+    try:
+        chosen = list(dict.fromkeys(suite.iter_groups(list(groups) or ["compare"])))
+    except KeyError as exc:
+        raise click.BadParameter(f"no group {exc.args[0]!r}", param_hint="--group") from None
+
+    def progress(row) -> None:
+        if row.tasks_per_s is None:
+            click.echo(f"cloudkon: {row.group} {row.contender}: {row.note}", err=True)
+        else:
+            click.echo(f"cloudkon: {row.group} {row.contender}: {row.tasks:,} tasks in"
+                       f" {row.wall_s:.2f} s", err=True)
+
+    with suite.Bench() as bench:
+        try:
+            bench.run_groups(chosen, large=large, tasks=tasks, on_run=progress)
+        except ContenderFailed as exc:
+            _error(f"bench: {exc}")
+            return EXIT_FAILED
+        click.echo(suite.to_json(bench.runs) if as_json else suite.table(bench.runs))
+    return EXIT_OK

@@ -1,82 +1,45 @@
 """AWS without AWS: the moto server, and fixtures and helpers on top of it.
 
-``moto_server`` starts ``python -m moto.server`` on 127.0.0.1 and a free port once per
-session and points boto3 at it the standard way (AWS_ENDPOINT_URL, fake credentials,
-AWS_DEFAULT_REGION), for the tests and every subprocess they start. Each test names its
+``moto_server`` starts a moto server on 127.0.0.1 and a free port once per session and
+points boto3 at it the standard way (AWS_ENDPOINT_URL, fake credentials, AWS_DEFAULT_REGION), for the tests and every subprocess they start. Each test names its
 resources with a prefix of its own. Registered in tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cloudkon.bench.moto_server import MotoServer
 from cloudkon.config import AwsConfig
 
-MOTO_START_SECONDS = 60.0
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/moto-api/reset-auth", timeout=1):
-            pass
-    except urllib.error.HTTPError:
-        return True  # it answered, whatever it said
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory) -> Iterator[str]:
-    """The URL of a moto server that stands in for AWS for this session."""
-    url = f"http://127.0.0.1:{_free_port()}"
+    """The URL of a moto server that stands in for AWS for this session (the counting one
+    the comparison runs use: cloudkon/bench/moto_server.py)."""
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
     try:
-        deadline = time.monotonic() + MOTO_START_SECONDS
-        while not _answers(url):
-            if proc.poll() is not None:
-                pytest.fail(f"moto server exited with {proc.returncode}:"
-                            f" {log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"moto server did not answer within {MOTO_START_SECONDS} s")
-            time.sleep(0.1)
+        server = MotoServer(str(log_path)).start()
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}: {log_path.read_text()[-2000:] if log_path.exists() else ''}")
+    try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AWS_ENDPOINT_URL", url)
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", REGION)
+            for name, value in server.env().items():
+                mp.setenv(name, value)
             for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "CLOUDKON_PREFIX"):
                 mp.delenv(name, raising=False)
-            yield url
+            yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture

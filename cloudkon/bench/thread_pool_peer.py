@@ -1,11 +1,13 @@
-"""Baseline for context: ThreadPoolExecutor(THREADS).map over the lines of a workload.
+"""The ThreadPoolExecutor peer: ``ThreadPoolExecutor(THREADS).map`` over a workload's lines,
+the obvious Python way to run them, and the baseline of the comparison runs.
 
-The per-task work is that of bare_loop.py and queue_pipeline.py: decode, strip, skip
-blanks and comments, recognise ``sleep N`` in milliseconds, sleep only if N > 0, and
-record a (line, status, start, end) tuple with time.time(). Prints
-{"tasks": ..., "succeeded": ...} as JSON.
+The per-task work is that of benchmarks/baselines/bare_loop.py: decode, strip, skip
+blanks and comments, recognise ``sleep N`` in milliseconds (sleep only if N > 0), run
+anything else as ``/bin/sh -c LINE`` with its output captured, and record a
+(line, status, start, end) tuple with time.time(). Prints {"tasks": ..., "succeeded": ...}
+as JSON. A standalone script (stdlib only), so that it measures only itself.
 
-    python thread_pool_map.py WORKLOAD [THREADS]
+    python thread_pool_peer.py WORKLOAD [THREADS]
 """
 
 import json
@@ -28,7 +30,8 @@ def run_task(item):
             time.sleep(ms / 1000.0)
         status = "succeeded"
     else:
-        rc = subprocess.call(["/bin/sh", "-c", s])
+        rc = subprocess.run(["/bin/sh", "-c", s], stdin=subprocess.DEVNULL,
+                            capture_output=True, check=False).returncode
         status = "succeeded" if rc == 0 else "failed"
     return (n, status, start, time.time())
 

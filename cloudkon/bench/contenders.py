@@ -1,0 +1,350 @@
+"""The contenders of the comparison runs: each runs a workload file to its end and says
+how long it took, what it cost in AWS requests, and how much memory its client used.
+
+Every contender runs as whole processes, timed from outside: interpreter start-up,
+reading the file, executing every task, collecting every result. Contenders with a
+fleet (the remote flavour, Celery) have their workers started and ready before the
+clock starts, as a fleet is up before a job arrives, and stopped after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudkon.bench.moto_server import MotoServer, RequestCounts
+from cloudkon.bench.workloads import WorkloadFiles
+
+PYTHON = sys.executable
+PEAK_RSS = Path(__file__).with_name("peak_rss.py")
+THREAD_POOL_PEER = Path(__file__).with_name("thread_pool_peer.py")
+READY_SECONDS = 120.0  # a worker fleet that is not polling by then is broken
+RUN_SECONDS = 3600.0  # a run that takes longer is stuck
+# Remote workers long-poll for this long. Shorter than SQS's 20 s, so that a fleet stops
+# promptly after each run (a poll in flight is waited for); it adds about one empty
+# receive per second per worker process to a run's requests.
+FLEET_WAIT_SECONDS = 1
+
+
+class ContenderFailed(Exception):
+    """A contender did not run the workload to a clean end."""
+
+
+@dataclass
+class Outcome:
+    """One run of one contender on one workload."""
+
+    wall: float  # seconds, from the client's start to its exit
+    tasks: int
+    succeeded: int
+    peak_rss_kib: int | None = None  # of the client process
+    requests: RequestCounts | None = None  # AWS requests, counted at the moto server
+    summary: dict = field(default_factory=dict)  # what the contender printed
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.tasks / self.wall if self.wall > 0 else float("inf")
+
+
+@dataclass
+class Context:
+    """What contenders share in one session: a folder, and the moto server if started."""
+
+    folder: Path
+    moto: MotoServer | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("PYTHONSTARTUP", None)
+        if self.moto is not None:  # never real AWS: point everything at the moto server
+            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "CLOUDKON_PREFIX"):
+                env.pop(name, None)
+            env.update(self.moto.env())
+        return env
+
+
+def _run_client(argv: list[str], ctx: Context, log: Path, stdin_path: Path | None = None,
+                ) -> tuple[float, str, int]:
+    """Run a client to its end through the peak-RSS launcher; (wall s, stdout, peak KiB)."""
+    report = log.with_suffix(".rss")
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        with open(log, "wb") as err:
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run([PYTHON, "-S", str(PEAK_RSS), str(report), "--", *argv],
+                                      stdin=stdin, stdout=subprocess.PIPE, stderr=err,
+                                      env=ctx.env(), cwd=ctx.folder, timeout=RUN_SECONDS,
+                                      check=False)
+            except subprocess.TimeoutExpired:
+                raise ContenderFailed(f"{' '.join(argv[:4])}... still running after"
+                                      f" {RUN_SECONDS:g} s; see {log}") from None
+            wall = time.perf_counter() - t0
+    finally:
+        if stdin_path:
+            stdin.close()
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-1500:]
+        raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}: {tail}")
+    return wall, proc.stdout.decode(errors="replace"), int(report.read_text().split()[0])
+
+
+def _set_up(argv: list[str], ctx: Context) -> None:
+    """Make a contender's AWS resources, once, before it is timed."""
+    proc = subprocess.run(argv, env=ctx.env(), cwd=ctx.folder, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}:"
+                              f" {proc.stderr[-1500:]}")
+
+
+def _log_path(ctx: Context, name: str, files: WorkloadFiles) -> Path:
+    return ctx.folder / f"{name}-{files.name}-{files.tasks}-{uuid.uuid4().hex[:6]}.log"
+
+
+class Contender:
+    """Runs workloads one way. ``slots``: tasks it runs at once."""
+
+    name: str = "?"
+    slots: int = 1
+    remote: bool = False  # talks to the moto server (needs the bench extra)
+    max_tasks: int | None = None  # too slow for more: runs the first max_tasks only
+
+    def available(self) -> str | None:
+        """None if this contender can run here, else why not."""
+        return None
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        raise NotImplementedError
+
+
+class LocalCloudKon(Contender):
+    """`cloudkon run FILE --workers N --json`: the local flavour."""
+
+    def __init__(self, workers: int = 4) -> None:
+        self.slots = workers
+        self.name = "cloudkon-local" if workers == 4 else f"cloudkon-local-w{workers}"
+
+    def describe(self) -> str:
+        return f"cloudkon run --workers {self.slots}"
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        argv = [PYTHON, "-m", "cloudkon", "run", str(files.path), "--workers", str(self.slots),
+                "--json", "--job-id", f"bench-{files.name}"]
+        wall, out, rss = _run_client(argv, ctx, _log_path(ctx, self.name, files))
+        summary = json.loads(out)
+        return Outcome(wall, summary["tasks"], summary["succeeded"], rss, summary=summary)
+
+
+class _Fleet:
+    """Worker processes started before a run and stopped after it; their stderr is logged."""
+
+    def __init__(self, argvs: list[list[str]], ready_text: str, ctx: Context, tag: str) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        for i, argv in enumerate(argvs):
+            log = ctx.folder / f"{tag}-worker{i}.log"
+            with open(log, "wb") as f:
+                self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f,
+                                                   stderr=subprocess.STDOUT, env=ctx.env(),
+                                                   cwd=ctx.folder))
+            self.logs.append(log)
+        self._wait_ready(ready_text)
+
+    def _wait_ready(self, text: str) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        waiting = list(zip(self.procs, self.logs))
+        while waiting:
+            proc, log = waiting[0]
+            if text in log.read_text(errors="replace"):
+                waiting.pop(0)
+                continue
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ContenderFailed(f"a worker did not start: {log.read_text()[-1500:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class RemoteCloudKon(Contender):
+    """The remote flavour on the moto server: `cloudkon submit --direct --wait` with
+    ``processes`` `cloudkon worker` daemons of ``threads`` threads each.
+
+    ``naive``: the naive remote design, by settings only: one task per message
+    (--bundle-size 1) and one message per call (--batch-size 1), for submit, workers and
+    the collector alike.
+    """
+
+    remote = True
+
+    def __init__(self, processes: int, threads: int, naive: bool = False,
+                 max_tasks: int | None = None) -> None:
+        self.processes, self.threads, self.naive = processes, threads, naive
+        self.slots = processes * threads
+        self.name = "remote-naive" if naive else f"remote-{processes}x{threads}"
+        self.max_tasks = max_tasks
+        self._prefix: str | None = None
+
+    def describe(self) -> str:
+        naive = " --bundle-size 1 --batch-size 1" if self.naive else ""
+        return (f"cloudkon submit --direct --wait{naive}, {self.processes} cloudkon worker"
+                f" x {self.threads} threads, on moto")
+
+    def available(self) -> str | None:
+        return _importable("moto", "the moto server (pip install 'cloudkon[bench]')")
+
+    def _setup(self, ctx: Context) -> str:
+        if self._prefix is None:
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            _set_up([PYTHON, "-m", "cloudkon", "setup", "--prefix", prefix,
+                     "--bucket-suffix", "bench"], ctx)
+            self._prefix = prefix
+        return self._prefix
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        assert ctx.moto is not None, "the remote flavour needs the moto server"
+        prefix = self._setup(ctx)
+        batch = ["--batch-size", "1"] if self.naive else []
+        worker = [PYTHON, "-m", "cloudkon", "worker", "--prefix", prefix, "--no-create",
+                  "--threads", str(self.threads), "--wait-seconds", str(FLEET_WAIT_SECONDS),
+                  "--liveness-seconds", "3600", *batch]
+        tag = f"{self.name}-{files.name}-{uuid.uuid4().hex[:6]}"
+        fleet = _Fleet([worker] * self.processes, "serving queue", ctx, tag)
+        try:
+            ctx.moto.reset()
+            submit = [PYTHON, "-m", "cloudkon", "submit", str(files.path), "--prefix", prefix,
+                      "--direct", "--wait", "--json", *batch,
+                      *(["--bundle-size", "1"] if self.naive else [])]
+            wall, out, rss = _run_client(submit, ctx, _log_path(ctx, self.name, files))
+            requests = ctx.moto.counts()
+        finally:
+            fleet.stop()
+        summary = json.loads(out.splitlines()[-1])  # the line after the job id
+        return Outcome(wall, summary["tasks"], summary["succeeded"], rss, requests, summary)
+
+
+class ThreadPoolPeer(Contender):
+    """ThreadPoolExecutor(N).map over the lines (cloudkon/bench/thread_pool_peer.py)."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self.slots = threads
+        self.name = "threadpool"
+
+    def describe(self) -> str:
+        return f"ThreadPoolExecutor({self.slots}).map"
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        argv = [PYTHON, str(THREAD_POOL_PEER), str(files.path), str(self.slots)]
+        wall, out, rss = _run_client(argv, ctx, _log_path(ctx, self.name, files))
+        doc = json.loads(out)
+        return Outcome(wall, doc["tasks"], doc["succeeded"], rss, summary=doc)
+
+
+class XargsPeer(Contender):
+    """`xargs -P N -I{} sh -c '{}' < FILE`, the shell version of the workload."""
+
+    def __init__(self, jobs: int = 4) -> None:
+        self.slots = jobs
+        self.name = "xargs"
+
+    def describe(self) -> str:
+        return f"xargs -P {self.slots} -I{{}} sh -c '{{}}'"
+
+    def available(self) -> str | None:
+        return None if shutil.which("xargs") else "xargs is not installed"
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        argv = ["xargs", "-P", str(self.slots), "-I{}", "sh", "-c", "{}"]
+        wall, _, rss = _run_client(argv, ctx, _log_path(ctx, self.name, files), files.shell_path)
+        return Outcome(wall, files.tasks, files.tasks, rss)  # exit 0: every command succeeded
+
+
+class ParallelPeer(Contender):
+    """GNU parallel: `parallel -j N < FILE`, the shell version of the workload."""
+
+    def __init__(self, jobs: int = 4, max_tasks: int | None = None) -> None:
+        self.slots = jobs
+        self.name = "gnu-parallel"
+        self.max_tasks = max_tasks
+
+    def describe(self) -> str:
+        return f"parallel -j {self.slots}"
+
+    def available(self) -> str | None:
+        path = shutil.which("parallel")
+        if path is None:
+            return "GNU parallel is not installed (apt-get install parallel)"
+        version = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL, check=False).stdout
+        return None if "GNU parallel" in version else f"{path} is not GNU parallel"
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        argv = ["parallel", "--will-cite", "-j", str(self.slots)]
+        wall, _, rss = _run_client(argv, ctx, _log_path(ctx, self.name, files), files.shell_path)
+        return Outcome(wall, files.tasks, files.tasks, rss)  # exit 0: every job succeeded
+
+
+class CeleryPeer(Contender):
+    """Celery with its SQS broker and DynamoDB results on the moto server
+    (cloudkon/bench/celery_peer.py): one worker of ``concurrency`` threads."""
+
+    remote = True
+
+    def __init__(self, concurrency: int = 4, max_tasks: int | None = None) -> None:
+        self.slots = concurrency
+        self.name = "celery-sqs"
+        self.max_tasks = max_tasks
+
+    def describe(self) -> str:
+        return f"Celery, SQS broker + DynamoDB results, 1 worker --pool threads -c {self.slots}, on moto"
+
+    def available(self) -> str | None:
+        return (_importable("moto", "the moto server (pip install 'cloudkon[bench]')")
+                or _importable("celery", "Celery (pip install 'cloudkon[bench]')")
+                or _importable("pycurl", "pycurl, which Celery's SQS transport needs"))
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        assert ctx.moto is not None, "Celery on SQS needs the moto server"
+        from cloudkon.bench import celery_peer
+
+        config = celery_peer.PeerConfig(ctx.moto.url, f"celery-{uuid.uuid4().hex[:10]}")
+        _set_up(celery_peer.create_command(config.endpoint, config.queue), ctx)
+        worker = [*celery_peer.worker_command(config.endpoint, config.queue, self.slots),
+                  "--loglevel", "INFO"]
+        fleet = _Fleet([worker], " ready.", ctx, f"{self.name}-{files.name}-{config.queue}")
+        try:
+            ctx.moto.reset()
+            argv = celery_peer.submit_command(config.endpoint, config.queue, str(files.path))
+            wall, out, rss = _run_client(argv, ctx, _log_path(ctx, self.name, files))
+            requests = ctx.moto.counts()
+        finally:
+            fleet.stop()
+        doc = json.loads(out)
+        return Outcome(wall, doc["tasks"], doc["succeeded"], rss, requests, doc)
+
+
+def _importable(module: str, what: str) -> str | None:
+    import importlib.util
+
+    return None if importlib.util.find_spec(module) else f"{what} is not installed"

@@ -1,0 +1,136 @@
+"""`cloudkon bench` and the machinery of the comparison runs (cloudkon/bench).
+
+The figures themselves are not checked (timings on a shared machine mean nothing in a
+test); what is checked is what a user reads off the table: every contender ran the whole
+workload or says why not, ratios are against the group's first row, and the request
+accounting counts what each design really sends.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from cloudkon.bench import prices
+from cloudkon.bench.moto_server import CountingApp, operation
+from cloudkon.bench.workloads import MIXED, shell_line
+
+
+def test_bench_compares_every_contender_on_one_workload(cloudkon):
+    proc = cloudkon("bench", "--group", "compare-sleep10", "--tasks", 8, "--json", timeout=300)
+
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = {r["contender"]: r for r in doc["runs"]}
+    assert set(rows) == {"threadpool", "cloudkon-local", "remote-1x4", "remote-2x2",
+                         "remote-4x1", "remote-naive", "xargs", "gnu-parallel", "celery-sqs"}
+    assert doc["machine"]["prices"].startswith("us-east-1")
+    for name, row in rows.items():
+        if name == "gnu-parallel" and row["note"].startswith("not run"):
+            continue  # GNU parallel is optional
+        assert row["tasks"] == 8, row
+        assert row["baseline"] == "threadpool"
+        assert row["ratio"] == pytest.approx(row["tasks_per_s"] / rows["threadpool"]["tasks_per_s"],
+                                             rel=0.01)
+        assert 0 < row["efficiency"] <= 1.05, row
+    assert rows["threadpool"]["ratio"] == 1.0
+    for name in ("remote-1x4", "remote-2x2", "remote-4x1", "remote-naive", "celery-sqs"):
+        assert rows[name]["requests_per_1000"] > 0 and rows[name]["dollars_per_million"] > 0
+    assert not rows["cloudkon-local"]["requests"]
+    # One task per message and one message per call: every task and every result is a send
+    # of its own. Bundled, the 8 tasks go out in a handful of batches.
+    naive, bundled = rows["remote-naive"]["requests"], rows["remote-1x4"]["requests"]
+    assert naive["sqs:SendMessageBatch"] == 16
+    assert bundled["sqs:SendMessageBatch"] < 8
+    assert naive["sqs:ReceiveMessage"] >= 16  # a receive per task, by worker and collector
+    # Celery sends one message per task, through botocore or pycurl: the server counts both.
+    assert rows["celery-sqs"]["requests"]["sqs:SendMessage"] == 8
+    assert rows["celery-sqs"]["requests"]["sqs:ReceiveMessage"] >= 1
+    assert "compare-sleep10" in proc.stderr  # progress, one line per row
+
+
+def test_bench_table_names_the_baseline_and_the_prices(cloudkon):
+    proc = cloudkon("bench", "--group", "scale-local-workers", timeout=120)
+
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["group", "contender", "tasks"]
+    assert any("local-w1" in line and "1.00x" in line and "(baseline local-w1)" in line
+               for line in lines)
+    assert any("local-w4" in line for line in lines)
+    assert "checked 2026-11-25" in proc.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--group", "nope"], "--group: no group 'nope'"),
+    (["--tasks", "0"], "--tasks"),
+])
+def test_bench_refuses_bad_options_in_one_line(cloudkon, args, needle):
+    proc = cloudkon("bench", *args)
+
+    assert proc.returncode == 2
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sqs_bills_each_64_kib_chunk_and_dynamodb_each_kilobyte():
+    assert prices.billed_units("sqs", "SendMessageBatch", 1000, 200) == 1
+    assert prices.billed_units("sqs", "ReceiveMessage", 300, 200 * 1024) == 4
+    assert prices.billed_units("dynamodb", "UpdateItem", 2500, 100) == 3
+    assert prices.billed_units("dynamodb", "GetItem", 100, 5000) == 2
+    assert prices.billed_units("dynamodb", "DescribeTable", 100, 5000) == 0
+    # A million requests of each, at the dated prices.
+    assert prices.cost({"sqs:ReceiveMessage": 1e6}) == pytest.approx(0.40)
+    assert prices.cost({"dynamodb:UpdateItem": 1e6}) == pytest.approx(0.625)
+    assert prices.cost({"s3:PutObject": 1e6, "s3:GetObject": 1e6}) == pytest.approx(5.4)
+
+
+def _environ(method="POST", path="/", query="", target="", service="sqs", body=b""):
+    return {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+            "HTTP_X_AMZ_TARGET": target, "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=testing/20261125/us-east-1/"
+                                  f"{service}/aws4_request, SignedHeaders=host, Signature=x"}
+
+
+@pytest.mark.parametrize("environ, expected", [
+    (_environ(target="AmazonSQS.ReceiveMessage"), ("sqs", "ReceiveMessage")),
+    (_environ(target="DynamoDB_20120810.UpdateItem", service="dynamodb"),
+     ("dynamodb", "UpdateItem")),
+    (_environ(body=b"Action=SendMessage&QueueUrl=x"), ("sqs", "SendMessage")),
+    (_environ(method="GET", query="Action=GetCallerIdentity", service="sts"),
+     ("sts", "GetCallerIdentity")),
+    (_environ(method="PUT", path="/bucket/workloads/a b.txt", service="s3"), ("s3", "PutObject")),
+    (_environ(method="GET", path="/bucket", query="list-type=2&prefix=x", service="s3"),
+     ("s3", "ListObjectsV2")),
+])
+def test_the_moto_server_names_operations_as_botocore_does(environ, expected):
+    body = environ["wsgi.input"].getvalue()
+    assert operation(environ, body) == expected
+
+
+def test_the_counting_server_passes_the_request_body_on_untouched():
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b"x" * 70_000]
+
+    counting = CountingApp(app)
+    out = counting(_environ(target="AmazonSQS.ReceiveMessage", body=b'{"QueueUrl": "q"}'),
+                   lambda *a: None)
+
+    assert seen == [b'{"QueueUrl": "q"}'] and b"".join(out) == b"x" * 70_000
+    snap = counting.snapshot()
+    assert snap["requests"] == {"sqs:ReceiveMessage": 1}
+    assert snap["units"] == {"sqs:ReceiveMessage": 2}  # 70,000 bytes: two 64 KiB chunks
+
+
+def test_peers_that_use_a_shell_get_sleeps_in_seconds():
+    assert shell_line("sleep 10") == "sleep 0.01"
+    assert shell_line("sleep 0") == "sleep 0"
+    assert shell_line("echo mixed") == "echo mixed"
+    assert MIXED.sleep_seconds(10) is None  # not all sleeps: no efficiency

@@ -125,8 +125,15 @@ class Contender:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def start(self, files: WorkloadFiles, ctx: Context) -> None:
+        """Get ready to run ``files``: start the fleet, if any. Not timed."""
+
     def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        """Run ``files`` to the end: the timed part."""
         raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop what :meth:`start` started. Not timed."""
 
 
 class LocalCloudKon(Contender):
@@ -205,6 +212,7 @@ class RemoteCloudKon(Contender):
         self.name = "remote-naive" if naive else f"remote-{processes}x{threads}"
         self.max_tasks = max_tasks
         self._prefix: str | None = None
+        self._fleet: _Fleet | None = None
 
     def describe(self) -> str:
         naive = " --bundle-size 1 --batch-size 1" if self.naive else ""
@@ -222,26 +230,32 @@ class RemoteCloudKon(Contender):
             self._prefix = prefix
         return self._prefix
 
-    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+    def start(self, files: WorkloadFiles, ctx: Context) -> None:
         assert ctx.moto is not None, "the remote flavour needs the moto server"
         prefix = self._setup(ctx)
-        batch = ["--batch-size", "1"] if self.naive else []
         worker = [PYTHON, "-m", "cloudkon", "worker", "--prefix", prefix, "--no-create",
                   "--threads", str(self.threads), "--wait-seconds", str(FLEET_WAIT_SECONDS),
-                  "--liveness-seconds", "3600", *batch]
+                  "--liveness-seconds", "3600", *self._batch()]
         tag = f"{self.name}-{files.name}-{uuid.uuid4().hex[:6]}"
-        fleet = _Fleet([worker] * self.processes, "serving queue", ctx, tag)
-        try:
-            ctx.moto.reset()
-            submit = [PYTHON, "-m", "cloudkon", "submit", str(files.path), "--prefix", prefix,
-                      "--direct", "--wait", "--json", *batch,
-                      *(["--bundle-size", "1"] if self.naive else [])]
-            wall, out, rss = _run_client(submit, ctx, _log_path(ctx, self.name, files))
-            requests = ctx.moto.counts()
-        finally:
-            fleet.stop()
+        self._fleet = _Fleet([worker] * self.processes, "serving queue", ctx, tag)
+        ctx.moto.reset()
+
+    def _batch(self) -> list[str]:
+        return ["--batch-size", "1"] if self.naive else []
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        submit = [PYTHON, "-m", "cloudkon", "submit", str(files.path), "--prefix", self._prefix,
+                  "--direct", "--wait", "--json", *self._batch(),
+                  *(["--bundle-size", "1"] if self.naive else [])]
+        wall, out, rss = _run_client(submit, ctx, _log_path(ctx, self.name, files))
+        requests = ctx.moto.counts()
         summary = json.loads(out.splitlines()[-1])  # the line after the job id
         return Outcome(wall, summary["tasks"], summary["succeeded"], rss, requests, summary)
+
+    def stop(self) -> None:
+        fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            fleet.stop()
 
 
 class ThreadPoolPeer(Contender):
@@ -315,6 +329,8 @@ class CeleryPeer(Contender):
         self.slots = concurrency
         self.name = "celery-sqs"
         self.max_tasks = max_tasks
+        self._config = None
+        self._fleet: _Fleet | None = None
 
     def describe(self) -> str:
         return f"Celery, SQS broker + DynamoDB results, 1 worker --pool threads -c {self.slots}, on moto"
@@ -324,24 +340,31 @@ class CeleryPeer(Contender):
                 or _importable("celery", "Celery (pip install 'cloudkon[bench]')")
                 or _importable("pycurl", "pycurl, which Celery's SQS transport needs"))
 
-    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+    def start(self, files: WorkloadFiles, ctx: Context) -> None:
         assert ctx.moto is not None, "Celery on SQS needs the moto server"
         from cloudkon.bench import celery_peer
 
-        config = celery_peer.PeerConfig(ctx.moto.url, f"celery-{uuid.uuid4().hex[:10]}")
-        _set_up(celery_peer.create_command(config.endpoint, config.queue), ctx)
-        worker = [*celery_peer.worker_command(config.endpoint, config.queue, self.slots),
-                  "--loglevel", "INFO"]
-        fleet = _Fleet([worker], " ready.", ctx, f"{self.name}-{files.name}-{config.queue}")
-        try:
-            ctx.moto.reset()
-            argv = celery_peer.submit_command(config.endpoint, config.queue, str(files.path))
-            wall, out, rss = _run_client(argv, ctx, _log_path(ctx, self.name, files))
-            requests = ctx.moto.counts()
-        finally:
-            fleet.stop()
+        self._config = celery_peer.PeerConfig(ctx.moto.url, f"celery-{uuid.uuid4().hex[:10]}")
+        endpoint, queue = self._config.endpoint, self._config.queue
+        _set_up(celery_peer.create_command(endpoint, queue), ctx)
+        worker = [*celery_peer.worker_command(endpoint, queue, self.slots), "--loglevel", "INFO"]
+        self._fleet = _Fleet([worker], " ready.", ctx, f"{self.name}-{files.name}-{queue}")
+        ctx.moto.reset()
+
+    def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
+        from cloudkon.bench import celery_peer
+
+        argv = celery_peer.submit_command(self._config.endpoint, self._config.queue,
+                                          str(files.path))
+        wall, out, rss = _run_client(argv, ctx, _log_path(ctx, self.name, files))
+        requests = ctx.moto.counts()
         doc = json.loads(out)
         return Outcome(wall, doc["tasks"], doc["succeeded"], rss, requests, doc)
+
+    def stop(self) -> None:
+        fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            fleet.stop()
 
 
 def _importable(module: str, what: str) -> str | None:

@@ -185,13 +185,17 @@ class Bench:
             row.note = f"first {tasks:,} tasks only (too slow for more on moto)"
         files = self.files(case.spec, tasks)
         ctx = self.context(k.remote)
-        outcome = timer(lambda: k.run(files, ctx)) if timer else k.run(files, ctx)
+        k.start(files, ctx)
+        try:
+            outcome = timer(lambda: k.run(files, ctx)) if timer else k.run(files, ctx)
+        finally:
+            k.stop()
         if outcome.succeeded != outcome.tasks or outcome.tasks != tasks:
             raise c.ContenderFailed(f"{case.name} on {case.spec.name}: {outcome.succeeded:,} of"
                                     f" {tasks:,} tasks succeeded")
         row.tasks = tasks
         row.wall_s = round(outcome.wall, 4)
-        row.tasks_per_s = round(outcome.tasks_per_s, 1)
+        row.tasks_per_s = float(f"{outcome.tasks_per_s:.4g}")
         row.us_per_task = round(outcome.wall * k.slots / tasks * 1e6, 1)
         sleep_s = case.spec.sleep_seconds(tasks)
         if sleep_s:
@@ -213,7 +217,7 @@ class Bench:
         for r in rows:
             r.baseline = base.contender
             if r.tasks_per_s:
-                r.ratio = round(r.tasks_per_s / base.tasks_per_s, 3)
+                r.ratio = float(f"{r.tasks_per_s / base.tasks_per_s:.4g}")
 
     def run_groups(self, groups: list[str], *, large: bool = False, scale: float = 1.0,
                    tasks: int | None = None, on_run: Callable[[Run], None] | None = None
@@ -256,6 +260,12 @@ def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+def _ratio_text(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x" if ratio >= 0.095 else f"{ratio:.2g}x"
+
+
 def table(runs: list[Run]) -> str:
     """The runs as one text table, group by group, each with ratios to its baseline."""
     head = ("group", "contender", "tasks", "wall s", "tasks/s", "x base", "us/task",
@@ -264,7 +274,7 @@ def table(runs: list[Run]) -> str:
     for r in runs:
         rows.append((r.group, r.contender, f"{r.tasks:,}" if r.tasks else "-",
                      _fmt(r.wall_s, ".2f"), _fmt(r.tasks_per_s, ",.0f"),
-                     _fmt(r.ratio, ".2f") + ("x" if r.ratio is not None else ""),
+                     _ratio_text(r.ratio),
                      _fmt(r.us_per_task, ",.0f"),
                      _fmt(None if r.efficiency is None else r.efficiency * 100, ".1f")
                      + ("%" if r.efficiency is not None else ""),

@@ -41,6 +41,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("case", cases, ids=_ids)
 
 
+@pytest.mark.timeout(3600)  # a large row takes minutes; the default 300 s is for tests
 def test_run(benchmark, bench, case):
     """One row of the table: ``case``'s contender runs its workload to the end, once."""
     benchmark.group = case.group

@@ -633,6 +633,10 @@ def bench_command(tasks: int | None, groups: tuple[str, ...], large: bool, as_js
             click.echo(f"cloudkon: {row.group} {row.contender}: {row.tasks:,} tasks in"
                        f" {row.wall_s:.2f} s", err=True)
 
+    def stop(signum, _frame):  # SIGTERM: stop the fleets and the moto server on the way out
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     with suite.Bench() as bench:
         try:
             bench.run_groups(chosen, large=large, tasks=tasks, on_run=progress)

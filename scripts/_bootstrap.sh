@@ -2,7 +2,7 @@
 # Safe to run again: it reinstalls only when pyproject.toml or this file changed (or the
 # venv is missing). The editable install is a plain path entry (editable_mode=compat): an
 # import finder would add ~20 ms to every start of `cloudkon`.
-# Usage: bootstrap_venv "" | bootstrap_venv "[dev]"
+# Usage: bootstrap_venv "" | bootstrap_venv "[bench]" | bootstrap_venv "[dev]"
 
 bootstrap_venv() {
     local extras="$1"
@@ -30,8 +30,8 @@ bootstrap_venv() {
     local stamp="$VENV/.installed${extras}"
     local want
     want="$(cat "$root/pyproject.toml" "$root/scripts/_bootstrap.sh" | sha256sum | cut -d' ' -f1)"
-    if [ -z "$extras" ] && [ "$(cat "$VENV/.installed[dev]" 2>/dev/null)" = "$want" ]; then
-        return 0  # the dev install includes the plain one
+    if [ "$extras" != "[dev]" ] && [ "$(cat "$VENV/.installed[dev]" 2>/dev/null)" = "$want" ]; then
+        return 0  # the dev install includes the plain one and every other extra
     fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "cloudkon: installing cloudkon${extras} into $VENV..." >&2

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
 
 import pytest
+from conftest import wait_until
 
 from cloudkon.bench import prices
 from cloudkon.bench.moto_server import CountingApp, operation
@@ -134,3 +140,43 @@ def test_peers_that_use_a_shell_get_sleeps_in_seconds():
     assert shell_line("sleep 0") == "sleep 0"
     assert shell_line("echo mixed") == "echo mixed"
     assert MIXED.sleep_seconds(10) is None  # not all sleeps: no efficiency
+
+
+def _processes_marked(mark: str) -> list[str]:
+    """Command lines of the live processes whose environment holds ``mark``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark.encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def test_bench_stopped_by_sigterm_leaves_no_process_behind(tmp_path):
+    """Fleets, clients and the moto server all end with `cloudkon bench`."""
+    mark = f"BENCH_TEST_MARK=sigterm-{uuid.uuid4().hex}"
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}
+    err = tmp_path / "bench.err"
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudkon", "bench", "--group", "compare-sleep10",
+             "--tasks", "200"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
+            env=env, start_new_session=True)
+    try:
+        wait_until(lambda: "remote-1x4:" in err.read_text(), timeout=120,
+                   what="a remote row done")
+        assert _processes_marked(mark)  # the next fleet, the moto server...
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 143
+        wait_until(lambda: not _processes_marked(mark), timeout=30,
+                   interval=0.2, what="every process of the bench gone")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for line in _processes_marked(mark):
+            print("left behind:", line)

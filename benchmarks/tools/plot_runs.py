@@ -23,13 +23,13 @@ def main(runs_path: str, out_path: str) -> None:
         doc = json.load(f)
     groups: dict[str, list[dict]] = {}
     for run in doc["runs"]:
-        if run["group"].startswith("compare-") and run["ratio"]:
+        if run["group"].startswith("compare-") and run["tasks_per_s"]:
             groups.setdefault(run["group"], []).append(run)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.6), sharey=True,
                              squeeze=False)
     for ax, (group, runs) in zip(axes[0], groups.items()):
         names = [r["contender"] for r in runs]
-        ratios = [r["ratio"] for r in runs]
+        ratios = [r["tasks_per_s"] / runs[0]["tasks_per_s"] for r in runs]
         bars = ax.bar(range(len(runs)), ratios, color=[
             "tab:blue" if r["contender"].startswith(("cloudkon", "remote-")) else "tab:gray"
             for r in runs])

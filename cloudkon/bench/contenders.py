@@ -9,6 +9,7 @@ clock starts, as a fleet is up before a job arrives, and stopped after it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -65,9 +66,11 @@ class Context:
         env = dict(os.environ)
         env.pop("PYTHONSTARTUP", None)
         if self.moto is not None:  # never real AWS: point everything at the moto server
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "CLOUDKON_PREFIX"):
-                env.pop(name, None)
-            env.update(self.moto.env())
+            for name in list(env):
+                if name.startswith(("AWS_", "CLOUDKON_")):  # profiles, per-service endpoints
+                    del env[name]
+            env.update(self.moto.env(), AWS_CONFIG_FILE=os.devnull,
+                       AWS_SHARED_CREDENTIALS_FILE=os.devnull)
         return env
 
 
@@ -79,14 +82,21 @@ def _run_client(argv: list[str], ctx: Context, log: Path, stdin_path: Path | Non
     try:
         with open(log, "wb") as err:
             t0 = time.perf_counter()
+            # A session of its own: stopped early (Ctrl-C, a timeout), the client and what
+            # it started go together, launcher included.
+            proc = subprocess.Popen([PYTHON, "-S", str(PEAK_RSS), str(report), "--", *argv],
+                                    stdin=stdin, stdout=subprocess.PIPE, stderr=err,
+                                    env=ctx.env(), cwd=ctx.folder, start_new_session=True)
             try:
-                proc = subprocess.run([PYTHON, "-S", str(PEAK_RSS), str(report), "--", *argv],
-                                      stdin=stdin, stdout=subprocess.PIPE, stderr=err,
-                                      env=ctx.env(), cwd=ctx.folder, timeout=RUN_SECONDS,
-                                      check=False)
+                out, _ = proc.communicate(timeout=RUN_SECONDS)
             except subprocess.TimeoutExpired:
                 raise ContenderFailed(f"{' '.join(argv[:4])}... still running after"
                                       f" {RUN_SECONDS:g} s; see {log}") from None
+            finally:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
             wall = time.perf_counter() - t0
     finally:
         if stdin_path:
@@ -94,7 +104,7 @@ def _run_client(argv: list[str], ctx: Context, log: Path, stdin_path: Path | Non
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-1500:]
         raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}: {tail}")
-    return wall, proc.stdout.decode(errors="replace"), int(report.read_text().split()[0])
+    return wall, out.decode(errors="replace"), int(report.read_text().split()[0])
 
 
 def _set_up(argv: list[str], ctx: Context) -> None:
@@ -117,6 +127,7 @@ class Contender:
     slots: int = 1
     remote: bool = False  # talks to the moto server (needs the bench extra)
     max_tasks: int | None = None  # too slow for more: runs the first max_tasks only
+    slow_because: str = ""  # why, for the table's note
 
     def available(self) -> str | None:
         """None if this contender can run here, else why not."""
@@ -160,14 +171,18 @@ class _Fleet:
     def __init__(self, argvs: list[list[str]], ready_text: str, ctx: Context, tag: str) -> None:
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
-        for i, argv in enumerate(argvs):
-            log = ctx.folder / f"{tag}-worker{i}.log"
-            with open(log, "wb") as f:
-                self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f,
-                                                   stderr=subprocess.STDOUT, env=ctx.env(),
-                                                   cwd=ctx.folder))
-            self.logs.append(log)
-        self._wait_ready(ready_text)
+        try:
+            for i, argv in enumerate(argvs):
+                log = ctx.folder / f"{tag}-worker{i}.log"
+                with open(log, "wb") as f:
+                    self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f,
+                                                       stderr=subprocess.STDOUT, env=ctx.env(),
+                                                       cwd=ctx.folder))
+                self.logs.append(log)
+            self._wait_ready(ready_text)
+        except BaseException:  # not ready, or stopped while starting: none is left behind
+            self.stop()
+            raise
 
     def _wait_ready(self, text: str) -> None:
         deadline = time.monotonic() + READY_SECONDS
@@ -178,7 +193,6 @@ class _Fleet:
                 waiting.pop(0)
                 continue
             if proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
                 raise ContenderFailed(f"a worker did not start: {log.read_text()[-1500:]}")
             time.sleep(0.05)
 
@@ -211,6 +225,7 @@ class RemoteCloudKon(Contender):
         self.slots = processes * threads
         self.name = "remote-naive" if naive else f"remote-{processes}x{threads}"
         self.max_tasks = max_tasks
+        self.slow_because = "8 requests a task, on moto"
         self._prefix: str | None = None
         self._fleet: _Fleet | None = None
 
@@ -301,6 +316,7 @@ class ParallelPeer(Contender):
         self.slots = jobs
         self.name = "gnu-parallel"
         self.max_tasks = max_tasks
+        self.slow_because = "about 3 ms of Perl a job"
 
     def describe(self) -> str:
         return f"parallel -j {self.slots}"
@@ -329,6 +345,7 @@ class CeleryPeer(Contender):
         self.slots = concurrency
         self.name = "celery-sqs"
         self.max_tasks = max_tasks
+        self.slow_because = "5 requests a task, on moto"
         self._config = None
         self._fleet: _Fleet | None = None
 

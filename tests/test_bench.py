@@ -180,3 +180,19 @@ def test_bench_stopped_by_sigterm_leaves_no_process_behind(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         for line in _processes_marked(mark):
             print("left behind:", line)
+
+
+def test_table_lists_requests_per_1000_tasks_by_operation():
+    from cloudkon.bench.suite import Run, table
+
+    runs = [Run("compare-x", "threadpool", "", tasks=500, wall_s=1.0, tasks_per_s=500.0,
+                ratio=1.0, baseline="threadpool"),
+            Run("compare-x", "remote-1x4", "", tasks=500, wall_s=2.0, tasks_per_s=250.0,
+                ratio=0.5, requests={"sqs:SendMessageBatch": 1, "dynamodb:UpdateItem": 4},
+                requests_per_1000=10.0, dollars_per_million=0.01, baseline="threadpool")]
+
+    text = table(runs)
+
+    assert "0.50x" in text and "(baseline threadpool)" in text
+    line = next(x for x in text.splitlines() if x.startswith("compare-x remote-1x4 "))
+    assert "SendMessageBatch 2.0" in line and "UpdateItem 8.0" in line

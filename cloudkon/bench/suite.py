@@ -300,6 +300,14 @@ def table(runs: list[Run]) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * x for x in widths))
+    by_operation = [r for r in runs if r.requests and r.tasks]
+    if by_operation:
+        lines += ["", "AWS requests per 1000 tasks, by operation (counted at the moto server):"]
+        width = max(len(f"{r.group} {r.contender}") for r in by_operation)
+        for r in by_operation:
+            ops = ", ".join(f"{op.partition(':')[2]} {n * 1000 / r.tasks:,.1f}"
+                            for op, n in r.requests.items())
+            lines.append(f"{r.group} {r.contender}".ljust(width) + f"  {ops}")
     m = machine()
     lines.append("")
     lines.append(f"nproc {m['nproc']}, Python {m['python']}, {m['system']}. x base: tasks/s against"

@@ -21,7 +21,7 @@ from conftest import wait_until
 
 from cloudkon.bench import prices
 from cloudkon.bench.moto_server import CountingApp, operation
-from cloudkon.bench.workloads import MIXED, shell_line
+from cloudkon.bench.workloads import MIXED, WorkloadSpec, shell_line
 
 
 def test_bench_compares_every_contender_on_one_workload(cloudkon):
@@ -140,6 +140,8 @@ def test_peers_that_use_a_shell_get_sleeps_in_seconds():
     assert shell_line("sleep 0") == "sleep 0"
     assert shell_line("echo mixed") == "echo mixed"
     assert MIXED.sleep_seconds(10) is None  # not all sleeps: no efficiency
+    two = WorkloadSpec("two", ("sleep 1", "sleep 2"), 0, 0, "")
+    assert two.sleep_seconds(5) == pytest.approx(0.007)  # 1+2+1+2+1 ms
 
 
 def _processes_marked(mark: str) -> list[str]:
@@ -196,3 +198,18 @@ def test_table_lists_requests_per_1000_tasks_by_operation():
     assert "0.50x" in text and "(baseline threadpool)" in text
     line = next(x for x in text.splitlines() if x.startswith("compare-x remote-1x4 "))
     assert "SendMessageBatch 2.0" in line and "UpdateItem 8.0" in line
+
+
+def test_a_contender_that_fails_stops_the_bench_with_one_line(cloudkon, tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "xargs").write_text("#!/bin/sh\necho 'xargs: broken on purpose' >&2\nexit 3\n")
+    (fake / "xargs").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+
+    proc = cloudkon("bench", "--group", "compare-true", "--tasks", 2, env=env, timeout=300)
+
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "xargs" in errors[0] and "exited" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr

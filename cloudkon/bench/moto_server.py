@@ -179,9 +179,6 @@ class RequestCounts:
     def dollars(self) -> float:
         return cost(self.units)
 
-    def __sub__(self, other: RequestCounts) -> RequestCounts:
-        return RequestCounts(self.requests - other.requests, self.units - other.units)
-
 
 def read_counts(url: str) -> RequestCounts:
     """What the counting moto server at ``url`` has answered since its last reset."""

@@ -152,18 +152,16 @@ class Bench:
     """One session of comparison runs: a scratch folder, the moto server when a remote
     contender needs it, and every run so far."""
 
-    def __init__(self, folder: Path | None = None, moto_log: bool = True) -> None:
+    def __init__(self, folder: Path | None = None) -> None:
         self._own_folder = folder is None
         self.folder = Path(folder or tempfile.mkdtemp(prefix="cloudkon-bench-"))
         self.moto: MotoServer | None = None
-        self._moto_log = moto_log
         self.runs: list[Run] = []
         self._files: dict[tuple[str, int], w.WorkloadFiles] = {}
 
     def context(self, remote: bool) -> c.Context:
         if remote and self.moto is None:
-            log = str(self.folder / "moto.log") if self._moto_log else None
-            self.moto = MotoServer(log).start()
+            self.moto = MotoServer(str(self.folder / "moto.log")).start()
         return c.Context(self.folder, self.moto)
 
     def files(self, spec: w.WorkloadSpec, tasks: int) -> w.WorkloadFiles:

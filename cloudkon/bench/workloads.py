@@ -9,7 +9,6 @@ cost for the same job).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +30,13 @@ class WorkloadSpec:
     large_tasks: int  # the size of issue 5, selected by --benchmark-large / cloudkon bench --large
     about: str
 
-    def lines(self, n: int) -> list[str]:
-        return list(itertools.islice(itertools.cycle(self.cycle), n))
-
     def sleep_seconds(self, n: int) -> float | None:
         """The sum of the sleeps of ``n`` tasks, if every task is a sleep (else None)."""
-        total = 0
-        for line in self.lines(n):
-            ms = sleep_ms(line)
-            if ms is None:
-                return None
-            total += ms
-        return total / 1000.0
+        sleeps = [sleep_ms(line) for line in self.cycle]
+        if None in sleeps:
+            return None
+        whole, rest = divmod(n, len(sleeps))
+        return (whole * sum(sleeps) + sum(sleeps[:rest])) / 1000.0
 
 
 SLEEP0 = WorkloadSpec("sleep0", ("sleep 0",), 10_000, 100_000,
@@ -88,11 +82,6 @@ def write(spec: WorkloadSpec, tasks: int, folder: Path) -> WorkloadFiles:
     _write_lines(path, spec.cycle, tasks)
     _write_lines(shell_path, tuple(map(shell_line, spec.cycle)), tasks)
     return WorkloadFiles(spec, tasks, path, shell_path)
-
-
-def prefix(files: WorkloadFiles, tasks: int, folder: Path) -> WorkloadFiles:
-    """The first ``tasks`` tasks of ``files`` (for contenders too slow for the whole)."""
-    return write(files.spec, min(tasks, files.tasks), folder)
 
 
 def _write_lines(path: Path, cycle: tuple[str, ...], n: int) -> None:

@@ -203,13 +203,16 @@ def test_table_lists_requests_per_1000_tasks_by_operation():
 def test_a_contender_that_fails_stops_the_bench_with_one_line(cloudkon, tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "xargs").write_text("#!/bin/sh\necho 'xargs: broken on purpose' >&2\nexit 3\n")
+    (fake / "xargs").write_text("#!/bin/sh\necho 'first of two lines' >&2\n"
+                                "echo 'xargs: broken on purpose' >&2\nexit 3\n")
     (fake / "xargs").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
 
     proc = cloudkon("bench", "--group", "compare-true", "--tasks", 2, env=env, timeout=300)
 
     assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and "xargs" in errors[0] and "exited" in errors[0], proc.stderr
+    *progress, last = proc.stderr.strip().splitlines()
+    assert last.startswith("cloudkon: error: bench: xargs") and "exited 3" in last, proc.stderr
+    assert last.endswith("xargs: broken on purpose")
+    assert all(line.startswith("cloudkon: compare-true ") for line in progress), proc.stderr
     assert "Traceback" not in proc.stderr

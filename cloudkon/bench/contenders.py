@@ -102,9 +102,15 @@ def _run_client(argv: list[str], ctx: Context, log: Path, stdin_path: Path | Non
         if stdin_path:
             stdin.close()
     if proc.returncode != 0:
-        tail = log.read_text(errors="replace")[-1500:]
-        raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}: {tail}")
+        raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}:"
+                              f" {_last_line(log.read_text(errors='replace'))}")
     return wall, out.decode(errors="replace"), int(report.read_text().split()[0])
+
+
+def _last_line(text: str) -> str:
+    """The last line a failed process printed: what the one-line error shows of it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(it printed nothing)"
 
 
 def _set_up(argv: list[str], ctx: Context) -> None:
@@ -113,7 +119,7 @@ def _set_up(argv: list[str], ctx: Context) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}:"
-                              f" {proc.stderr[-1500:]}")
+                              f" {_last_line(proc.stderr)}")
 
 
 def _log_path(ctx: Context, name: str, files: WorkloadFiles) -> Path:
@@ -193,7 +199,8 @@ class _Fleet:
                 waiting.pop(0)
                 continue
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise ContenderFailed(f"a worker did not start: {log.read_text()[-1500:]}")
+                raise ContenderFailed("a worker did not start:"
+                                      f" {_last_line(log.read_text(errors='replace'))}")
             time.sleep(0.05)
 
     def stop(self) -> None:

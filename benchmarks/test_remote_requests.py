@@ -47,7 +47,7 @@ def _cloudkon(*args) -> list[str]:
 
 def test_aws_requests_per_1000_tasks(moto_server, tmp_path, scale):  # noqa: F811
     from cloudkon.config import AwsConfig
-    from worker.resources import setup
+    from cloudkon.backends.resources import setup
 
     tasks = max(int(FULL_TASKS * scale), 100)
     config = AwsConfig(prefix=f"b{uuid.uuid4().hex[:10]}", region="us-east-1",

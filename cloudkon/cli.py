@@ -308,7 +308,7 @@ def setup_command(prefix: str | None, region: str | None, endpoint_url: str | No
     Creates only what is missing and sets the attributes of what exists, so running it
     again is harmless. Prints each resource and what was done to it.
     """
-    from worker.resources import setup
+    from cloudkon.backends.resources import setup
 
     config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
     for resource in setup(config, visibility_timeout):
@@ -325,7 +325,7 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
 
     Messages still in the queues are lost. Resources already gone are reported as absent.
     """
-    from worker.resources import teardown
+    from cloudkon.backends.resources import teardown
 
     config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
     for resource in teardown(config):
@@ -378,10 +378,10 @@ def worker_command(prefix: str | None, region: str | None, endpoint_url: str | N
 
     from cloudkon import aws
     from cloudkon.config import WorkerConfig
-    from worker import resources
+    from cloudkon.backends import resources
     from worker.daemon import Worker
-    from worker.leases import DynamoLeaseStore
-    from worker.sqs import SqsBroker
+    from cloudkon.backends.dynamodb import DynamoLeaseStore
+    from cloudkon.backends.sqs import SqsBroker
 
     _setup_worker_logging(log_json)
     config = _aws_config(prefix, region, endpoint_url)

@@ -48,6 +48,12 @@ def new_job_id(prefix: str = "job") -> str:
     return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
 
 
+def bundle_key(job_id: str, seq: int) -> str:
+    """The lease key of bundle ``seq`` of job ``job_id``: the same for every copy of it,
+    whoever sent it (docs/design.md, "Keys")."""
+    return f"{job_id}#{seq}"
+
+
 class Task(NamedTuple):
     """One task: the workload line it came from and the command on it."""
 

@@ -21,10 +21,9 @@ from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
 from cloudkon.codec import decode_results, unpack_stored_results
 from cloudkon.errors import CodecError, JobNotFoundError, WorkloadError
 from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
-from cloudkon.model import Bundle, ResultBundle, task_id
+from cloudkon.model import ResultBundle, bundle_key, task_id
 from cloudkon.summary import Summary
 from submitter.manifest import REJECTED, Manifest
-from worker.daemon import bundle_key
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ class Collector:
         unseen = [seq for seq in unresolved if seq not in self._seqs]
         for seq in unseen or unresolved:
             looked += 1
-            claim = self.leases.lookup(bundle_key_of(self.job_id, seq))
+            claim = self.leases.lookup(bundle_key(self.job_id, seq))
             if claim is None or claim.outcome != COMPLETED or not claim.results:
                 continue
             try:
@@ -261,8 +260,3 @@ class Collector:
                 continue
             if line >= len(seen) or not seen[line]:
                 yield line
-
-
-def bundle_key_of(job_id: str, seq: int) -> str:
-    """The lease key the workers give bundle ``seq`` of job ``job_id``."""
-    return bundle_key(Bundle(job_id, seq, []))

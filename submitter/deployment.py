@@ -13,8 +13,8 @@ from cloudkon import aws
 from cloudkon.config import AwsConfig
 from cloudkon.limits import DEFAULT_SENDERS, SQS_MAX_BATCH
 from submitter.manifest import DynamoManifests
-from worker.leases import DynamoLeaseStore
-from worker.sqs import SqsBroker, SqsQueue
+from cloudkon.backends.dynamodb import DynamoLeaseStore
+from cloudkon.backends.sqs import SqsBroker, SqsQueue
 
 # Where uploaded workloads go in the bucket, and what the Lambda listens to:
 # workloads/JOB_ID/FILE NAME.

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from cloudkon.aws import call
 from cloudkon.errors import CodecError
 from cloudkon.limits import SQS_MAX_RETENTION_SECONDS
-from worker.leases import KEY, TTL_ATTRIBUTE
+from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
 
 SUBMITTING = "SUBMITTING"
 SUBMITTED = "SUBMITTED"

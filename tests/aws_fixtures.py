@@ -51,7 +51,7 @@ def aws_config(moto_server) -> AwsConfig:
 @pytest.fixture
 def provisioned(aws_config) -> AwsConfig:
     """``aws_config`` with its queues and table made (as `cloudkon setup` makes them)."""
-    from worker.resources import setup
+    from cloudkon.backends.resources import setup
 
     setup(aws_config, bucket=False)
     return aws_config

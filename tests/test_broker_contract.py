@@ -1,5 +1,5 @@
 """The contracts of cloudkon.backends, held against every implementation: the in-memory
-queue and lease store of local/memory.py, and SQS and DynamoDB (on the moto server).
+queue and lease store of cloudkon/backends/memory.py, and SQS and DynamoDB (on the moto server).
 
 Memory backends run on a clock the test moves; SQS visibility runs on the server's clock,
 so those tests use one-second timeouts and wait for the outcome with a deadline.
@@ -17,7 +17,7 @@ from conftest import wait_until
 
 from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS
 from cloudkon.errors import NotSetUpError
-from local.memory import MemoryBroker, MemoryLeaseStore
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 
 
 class QueueBackend:
@@ -58,7 +58,7 @@ def backend(request):
         broker = MemoryBroker(clock)
         queue = broker.create("in", dead_letter="in-dlq", max_receives=2)
         return QueueBackend(broker, queue, broker.queue("in-dlq"), clock)
-    from worker.sqs import SqsBroker, SqsQueue
+    from cloudkon.backends.sqs import SqsBroker, SqsQueue
 
     sqs = request.getfixturevalue("sqs")
     name = f"c{uuid.uuid4().hex[:10]}"
@@ -187,8 +187,8 @@ def leases(request):
     clock = FakeClock(time.time())
     if request.param == "memory":
         return MemoryLeaseStore(clock), clock
-    from worker.leases import DynamoLeaseStore
-    from worker.resources import _ensure_table
+    from cloudkon.backends.dynamodb import DynamoLeaseStore
+    from cloudkon.backends.resources import _ensure_table
 
     dynamodb = request.getfixturevalue("dynamodb")
     table = f"c{uuid.uuid4().hex[:10]}-leases"

@@ -1,4 +1,4 @@
-"""The splitter and the collector on the in-memory backends (local/memory.py): fast, no AWS."""
+"""The splitter and the collector on the in-memory backends (cloudkon/backends/memory.py): fast, no AWS."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cloudkon.errors import AwsError, JobNotFoundError, WorkloadError
 from cloudkon.limits import MAX_REPORTED_BAD_LINES, SQS_MAX_MESSAGE_BYTES
 from cloudkon.model import FAILED, SUCCEEDED, ResultBundle
 from cloudkon.workload import Workload
-from local.memory import MemoryBroker, MemoryLeaseStore
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from submitter.collect import Collector
 from submitter.manifest import REJECTED, SUBMITTED, Manifest, MemoryManifests
 from submitter.split import split

@@ -25,8 +25,8 @@ from cloudkon.codec import decode_results, encode_bundle, unpack_results
 from cloudkon.config import AwsConfig, WorkerConfig
 from cloudkon.model import Bundle, task_id
 from worker.daemon import Worker
-from worker.leases import DynamoLeaseStore
-from worker.sqs import SqsBroker
+from cloudkon.backends.dynamodb import DynamoLeaseStore
+from cloudkon.backends.sqs import SqsBroker
 
 FAST = ("--wait-seconds", 1, "--liveness-seconds", 600, "--drain-seconds", 30)
 

@@ -1,4 +1,4 @@
-"""The worker daemon's behaviour, fast, on the in-memory backends (local/memory.py).
+"""The worker daemon's behaviour, fast, on the in-memory backends (cloudkon/backends/memory.py).
 
 The daemon runs in a thread of the test; queues and leases run on a clock the test moves,
 so "after the visibility timeout" costs nothing. The same daemon against SQS and DynamoDB,
@@ -21,7 +21,7 @@ from cloudkon.codec import decode_results, encode_bundle, pack_results, unpack_r
 from cloudkon.config import WorkerConfig
 from cloudkon.errors import AwsError
 from cloudkon.model import SUCCEEDED, Bundle, task_id
-from local.memory import MemoryBroker, MemoryLeaseStore
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from worker.daemon import Worker
 
 VISIBILITY = 30

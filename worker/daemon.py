@@ -1,7 +1,7 @@
 """The worker daemon: receive bundles, claim them, run them, report, delete; until SIGTERM.
 
 It is written against :mod:`cloudkon.backends` and never sees boto3: the same loop runs on
-the in-memory backends of ``local/memory.py`` and on SQS and DynamoDB. Threads:
+the in-memory backends of ``cloudkon/backends/memory.py`` and on SQS and DynamoDB. Threads:
 
 - the receiver long-polls the input queue, and only for as many messages as there are
   idle bundle threads, so that every message it holds starts at once;
@@ -43,18 +43,13 @@ from cloudkon.limits import (
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
 )
-from cloudkon.model import CANCELLED, SUCCEEDED, Bundle, ResultBundle
+from cloudkon.model import CANCELLED, SUCCEEDED, Bundle, ResultBundle, bundle_key
 
 log = logging.getLogger(__name__)
 
 _TICK = 0.1  # seconds between the main thread's looks at its flags
 _GIVE_BACK_SECONDS = 10.0  # after a hard stop, how long bundle threads get to give back
 _END = None  # tells a bundle thread to exit
-
-
-def bundle_key(bundle: Bundle) -> str:
-    """The lease key of a bundle: the same for every copy of it, whoever sent it."""
-    return f"{bundle.job_id}#{bundle.seq}"
 
 
 @dataclass
@@ -307,7 +302,7 @@ class Worker:
                         message.id, exc, extra={"message_id": message.id})
             return
         ids = _ids(bundle, message)
-        key = bundle_key(bundle)
+        key = bundle_key(bundle.job_id, bundle.seq)
         if self._stopping():
             self._give_back([message], f"bundle {key}, not started before the stop")
             return
@@ -397,7 +392,7 @@ class Worker:
 
     def _replay(self, message: Message, bundle: Bundle, reply_to: str, stored: bytes | None,
                 owner: str, ids: dict) -> None:
-        key = bundle_key(bundle)
+        key = bundle_key(bundle.job_id, bundle.seq)
         if stored is None:
             raise CodecError(f"bundle {key} is COMPLETED but has no stored results")
         results = unpack_results(stored, bundle.tasks)

@@ -1,7 +1,7 @@
 """The two narrow interfaces the worker loop runs against: message queues and a lease store.
 
-In-memory implementations live in ``local/memory.py``, SQS and DynamoDB ones in
-``worker/sqs.py`` and ``worker/leases.py``; ``tests/test_broker_contract.py`` holds every
+In-memory implementations live in ``memory.py`` beside this file, SQS and DynamoDB ones in
+``sqs.py`` and ``dynamodb.py``; ``tests/test_broker_contract.py`` holds every
 implementation to the contracts stated here, one sentence per method. A backend raises
 :class:`~cloudkon.errors.CloudKonError` subclasses only, its own errors translated.
 """

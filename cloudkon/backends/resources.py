@@ -24,7 +24,7 @@ from cloudkon.limits import (
     SQS_MAX_MESSAGE_BYTES,
     SQS_MAX_RETENTION_SECONDS,
 )
-from worker.leases import KEY, TTL_ATTRIBUTE
+from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
 
 CREATED, EXISTS, UPDATED, DELETED, ABSENT = "created", "exists", "updated", "deleted", "absent"
 _TABLE_READY_SECONDS = 180  # a new table takes seconds to become ACTIVE

@@ -254,6 +254,53 @@ def _is_number(value: object) -> bool:
             and math.isfinite(value))
 
 
+class WireCodec:
+    """Bodies and stored results as they cross SQS and DynamoDB: the JSON and packed
+    columns above. The worker loop reaches the codec only through this interface."""
+
+    encode_bundle = staticmethod(encode_bundle)
+    decode_bundle = staticmethod(decode_bundle)
+    results_bodies = staticmethod(results_bodies)
+    decode_results = staticmethod(decode_results)
+    pack_results = staticmethod(pack_results)
+    unpack_results = staticmethod(unpack_results)
+
+
+class InProcessCodec:
+    """Bodies and stored results as the objects themselves, for queues and a lease store
+    that live in the same process (the local flavour): nothing is serialised, nothing
+    can fail to decode, and a bundle of `sleep 0` costs no more than its tasks."""
+
+    @staticmethod
+    def encode_bundle(bundle: Bundle, reply_to: str) -> tuple[Bundle, str]:
+        return bundle, reply_to
+
+    @staticmethod
+    def decode_bundle(body: tuple[Bundle, str]) -> tuple[Bundle, str]:
+        return body
+
+    @staticmethod
+    def results_bodies(bundle: ResultBundle) -> list[ResultBundle]:
+        return [bundle]
+
+    @staticmethod
+    def decode_results(body: ResultBundle) -> ResultBundle:
+        return body
+
+    @staticmethod
+    def pack_results(results: list[tuple], max_bytes: int) -> tuple[list[tuple], list[tuple]]:
+        # Stored as a copy, for the caller may go on appending to ``results``; nothing cut.
+        return list(results), results
+
+    @staticmethod
+    def unpack_results(data: list[tuple], tasks: Iterable[tuple[int, str]]) -> list[tuple]:
+        return list(data)
+
+
+WIRE = WireCodec()
+IN_PROCESS = InProcessCodec()
+
+
 def unpack_stored_results(data: bytes) -> list[tuple]:
     """Stored results as tuples laid out as Result, for a reader that does not have the
     bundle (a collector reading them back): their commands are ''; CodecError if invalid."""

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
@@ -52,24 +53,30 @@ class Executor:
             for pid in self._running:
                 _kill_group(pid, signal.SIGKILL)
 
-    def run_bundle(self, job_id: str, tasks: list[tuple[int, str]]) -> list[tuple]:
-        """Run a bundle's (line, command) tasks in order; return their results as tuples
-        laid out as Result. Tasks not started because of ``cancel()`` have no result."""
-        results = []
+    def run_bundle(self, job_id: str, tasks: list[tuple[int, str]], results: list[tuple],
+                   stop: Callable[[], bool]) -> bool:
+        """Run a bundle's (line, command) tasks in order, appending each result (a tuple
+        laid out as Result) to ``results`` as it finishes, so another thread sees it at once.
+        Before each task that takes time ``stop()`` is asked; a task ended by ``cancel()``
+        has no result. True if every task ran."""
         append = results.append
         cached_ms = SLEEP_CACHE.get
         clock = time.time
         cancelled = self._cancelled.is_set
+        run = self.run
         for line, command in tasks:
             if cached_ms(command) == 0:
                 # `sleep 0`: nothing to execute; its cost is the framework's own.
                 start = clock()
                 append((line, command, SUCCEEDED, 0, None, start, clock(), "", ""))
-            elif cancelled():
-                break
-            else:
-                append(self.run(job_id, line, command))
-        return results
+                continue
+            if cancelled() or stop():
+                return False
+            result = run(job_id, line, command)
+            if result[2] == CANCELLED:
+                return False  # not a result: the task runs again, here or elsewhere
+            append(result)
+        return True
 
     def run(self, job_id: str, line: int, command: str) -> tuple:
         """Run one task to its end; return its result as a tuple laid out as Result."""
@@ -120,7 +127,7 @@ class Executor:
         end = time.time()
         sig = None
         if code < 0:  # ended by a signal: no exit status, the signal says what happened
-            sig = _signal_name(-code)
+            sig = signal_name(-code)
             code = None
         if timed_out:
             status = TIMED_OUT
@@ -231,7 +238,8 @@ def _kill_group(pid: int, sig: int) -> None:
         pass  # already gone (a zombie's group may refuse signals on some systems)
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """The name of signal ``number`` ("SIGKILL"), or "signal N" for one without a name."""
     try:
         return signal.Signals(number).name
     except ValueError:

@@ -1,38 +1,44 @@
-"""The local framework: client -> input queue -> N worker threads -> output queue -> client.
+"""The local flavour: the worker daemon's loop over in-memory queues and lease store.
 
-It plays the original design's CloudKon_Main. The calling thread is the client: it streams
-the workload into the input queue as bundles of tasks (CloudKon's task bundling) and
-collects bundles of results from the output queue in between, never more than
-``4 x workers`` bundles in flight, so memory stays flat however long the workload is. The
-worker threads execute. One client thread rather than a reader and a collector: every
-thread wake-up costs context switches and GIL hand-offs, which on short shell tasks cost
-more than the tasks themselves.
+``cloudkon run`` is what a fleet does, in one process (as Dramatiq's worker runs over its
+stub broker): the calling thread plays the client, streaming the workload into the input
+queue as bundles and collecting result bundles from the output queue in between, never
+more than a few bundles per worker thread in flight, so memory stays flat however long the
+workload is; :class:`worker.daemon.Worker` receives, claims, executes, completes and sends,
+with ``--workers`` bundle threads. Bodies and stored results travel as objects
+(:data:`cloudkon.codec.IN_PROCESS`): nothing is serialised.
 
-SIGINT and SIGTERM stop the run cleanly: running tasks are ended, nothing new starts, and
-what finished is summarised.
+SIGINT and SIGTERM stop the run cleanly: the worker stops hard (running tasks are ended,
+nothing new starts, what it held is given back), and what finished, in completed bundles
+and in the lease store's partial results, is summarised.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from cloudkon.config import RunConfig
-from cloudkon.executor import Executor
-from cloudkon.model import Bundle, ResultBundle
+from cloudkon.backends import COMPLETED
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
+from cloudkon.codec import IN_PROCESS
+from cloudkon.config import RunConfig, WorkerConfig
+from cloudkon.limits import SQS_MAX_VISIBILITY_SECONDS
+from cloudkon.model import Bundle, ResultBundle, bundle_key
 from cloudkon.summary import Summary
 from cloudkon.workload import BadLine, Workload
+from worker.daemon import Worker
 
 log = logging.getLogger(__name__)
 
-_END = None  # put on the input queue once per worker: exit
+INPUT_QUEUE = "local-input"
+OUTPUT_QUEUE = "local-output"
+WORKER_ID = "local"
 _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a signal
-# One running, the rest waiting: a worker hands results over only when fewer than one
-# bundle per worker waits, so the client refills several at a time, and none waits.
+# One running, the rest waiting: each bundle thread finds the next bundle queued as it
+# finishes one, and the client refills several at a time.
 _BUNDLES_IN_FLIGHT_PER_WORKER = 4
 
 
@@ -48,38 +54,40 @@ class LocalRunner:
     ) -> None:
         self.config = config
         self.workload = Workload(config.workload, on_bad_line=on_bad_line)
-        self.executor = Executor(config.task_timeout, config.tail_bytes)
         self.on_results = on_results
         self.on_total = on_total  # told the exact task count once the whole file is read
         self.summary = Summary(config.job_id, config.workers)
         self.signal_received: int | None = None
-        self._stopping = False
-        # Bounded by the client, which keeps at most a few bundles per worker in flight.
-        self._inq: queue.SimpleQueue = queue.SimpleQueue()
-        self._outq: queue.SimpleQueue = queue.SimpleQueue()
+        broker = MemoryBroker()
+        self.inbox = broker.create(INPUT_QUEUE, dead_letter=f"{INPUT_QUEUE}-dlq")
+        self.outbox = broker.create(OUTPUT_QUEUE)
+        self.leases = MemoryLeaseStore()
+        # Nobody else receives from these queues: a bundle is never taken over, so its
+        # message and lease last as long as SQS would let them.
+        self.worker = Worker(self.inbox, broker, self.leases, WorkerConfig(
+            worker_id=WORKER_ID, threads=config.workers,
+            visibility_seconds=SQS_MAX_VISIBILITY_SECONDS,
+            task_timeout=config.task_timeout, tail_bytes=config.tail_bytes,
+        ), codec=IN_PROCESS)
+        self._in_flight: dict[int, Bundle] = {}  # by seq: sent, no results yet
 
     def run(self) -> Summary:
         """Run the workload to its end (or until a signal) and return the summary."""
         started = time.monotonic()
         handlers = self._install_signal_handlers()
-        workers = [
-            threading.Thread(target=self._work, args=(f"local-{i}",), name=f"cloudkon-worker-{i}",
-                             daemon=True)
-            for i in range(self.config.workers)
-        ]
+        self.worker.start()
         try:
-            for t in workers:
-                t.start()
             self._submit_and_collect()
         finally:
             self._restore_signal_handlers(handlers)
-            if self._stopping or any(t.is_alive() for t in workers):
-                self._stopping = True
-                self.executor.cancel()
-            for _ in workers:
-                self._inq.put(_END)
-            for t in workers:
-                t.join()
+            if self.signal_received is None and self._in_flight:  # an error: end it all
+                self.worker.stop(hard=True)
+            else:
+                self.worker.stop()
+            self.inbox.close()  # the receiver's poll returns at once
+            self.worker.shutdown()
+            self._collect(wait_seconds=0.0)
+            self._recover_unfinished()
             self.summary.wall_seconds = time.monotonic() - started
             self._take_workload_counts()
         return self.summary
@@ -89,11 +97,11 @@ class LocalRunner:
         bundles: Iterator[Bundle] | None = self.workload.bundles(
             cfg.job_id, cfg.bundle_size, cfg.bundle_ms)
         window = _BUNDLES_IN_FLIGHT_PER_WORKER * cfg.workers
-        in_flight = 0
-        add = self.summary.add
-        on_results = self.on_results
+        in_flight = self._in_flight
+        encode = IN_PROCESS.encode_bundle
         while True:
-            while bundles is not None and in_flight < window and not self._stopping:
+            bodies = []
+            while bundles is not None and len(in_flight) < window:
                 bundle = next(bundles, None)
                 if bundle is None:
                     bundles = None
@@ -101,61 +109,44 @@ class LocalRunner:
                         self.on_total(self.workload.tasks)
                     break
                 bundle.sent_at = time.time()
-                self._inq.put(bundle)
-                in_flight += 1
-            if not in_flight and (bundles is None or self._stopping):
+                in_flight[bundle.seq] = bundle
+                bodies.append(encode(bundle, OUTPUT_QUEUE))
+            if bodies:
+                self.inbox.send_batch(bodies)
+            if not in_flight and bundles is None:
                 return
-            if self.signal_received is not None and not self._stopping:
+            if self.signal_received is not None:
                 log.warning("stopping: ending running tasks, starting no more")
                 self.summary.interrupted = True
-                self._stopping = True
-                self.executor.cancel()
-            try:
-                batch = self._outq.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                continue
-            in_flight -= len(batch)
-            for results in batch:
-                if results.results:
-                    add(results)
-                    if on_results is not None:
-                        on_results(results)
-
-    def _work(self, name: str) -> None:
-        """A worker: take bundles, run their tasks, put a result bundle for each.
-
-        Result bundles are handed to the client in batches: whenever the input queue runs
-        low (the client must refill it) or the worker would have to wait. Every hand-off
-        wakes the client thread, which on short shell tasks costs more than the task.
-        """
-        job_id = self.config.job_id
-        run_bundle = self.executor.run_bundle
-        inq, outq = self._inq, self._outq
-        low = self.config.workers
-        done: list[ResultBundle] = []
-        while True:
-            if done and inq.qsize() <= low:
-                outq.put(done)
-                done = []
-            try:
-                bundle = inq.get_nowait()
-            except queue.Empty:
-                if done:
-                    outq.put(done)
-                    done = []
-                bundle = inq.get()
-            if bundle is _END:
-                if done:
-                    outq.put(done)
+                self.worker.stop(hard=True, signum=self.signal_received)
                 return
-            results = []
-            try:
-                if not self._stopping:
-                    results = run_bundle(job_id, bundle.tasks)
-            except Exception:  # a bug: report it, and keep the client's count of bundles right
-                log.exception("worker %s: bundle %d failed", name, bundle.seq)
-            finally:
-                done.append(ResultBundle(job_id, bundle.seq, results, bundle.sent_at, name))
+            self._collect(wait_seconds=_POLL_SECONDS)
+
+    def _collect(self, wait_seconds: float) -> None:
+        """Take the result bundles on the output queue (waiting up to ``wait_seconds`` for
+        the first) into the summary and to ``on_results``."""
+        messages = self.outbox.receive(len(self._in_flight) or 1, wait_seconds,
+                                       SQS_MAX_VISIBILITY_SECONDS)
+        for message in messages:
+            self.outbox.delete(message)
+            self._add(IN_PROCESS.decode_results(message.body))
+
+    def _add(self, results: ResultBundle) -> None:
+        self._in_flight.pop(results.seq, None)
+        if results.results:
+            self.summary.add(results)
+            if self.on_results is not None:
+                self.on_results(results)
+
+    def _recover_unfinished(self) -> None:
+        """After a stop, the finished tasks of bundles the worker gave back are in the lease
+        store, as a takeover would find them: they count too."""
+        for seq, bundle in sorted(self._in_flight.items()):
+            claim = self.leases.lookup(bundle_key(bundle.job_id, seq))
+            if claim is not None and claim.outcome != COMPLETED and claim.results:
+                self._add(ResultBundle(bundle.job_id, seq,
+                                       IN_PROCESS.unpack_results(claim.results, bundle.tasks),
+                                       bundle.sent_at, WORKER_ID))
 
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary

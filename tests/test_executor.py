@@ -202,17 +202,33 @@ def test_no_task_starts_after_cancel(tmp_path):
     executor = Executor(None)
     executor.cancel()
 
-    results = executor.run_bundle("job", [(1, f"touch {tmp_path}/a"), (2, f"touch {tmp_path}/b")])
+    results: list[tuple] = []
+    ran_all = executor.run_bundle("job", [(1, f"touch {tmp_path}/a"), (2, f"touch {tmp_path}/b")],
+                                  results, stop=lambda: False)
 
-    assert results == []
+    assert (ran_all, results) == (False, [])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_bundle_stops_before_the_next_task_when_asked(tmp_path):
+    executor = Executor(None)
+    results: list[tuple] = []
+    tasks = [(1, f"touch {tmp_path}/a"), (2, f"touch {tmp_path}/b")]
+
+    ran_all = executor.run_bundle("job", tasks, results, stop=lambda: bool(results))
+
+    assert ran_all is False
+    assert [r[0] for r in results] == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
 def test_run_bundle_runs_its_tasks_in_order():
     executor = Executor(None)
 
-    results = [Result._make(r) for r in executor.run_bundle(
-        "job", [(1, "sleep 0"), (2, "echo two"), (4, "exit 1"), (5, "sleep 1")])]
+    out: list[tuple] = []
+    assert executor.run_bundle("job", [(1, "sleep 0"), (2, "echo two"), (4, "exit 1"),
+                                       (5, "sleep 1")], out, stop=lambda: False)
+    results = [Result._make(r) for r in out]
 
     assert [r.line for r in results] == [1, 2, 4, 5]
     assert [r.status for r in results] == [SUCCEEDED, SUCCEEDED, FAILED, SUCCEEDED]

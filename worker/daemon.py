@@ -1,14 +1,16 @@
 """The worker daemon: receive bundles, claim them, run them, report, delete; until SIGTERM.
 
 It is written against :mod:`cloudkon.backends` and never sees boto3: the same loop runs on
-the in-memory backends of ``cloudkon/backends/memory.py`` and on SQS and DynamoDB. Threads:
+SQS and DynamoDB for ``cloudkon worker`` and on the in-memory backends of
+``cloudkon/backends/memory.py`` for ``cloudkon run`` (``local/runner.py``), its bodies then
+passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
 
 - the receiver long-polls the input queue, and only for as many messages as there are
   idle bundle threads, so that every message it holds starts at once;
 - N bundle threads each take a message and follow the reliability protocol of DESIGN.md:
   claim the bundle's lease (one conditional write), run its tasks with the shared
   :class:`~cloudkon.executor.Executor`, store the results with COMPLETED, send them, delete
-  the message. A bundle found COMPLETED is replayed (its stored results sent again), not
+  the message (docs/design.md, "Reliability protocol"). A bundle found COMPLETED is replayed (its stored results sent again), not
   run; one whose lease is live elsewhere is left for later;
 - the heartbeat thread keeps the messages of running bundles invisible and their leases
   alive, and stores the results of finished tasks, so a takeover runs only the rest;
@@ -33,17 +35,17 @@ import time
 from dataclasses import dataclass, field
 
 from cloudkon.backends import BUSY, COMPLETED, Broker, LeaseStore, Message, MessageQueue
-from cloudkon.codec import decode_bundle, pack_results, results_bodies, unpack_results
+from cloudkon.codec import WIRE, WireCodec
 from cloudkon.config import WorkerConfig
 from cloudkon.errors import CloudKonError, CodecError
-from cloudkon.executor import Executor
+from cloudkon.executor import Executor, signal_name
 from cloudkon.limits import (
     AWS_ERROR_PAUSE_SECONDS,
     LEASE_SHARE_OF_VISIBILITY,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
 )
-from cloudkon.model import CANCELLED, SUCCEEDED, Bundle, ResultBundle, bundle_key
+from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +98,13 @@ class Worker:
     exit code."""
 
     def __init__(self, inbox: MessageQueue, broker: Broker, leases: LeaseStore,
-                 config: WorkerConfig, executor: Executor | None = None) -> None:
+                 config: WorkerConfig, executor: Executor | None = None,
+                 codec: WireCodec = WIRE) -> None:
         self.inbox = inbox
         self.broker = broker
         self.leases = leases
         self.config = config
+        self.codec = codec  # how bodies and stored results are made: must match the backends'
         self.executor = executor or Executor(config.task_timeout, config.tail_bytes)
         self.counts = Counts()
         self.lease_seconds = config.visibility_seconds * LEASE_SHARE_OF_VISIBILITY
@@ -118,9 +122,10 @@ class Worker:
 
     # --- control ---------------------------------------------------------------------------
 
-    def stop(self, hard: bool = False, signum: int = signal.SIGTERM) -> None:
-        """Ask the worker to drain (or, ``hard``, to give everything back and exit now).
-        Safe in a signal handler: it only sets attributes."""
+    def stop(self, hard: bool = False, signum: int = 0) -> None:
+        """Ask the worker to drain (or, ``hard``, to give everything back and exit now);
+        ``signum`` is the signal that asked, 0 for the program itself. Safe in a signal
+        handler: it only sets attributes."""
         if hard or self._drain_signal is not None:
             self._hard_signal = signum
         else:
@@ -136,13 +141,14 @@ class Worker:
                 or self._draining.is_set())
 
     def run(self) -> int:
-        """Serve until stopped; return 0 after a drain, 128 + signal after a hard stop."""
+        """Serve until a signal or :meth:`stop`; return 0 after a drain, 128 + signal after
+        a hard stop. The daemon's main thread: it installs the signal handlers."""
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, self._on_signal)
                         for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self._start_threads()
+            self.start()
             log.info("worker %s serving queue %s with %d threads (visibility %d s, heartbeat"
                      " every %.0f s, drain %.0f s)", self.config.worker_id, self.inbox.name,
                      self.config.threads, self.config.visibility_seconds,
@@ -153,12 +159,14 @@ class Worker:
                 if time.monotonic() >= next_liveness:
                     self._log_liveness()
                     next_liveness += self.config.liveness_seconds
-            return self._shut_down()
+            return self.shutdown()
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 
-    def _start_threads(self) -> None:
+    def start(self) -> None:
+        """Start receiving and running bundles in background threads; :meth:`stop` then
+        :meth:`shutdown` end them. (``run()`` does all three, for the daemon.)"""
         self._threads = [threading.Thread(target=self._receive_loop, name="cloudkon-receiver",
                                           daemon=True),
                          threading.Thread(target=self._heartbeat_loop, name="cloudkon-heartbeat",
@@ -169,28 +177,32 @@ class Worker:
         for t in self._threads:
             t.start()
 
-    def _shut_down(self) -> int:
+    def shutdown(self) -> int:
+        """After :meth:`stop`: drain or hand back what the worker holds, as asked, and end
+        its threads; return the exit code (0, or 128 + signal after a hard stop)."""
         self._draining.set()
+        with self._slots:
+            self._slots.notify_all()  # a receiver waiting for a free thread sees the stop
         if self._hard_signal is None:
-            log.warning("%s: stopping: receiving no more, giving back unstarted bundles,"
-                        " letting running tasks finish for up to %.0f s",
-                        _signal_name(self._drain_signal), self.config.drain_seconds)
-            deadline = time.monotonic() + self.config.drain_seconds
-            while not self._idle() and self._hard_signal is None and time.monotonic() < deadline:
-                time.sleep(_TICK)
+            # A stop the program asked for (the end of a local run) is no news.
+            say = log.warning if self._drain_signal else log.info
+            say("%s: stopping: receiving no more, giving back unstarted bundles, letting"
+                " running tasks finish for up to %.0f s", _stop_name(self._drain_signal),
+                self.config.drain_seconds)
+            self._wait_until(lambda: self._idle() or self._hard_signal is not None,
+                             self.config.drain_seconds)
             if not self._idle() and self._hard_signal is None:
                 log.warning("drain time over: ending %d running bundles' tasks and giving"
                             " them back", len(self._running))
         if self._hard_signal is not None:
-            log.warning("%s: ending running tasks, giving everything back, exiting now",
-                        _signal_name(self._hard_signal))
+            say = log.warning if self._hard_signal else log.info
+            say("%s: ending running tasks, giving everything back, exiting now",
+                _stop_name(self._hard_signal))
         self.executor.cancel()
         # Bundle threads now give back what they hold. A hard stop does not wait for a long
         # poll in flight: what it returns comes back after its visibility timeout.
-        idle = self._idle if self._hard_signal is None else self._nothing_held
-        deadline = time.monotonic() + _GIVE_BACK_SECONDS
-        while not idle() and time.monotonic() < deadline:
-            time.sleep(_TICK)
+        self._wait_until(self._idle if self._hard_signal is None else self._nothing_held,
+                         _GIVE_BACK_SECONDS)
         self._halt.set()
         for _ in range(self.config.threads):
             self._handoff.put(_END)
@@ -199,6 +211,17 @@ class Worker:
         if self._hard_signal is not None:
             return 128 + self._hard_signal
         return 0
+
+    def _wait_until(self, done, seconds: float) -> None:
+        """Wait until ``done()`` or ``seconds`` pass; bundle threads and the receiver notify
+        ``_slots`` as they let go, and a signal's flag is seen within a tick."""
+        deadline = time.monotonic() + seconds
+        with self._slots:
+            while not done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._slots.wait(min(remaining, _TICK))
 
     def _idle(self) -> bool:
         return self._nothing_held() and self._receiver_done.is_set()
@@ -258,6 +281,8 @@ class Worker:
             log.exception("the receiver failed; no more messages are received")
         finally:
             self._receiver_done.set()
+            with self._slots:
+                self._slots.notify_all()
 
     def _give_back(self, messages: list[Message], why: str) -> None:
         try:
@@ -294,7 +319,7 @@ class Worker:
 
     def _handle(self, message: Message) -> None:
         try:
-            bundle, reply_to = decode_bundle(message.body)
+            bundle, reply_to = self.codec.decode_bundle(message.body)
         except CodecError as exc:
             self.inbox.dead_letter(message, str(exc))
             self.counts.add("dead_lettered")
@@ -314,7 +339,7 @@ class Worker:
         if claim.outcome == BUSY:
             self._leave(message, key, claim.owner, claim.lease_expires, ids)
             return
-        done = unpack_results(claim.results, bundle.tasks) if claim.results else []
+        done = self.codec.unpack_results(claim.results, bundle.tasks) if claim.results else []
         running = _Running(message, bundle, key, owner, done, len(done),
                            time.monotonic() + self.config.heartbeat_seconds)
         takeover = (f", claim {claim.attempt}: taking over with {len(done)} tasks done"
@@ -337,7 +362,7 @@ class Worker:
                         extra=ids)
             return
         if len(running.results) < len(bundle.tasks):
-            packed, _ = pack_results(running.results, self.leases.max_results_bytes)
+            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes)
             self.leases.release(key, owner, packed)
             self.inbox.give_back([message])
             self.counts.add("given_back")
@@ -349,25 +374,21 @@ class Worker:
 
     def _execute(self, running: _Running) -> None:
         """Run the bundle's tasks that have no result yet, until done or told to stop."""
-        bundle = running.bundle
-        done = {r[0] for r in running.results}
-        run = self.executor.run
-        for line, command in bundle.tasks:
-            if line in done:
-                continue
-            if self._stopping() or running.lost or self.executor.cancelled:
-                return
-            result = run(bundle.job_id, line, command)
-            if result[2] == CANCELLED:
-                return  # ended by the shutdown: not a result; the task runs again elsewhere
-            with running.lock:
-                running.results.append(result)
-            self.counts.add("tasks")
+        bundle, results = running.bundle, running.results
+        tasks = bundle.tasks
+        if results:  # taken over: what an earlier owner finished is not run again
+            done = {r[0] for r in results}
+            tasks = [t for t in tasks if t[0] not in done]
+        before = len(results)
+        self.executor.run_bundle(bundle.job_id, tasks, results,
+                                 lambda: running.lost or self._stopping())
+        self.counts.add("tasks", len(results) - before)
 
     def _complete(self, running: _Running, reply_to: str, ids: dict) -> None:
         bundle, key = running.bundle, running.key
         try:
-            packed, results = pack_results(running.results, self.leases.max_results_bytes)
+            packed, results = self.codec.pack_results(running.results,
+                                                      self.leases.max_results_bytes)
         except CodecError as exc:
             self.leases.release(running.key, running.owner)
             self.inbox.dead_letter(running.message, f"results do not fit: {exc}")
@@ -395,7 +416,7 @@ class Worker:
         key = bundle_key(bundle.job_id, bundle.seq)
         if stored is None:
             raise CodecError(f"bundle {key} is COMPLETED but has no stored results")
-        results = unpack_results(stored, bundle.tasks)
+        results = self.codec.unpack_results(stored, bundle.tasks)
         self._send(bundle, results, reply_to, owner.split("/", 1)[0])
         self.inbox.delete(message)
         self.counts.add("replayed")
@@ -415,8 +436,8 @@ class Worker:
                  " %d s", key, message.id, owner, remaining, delay, extra=ids)
 
     def _send(self, bundle: Bundle, results: list[tuple], reply_to: str, worker: str) -> None:
-        bodies = results_bodies(ResultBundle(bundle.job_id, bundle.seq, results, bundle.sent_at,
-                                             worker))
+        bodies = self.codec.results_bodies(ResultBundle(bundle.job_id, bundle.seq, results,
+                                                        bundle.sent_at, worker))
         self.broker.queue(reply_to).send_batch(bodies)
 
     # --- heartbeat ------------------------------------------------------------------------
@@ -447,9 +468,10 @@ class Worker:
             if running.finished or running.lost:
                 return
             packed = None
-            if len(running.results) > running.stored:
-                packed, _ = pack_results(running.results, self.leases.max_results_bytes)
-            stored = len(running.results)
+            finished = running.results[:]  # the bundle thread appends as tasks finish
+            if len(finished) > running.stored:
+                packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes)
+            stored = len(finished)
             held = self.inbox.extend(running.message, cfg.visibility_seconds)
             if not self.leases.heartbeat(running.key, running.owner, self.lease_seconds, packed):
                 running.lost = True
@@ -478,8 +500,5 @@ def _ids(bundle: Bundle, message: Message) -> dict:
     return {"job_id": bundle.job_id, "bundle": bundle.seq, "message_id": message.id}
 
 
-def _signal_name(signum: int | None) -> str:
-    try:
-        return signal.Signals(signum).name
-    except (TypeError, ValueError):
-        return "stop"
+def _stop_name(signum: int | None) -> str:
+    return signal_name(signum) if signum else "stop"

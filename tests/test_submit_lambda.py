@@ -1,5 +1,6 @@
 """The S3-triggered Lambda (app.py), driven by chalice.test.Client against the moto server,
-and its deployment package, built by `chalice package` without AWS credentials."""
+and its deployment package, built by `chalice package` without AWS credentials: the splitter's
+modules and nothing else of the product, enough to run with only boto3 beside it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import quote_plus
 
 import boto3
-from submit_helpers import REGION, ROOT, chalice_project, deliver_upload, make_bucket
+import pytest
+from chalice.test import Client
+from submit_helpers import REGION, ROOT, chalice_project, deliver_upload, load_app, make_bucket
 
 from cloudkon.codec import decode_bundle
 from submitter.manifest import REJECTED, SUBMITTED, DynamoManifests
@@ -86,31 +91,48 @@ def test_an_upload_outside_a_job_folder_is_ignored(provisioned, tmp_path):
     assert _bundles(provisioned) == []
 
 
-def _runtime_path(folder: Path) -> Path:
-    """A folder holding boto3 and its dependencies only: what the Lambda runtime adds."""
-    import boto3 as b
+# What the splitter imports (app.py -> submitter.s3_lambda -> ...), linked one by one in
+# vendor/: the only files of the product in the Lambda's zip.
+SPLITTER_MODULES = {
+    "cloudkon/__init__.py", "cloudkon/aws.py", "cloudkon/codec.py", "cloudkon/config.py",
+    "cloudkon/errors.py", "cloudkon/limits.py", "cloudkon/model.py", "cloudkon/workload.py",
+    "cloudkon/backends/__init__.py", "cloudkon/backends/dynamodb.py", "cloudkon/backends/sqs.py",
+    "submitter/__init__.py", "submitter/deployment.py", "submitter/manifest.py",
+    "submitter/s3_lambda.py", "submitter/split.py", "submitter/submit.py",
+}
+# Top-level entries of the zip: the app, Chalice's runtime part, the product's two packages
+# and requirements.txt's tenacity.
+ZIP_TOP_LEVEL = {"app.py", "chalice", "cloudkon", "submitter", "tenacity"}
+# boto3 and its own dependencies: what the Lambda's Python runtime provides.
+RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3",
+                    "six.py")
+STAGE_BUCKET = "cloudkon-workloads-x"
 
-    site = Path(b.__file__).resolve().parent.parent
-    folder.mkdir()
-    for name in ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six.py"):
-        (folder / name).symlink_to(site / name)
-    return folder
+
+class LambdaPackage(NamedTuple):
+    terraform: dict
+    names: list[str]  # the files in deployment.zip
+    unzipped: Path
+    runtime: Path  # links to RUNTIME_PACKAGES
 
 
-def test_chalice_package_builds_a_self_contained_zip_without_credentials(tmp_path):
+@pytest.fixture(scope="module")
+def lambda_package(tmp_path_factory) -> LambdaPackage:
+    """`chalice package --pkg-format terraform` of a copy of the project, run once for the
+    module, without AWS credentials; its zip unpacked."""
+    tmp_path = tmp_path_factory.mktemp("package")
     project = tmp_path / "project"
     project.mkdir()
     for name in ("app.py", "requirements.txt"):
         shutil.copy(ROOT / name, project / name)
-    for package in ("cloudkon", "submitter", "worker"):
+    for package in ("cloudkon", "submitter"):
         (project / package).symlink_to(ROOT / package)
-    (project / "vendor").mkdir()
-    for link in (ROOT / "vendor").iterdir():  # the repository's own relative links
-        (project / "vendor" / link.name).symlink_to(os.readlink(link))
+    # The repository's own relative links, which reach the packages linked above.
+    shutil.copytree(ROOT / "vendor", project / "vendor", symlinks=True)
     (project / ".chalice").mkdir()
     shutil.copy(ROOT / ".chalice" / "policy-dev.json", project / ".chalice")
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
-    config["stages"]["dev"]["environment_variables"]["CLOUDKON_BUCKET"] = "cloudkon-workloads-x"
+    config["stages"]["dev"]["environment_variables"]["CLOUDKON_BUCKET"] = STAGE_BUCKET
     (project / ".chalice" / "config.json").write_text(json.dumps(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_DEFAULT_REGION=REGION, AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
@@ -120,29 +142,85 @@ def test_chalice_package_builds_a_self_contained_zip_without_credentials(tmp_pat
                           cwd=project, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    terraform = json.loads((project / "out" / "chalice.tf.json").read_text())
-    function = terraform["resource"]["aws_lambda_function"]["split_workload"]
-    assert function["handler"] == "app.split_workload"
-    assert function["environment"]["variables"]["CLOUDKON_BUCKET"] == "cloudkon-workloads-x"
-    notify = terraform["resource"]["aws_s3_bucket_notification"]
-    assert [n["lambda_function"][0]["filter_prefix"] for n in notify.values()] == ["workloads/"]
-
     unzipped = tmp_path / "unzipped"
     with zipfile.ZipFile(project / "out" / "deployment.zip") as z:
+        names = z.namelist()
         z.extractall(unzipped)
-    runtime = _runtime_path(tmp_path / "runtime")
-    check = ("import sys\n"
-             f"sys.path[:] = [{str(unzipped)!r}, {str(runtime)!r}]"
-             " + [p for p in sys.path if p and 'site-packages' not in p]\n"
-             "import app\n"
-             "import cloudkon, submitter, worker, tenacity\n"
-             "assert all(m.__file__.startswith(sys.path[0]) for m in (app, cloudkon, submitter,"
-             " worker, tenacity))\n"
-             "print(sorted(app.app.handler_map))\n")
-    proc = subprocess.run([sys.executable, "-S", "-E", "-c", check], cwd=tmp_path,
-                          env={**env, "CLOUDKON_BUCKET": "cloudkon-workloads-x",
-                               "CLOUDKON_PREFIX": "cloudkon"},
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['split_workload']"
+    site = Path(boto3.__file__).resolve().parent.parent
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    for name in RUNTIME_PACKAGES:
+        (runtime / name).symlink_to(site / name)
+    return LambdaPackage(json.loads((project / "out" / "chalice.tf.json").read_text()),
+                         names, unzipped, runtime)
 
+
+def _run_in_lambda_runtime(package: LambdaPackage, code: str,
+                           env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``code`` as the Lambda runtime would: in the unzipped folder, with no
+    site-packages (-S -I): the zip's contents, boto3 and the standard library alone on
+    sys.path."""
+    prelude = ("import sys\n"
+               "assert not any('site-packages' in p for p in sys.path), sys.path\n"
+               f"sys.path[:0] = [{str(package.unzipped)!r}, {str(package.runtime)!r}]\n")
+    return subprocess.run([sys.executable, "-S", "-I", "-c", prelude + code],
+                          cwd=package.unzipped, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_chalice_package_subscribes_the_handler_to_the_stage_bucket(lambda_package):
+    function = lambda_package.terraform["resource"]["aws_lambda_function"]["split_workload"]
+    assert function["handler"] == "app.split_workload"
+    assert function["environment"]["variables"]["CLOUDKON_BUCKET"] == STAGE_BUCKET
+    notify = lambda_package.terraform["resource"]["aws_s3_bucket_notification"]
+    assert [n["lambda_function"][0]["filter_prefix"] for n in notify.values()] == ["workloads/"]
+
+
+def test_the_lambda_zip_holds_the_splitter_and_nothing_else_of_the_product(lambda_package):
+    names = lambda_package.names
+    top = {n.split("/", 1)[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == ZIP_TOP_LEVEL
+    assert {n for n in names if n.startswith(("cloudkon/", "submitter/"))} == SPLITTER_MODULES
+    for unwanted in ("cloudkon/cli.py", "cloudkon/report.py", "cloudkon/bench/", "worker/",
+                     "local/", "numpy", "click", "tqdm"):
+        assert not [n for n in names if n.startswith(unwanted)], unwanted
+
+
+def test_the_lambda_zip_imports_the_handler_with_only_boto3_beside_it(lambda_package):
+    code = ("import json, os\n"
+            "from app import app, split_workload\n"
+            "root = sys.path[0] + os.sep\n"
+            "files = [getattr(m, '__file__', None) or '' for m in list(sys.modules.values())]\n"
+            "print(json.dumps({'handlers': sorted(app.handler_map),\n"
+            "                  'loaded': sorted(f[len(root):] for f in files"
+            " if f.startswith(root))}))\n")
+    # The stage's variables, as the Lambda gets them; nothing else.
+    env = {"CLOUDKON_BUCKET": STAGE_BUCKET, "CLOUDKON_PREFIX": "cloudkon",
+           "AWS_DEFAULT_REGION": REGION}
+    proc = _run_in_lambda_runtime(lambda_package, code, env)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["handlers"] == ["split_workload"]
+    # Every module of the product in the zip is one that importing the handler loads.
+    assert {f for f in found["loaded"] if f.startswith(("cloudkon/", "submitter/"))} \
+        == SPLITTER_MODULES
+
+
+def test_the_lambda_zip_splits_an_upload_with_only_boto3_beside_it(lambda_package, provisioned):
+    bucket = make_bucket(provisioned)
+    key = "workloads/job-zip-1/w.txt"
+    boto3.client("s3", region_name=REGION).put_object(Bucket=bucket, Key=key,
+                                                      Body=b"sleep 0\necho hi\n")
+    event = Client(load_app()).events.generate_s3_event(bucket=bucket, key=quote_plus(key))
+    code = ("import json\n"
+            "from app import split_workload\n"
+            f"split_workload(json.loads({json.dumps(event)!r}), None)\n")
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}  # the moto server
+    env.update(CLOUDKON_BUCKET=bucket, CLOUDKON_PREFIX=provisioned.prefix)
+    proc = _run_in_lambda_runtime(lambda_package, code, env)
+    assert proc.returncode == 0, proc.stderr
+
+    manifest = _manifest(provisioned, "job-zip-1")
+    assert manifest.status == SUBMITTED and manifest.tasks == 2
+    assert sorted(t for b, _ in _bundles(provisioned) for t in b.tasks) == [
+        (1, "sleep 0"), (2, "echo hi")]

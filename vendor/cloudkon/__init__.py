@@ -1,0 +1,1 @@
+../../cloudkon/__init__.py

@@ -1,0 +1,1 @@
+../../../cloudkon/backends/__init__.py

@@ -1,0 +1,1 @@
+../../../cloudkon/backends/sqs.py

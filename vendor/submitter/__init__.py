@@ -1,0 +1,1 @@
+../../submitter/__init__.py

@@ -1,0 +1,1 @@
+../../submitter/s3_lambda.py

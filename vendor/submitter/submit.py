@@ -1,0 +1,1 @@
+../../submitter/submit.py

@@ -12,20 +12,32 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 
 import click
 
-from cloudkon import __version__
-from cloudkon.errors import BadLinesError, CloudKonError, OutputClosed, WorkloadError
+from cloudkon import __version__, logs
+from cloudkon.config import DEFAULT_PREFIX, AwsConfig, RunConfig, WorkerConfig
+from cloudkon.errors import CloudKonError, OutputClosed
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
     DEFAULT_BUNDLE_SIZE,
+    DEFAULT_DRAIN_SECONDS,
+    DEFAULT_LIVENESS_SECONDS,
+    DEFAULT_REMOTE_BUNDLE_MS,
+    DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
+    DEFAULT_VISIBILITY_SECONDS,
+    MAX_BUNDLE_TASKS,
     MAX_LOCAL_WORKERS,
     MAX_REPORTED_BAD_LINES,
+    SQS_LONG_POLL_SECONDS,
+    SQS_MAX_BATCH,
+    SQS_MAX_VISIBILITY_SECONDS,
 )
+from cloudkon.model import check_job_id, new_job_id
 
 log = logging.getLogger("cloudkon")
 
@@ -72,34 +84,22 @@ def _error(message: str) -> None:
     click.echo(f"cloudkon: error: {message}", err=True)
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname_lower = record.levelname.lower()
-        return super().format(record)
-
-
-def _setup_logging(verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("cloudkon: %(levelname_lower)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    log.setLevel(level)
-    for name in ("local", "worker", "submitter"):
-        logging.getLogger(name).setLevel(level)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cloudkon")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """CloudKon: run the tasks of a workload file on a pool of workers.
 
     A workload has one task per line: `sleep N` sleeps N MILLISECONDS inside the worker
     (CloudKon's benchmark task); any other line is run with /bin/sh -c.
     """
-    _setup_logging(verbose)
+    ctx.obj = verbose
+    if ctx.invoked_subcommand != "worker":  # the daemon sets up its own log lines
+        logs.configure(verbose)
+
+
+# --- The local flavour ----------------------------------------------------------------------
 
 
 @cli.command()
@@ -134,55 +134,21 @@ def run(workload: str, workers: int, output: str | None, as_json: bool, task_tim
     Exit code: 0 all tasks succeeded; 1 a task failed or timed out, or a line was bad;
     2 usage or input error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
-    from cloudkon.config import RunConfig
-    from cloudkon.model import check_job_id, new_job_id
-    from cloudkon.results import ResultsWriter
-    from cloudkon.workload import Workload
     from local.runner import LocalRunner
 
     config = RunConfig(
         workload=workload, job_id=new_job_id("local") if job_id is None else check_job_id(job_id),
-        workers=workers,
-        task_timeout=task_timeout or None, bundle_size=bundle_size, bundle_ms=bundle_ms,
-        tail_bytes=tail_bytes, strict=strict,
+        workers=workers, task_timeout=task_timeout or None, bundle_size=bundle_size,
+        bundle_ms=bundle_ms, tail_bytes=tail_bytes, strict=strict,
     )
-    Workload(workload).check()
-    reporter = _BadLineReporter()
-    if strict:
-        checked = Workload(workload, on_bad_line=reporter)
-        if checked.validate():
-            raise BadLinesError(workload, checked.bad_lines)
-        if not checked.tasks:
-            raise WorkloadError(workload, "holds no tasks (only blank lines and comments)")
-    writer = ResultsWriter(output) if output else None
-    summary_out = sys.stderr if output == "-" else sys.stdout
-    show_bar = sys.stderr.isatty() if progress is None else progress
-
-    bar = _progress_bar(workload, show_bar)
-    runner = LocalRunner(
-        config,
-        on_bad_line=reporter,
-        on_results=_fan_out(writer, bar),
-        on_total=(lambda n: _set_total(bar, n)) if bar is not None else None,
-    )
-    redirect = _tqdm_logging() if bar is not None else contextlib.nullcontext()
-    try:
-        with redirect:
-            summary = runner.run()
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-
-    if not summary.tasks_read and not summary.interrupted:
-        if summary.bad_lines:
-            raise WorkloadError(workload, f"no line is a task ({summary.bad_lines} bad line(s))")
-        raise WorkloadError(workload, "holds no tasks (only blank lines and comments)")
-    if reporter.count > MAX_REPORTED_BAD_LINES:
-        log.warning("%s: %d bad lines in all, %d shown", workload, reporter.count,
-                    MAX_REPORTED_BAD_LINES)
-    click.echo(summary.to_json() if as_json else summary.to_text(), file=summary_out)
+    reporter = _BadLineReporter(workload)
+    runner = LocalRunner(config, on_bad_line=reporter)
+    runner.check()
+    with _Sinks(output, progress, lambda: _count_lines(workload)) as sinks:
+        runner.on_results, runner.on_total = sinks.on_results, sinks.on_total
+        summary = runner.run()
+    reporter.finish()
+    sinks.print_summary(summary, as_json)
     if summary.interrupted:
         return 128 + (runner.signal_received or signal.SIGINT)
     return EXIT_OK if summary.ok else EXIT_FAILED
@@ -191,7 +157,8 @@ def run(workload: str, workers: int, output: str | None, as_json: bool, task_tim
 class _BadLineReporter:
     """Logs the first bad lines one by one and counts the rest."""
 
-    def __init__(self) -> None:
+    def __init__(self, workload: str) -> None:
+        self.workload = workload
         self.count = 0
 
     def __call__(self, bad) -> None:
@@ -199,19 +166,60 @@ class _BadLineReporter:
         if self.count <= MAX_REPORTED_BAD_LINES:
             log.warning("%s; line skipped", bad)
 
-
-def _progress_bar(workload: str, show: bool):
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=_count_lines(workload), unit="task", file=sys.stderr, dynamic_ncols=True,
-                smoothing=0.1)
+    def finish(self) -> None:
+        if self.count > MAX_REPORTED_BAD_LINES:
+            log.warning("%s: %d bad lines in all, %d shown", self.workload, self.count,
+                        MAX_REPORTED_BAD_LINES)
 
 
-def _set_total(bar, n: int) -> None:
-    bar.total = n
-    bar.refresh()
+class _Sinks:
+    """Where results go as they come in (a results file, a progress bar) and where the
+    summary is printed; ``on_results`` and ``on_total`` are None when nothing listens."""
+
+    def __init__(self, output: str | None, progress: bool | None, total=None) -> None:
+        from cloudkon.results import ResultsWriter
+
+        self.summary_file = sys.stderr if output == "-" else sys.stdout
+        self.writer = ResultsWriter(output) if output else None
+        self.bar = None
+        if sys.stderr.isatty() if progress is None else progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total() if total else None, unit="task", file=sys.stderr,
+                            dynamic_ncols=True, smoothing=0.1)
+        self.on_results = self._on_results if self.writer or self.bar else None
+        self.on_total = self._on_total if self.bar else None
+        self._redirect = contextlib.nullcontext()
+
+    def __enter__(self) -> _Sinks:
+        if self.bar is not None:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
+        self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._redirect.__exit__(*exc_info)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def _on_results(self, bundle) -> None:
+        if self.writer is not None:
+            self.writer.write(bundle)
+        if self.bar is not None:
+            self.bar.update(len(bundle.results))
+
+    def _on_total(self, n: int) -> None:
+        self.bar.total = n
+        self.bar.refresh()
+
+    def print_summary(self, summary, as_json: bool) -> None:
+        click.echo(summary.to_json() if as_json else summary.to_text(), file=self.summary_file)
 
 
 def _count_lines(path: str) -> int:
@@ -225,36 +233,8 @@ def _count_lines(path: str) -> int:
     return n + (last != b"\n")
 
 
-def _fan_out(writer, bar):
-    if writer is None and bar is None:
-        return None
-
-    def on_results(bundle) -> None:
-        if writer is not None:
-            writer.write(bundle)
-        if bar is not None:
-            bar.update(len(bundle.results))
-
-    return on_results
-
-
-def _tqdm_logging():
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    return logging_redirect_tqdm(loggers=[logging.getLogger()])
-
-
 # --- The remote flavour: AWS resources and the worker daemon --------------------------------
 # boto3 is imported inside these commands only, so that `cloudkon run` starts fast.
-
-from cloudkon.limits import (  # noqa: E402 - this section's own, kept with it
-    DEFAULT_DRAIN_SECONDS,
-    DEFAULT_LIVENESS_SECONDS,
-    DEFAULT_VISIBILITY_SECONDS,
-    SQS_LONG_POLL_SECONDS,
-    SQS_MAX_BATCH,
-    SQS_MAX_VISIBILITY_SECONDS,
-)
 
 _BATCH_SIZE_HELP = ("Most messages one SQS call sends or receives. 1, with --bundle-size 1 on"
                     " submit, is the naive one-task-per-message, one-message-per-call design,"
@@ -283,9 +263,7 @@ def _aws_options(prefix_required: bool = False):
 
 
 def _aws_config(prefix: str | None, region: str | None, endpoint_url: str | None,
-                bucket_suffix: str | None = None):
-    from cloudkon.config import DEFAULT_PREFIX, AwsConfig
-
+                bucket_suffix: str | None = None) -> AwsConfig:
     return AwsConfig(prefix=prefix or DEFAULT_PREFIX, region=region or None,
                      endpoint_url=endpoint_url or None, bucket_suffix=bucket_suffix or None)
 
@@ -310,8 +288,8 @@ def setup_command(prefix: str | None, region: str | None, endpoint_url: str | No
     """
     from cloudkon.backends.resources import setup
 
-    config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
-    for resource in setup(config, visibility_timeout):
+    for resource in setup(_aws_config(prefix, region, endpoint_url, bucket_suffix),
+                          visibility_timeout):
         click.echo(str(resource))
     return EXIT_OK
 
@@ -327,8 +305,7 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
     """
     from cloudkon.backends.resources import teardown
 
-    config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
-    for resource in teardown(config):
+    for resource in teardown(_aws_config(prefix, region, endpoint_url, bucket_suffix)):
         click.echo(str(resource))
     return EXIT_OK
 
@@ -363,65 +340,33 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
               help="Names this worker in leases, logs and results. Default: HOST:PID.")
 @click.option("--batch-size", type=click.IntRange(1, SQS_MAX_BATCH), default=SQS_MAX_BATCH,
               show_default=True, help=_BATCH_SIZE_HELP)
-def worker_command(prefix: str | None, region: str | None, endpoint_url: str | None,
-                   threads: int, no_create: bool, drain_seconds: float, visibility_timeout: int,
-                   wait_seconds: int, task_timeout: float, tail_bytes: int,
-                   liveness_seconds: float, log_json: bool, worker_id: str | None,
-                   batch_size: int) -> int:
+@click.pass_obj
+def worker_command(verbose: int, prefix: str | None, region: str | None,
+                   endpoint_url: str | None, threads: int, no_create: bool,
+                   drain_seconds: float, visibility_timeout: int, wait_seconds: int,
+                   task_timeout: float, tail_bytes: int, liveness_seconds: float,
+                   log_json: bool, worker_id: str | None, batch_size: int) -> int:
     """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
 
     SIGTERM drains: nothing new starts, what has not started is given back at once,
     running tasks get --drain-seconds to finish, exit 0. A second SIGTERM or SIGINT ends
     them, gives everything back and exits at once (143 or 130).
     """
-    import socket
+    from worker.aws import aws_worker
 
-    from cloudkon import aws
-    from cloudkon.config import WorkerConfig
-    from cloudkon.backends import resources
-    from worker.daemon import Worker
-    from cloudkon.backends.dynamodb import DynamoLeaseStore
-    from cloudkon.backends.sqs import SqsBroker
-
-    _setup_worker_logging(log_json)
-    config = _aws_config(prefix, region, endpoint_url)
-    if no_create:
-        resources.check(config)
-    else:
-        for resource in resources.setup(config, visibility_timeout, bucket=False, update=False):
-            if resource.state != resources.EXISTS:
-                log.info("%s", resource)
-    connections = threads + 4  # bundle threads, the receiver, the heartbeat, spare
-    sqs = aws.sqs_client(config, connections)
-    broker = SqsBroker(sqs, batch_size)
-    inbox = broker.queue(config.input_queue, dead_letter=config.dead_letter_queue)
-    leases = DynamoLeaseStore(aws.dynamodb_client(config, connections), config.lease_table)
-    worker_config = WorkerConfig(
+    logs.configure(verbose, daemon=True, as_json=log_json)
+    config = WorkerConfig(
         worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}", threads=threads,
         visibility_seconds=visibility_timeout, wait_seconds=wait_seconds,
         drain_seconds=drain_seconds, liveness_seconds=liveness_seconds,
         task_timeout=task_timeout or None, tail_bytes=tail_bytes,
     )
-    return Worker(inbox, broker, leases, worker_config).run()
-
-
-def _setup_worker_logging(as_json: bool) -> None:
-    """A daemon logs what it does: INFO and up, with times (or JSON lines), on stderr."""
-    from cloudkon.jsonlog import JsonFormatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else _Formatter(
-        "%(asctime)s cloudkon: %(levelname_lower)s: %(message)s"))
-    logging.getLogger().handlers[:] = [handler]
-    verbose = click.get_current_context().find_root().params.get("verbose", 0)
-    level = logging.DEBUG if verbose > 1 else logging.INFO
-    for name in ("cloudkon", "worker", "local"):
-        logging.getLogger(name).setLevel(level)
+    worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
+                        create=not no_create)
+    return worker.run()
 
 
 # --- The remote flavour: submitting jobs and collecting their results -----------------------
-
-from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_SENDERS, MAX_BUNDLE_TASKS  # noqa: E402 - this section's own
 
 _COLLECT_OPTIONS = (
     click.option("-o", "--output", metavar="FILE",
@@ -472,10 +417,8 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
     splits it into bundles on PREFIX-input; with --direct this command does that itself.
     With --wait it then collects the results and prints the summary, as `cloudkon collect`.
     """
-    from cloudkon.model import new_job_id
     from submitter import client
     from submitter.deployment import Deployment
-    from cloudkon.model import check_job_id
 
     if (output or as_json or timeout is not None) and not wait:
         raise click.UsageError("--output, --json and --timeout go with --wait")
@@ -522,44 +465,21 @@ def collect_command(prefix: str | None, region: str | None, endpoint_url: str | 
 def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bool,
                         timeout: float | None, progress: bool | None,
                         show_elapsed: bool = False) -> int:
-    from cloudkon.results import ResultsWriter
     from submitter import client
 
-    writer = ResultsWriter(output) if output else None
-    summary_out = sys.stderr if output == "-" else sys.stdout
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if show_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=None, unit="task", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-    redirect = _tqdm_logging() if bar is not None else contextlib.nullcontext()
-    try:
-        with redirect:
-            collection = client.collect(
-                deployment, job_id, timeout, on_results=_fan_out(writer, bar),
-                on_total=(lambda n: _set_total(bar, n)) if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
+    with _Sinks(output, progress) as sinks:
+        collection = client.collect(deployment, job_id, timeout, on_results=sinks.on_results,
+                                    on_total=sinks.on_total)
     summary = collection.summary
-    click.echo(summary.to_json() if as_json else summary.to_text(), file=summary_out)
+    sinks.print_summary(summary, as_json)
     if show_elapsed and collection.complete and not as_json:
-        click.echo(f"  submit to last result {summary.wall_seconds:.3f} s", file=summary_out)
+        click.echo(f"  submit to last result {summary.wall_seconds:.3f} s",
+                   file=sinks.summary_file)
     if collection.recovered:
         log.warning("job %s: %d results read back from the lease table (their command is"
                     " not recorded there)", job_id, collection.recovered)
     if not collection.complete:
-        if collection.missing_count < 0:
-            _error(f"timed out after {timeout:g} s: job {job_id}'s workload is not split yet")
-        else:
-            named = ", ".join(collection.missing)
-            more = collection.missing_count - len(collection.missing)
-            _error(f"timed out after {timeout:g} s: {collection.missing_count:,} of"
-                   f" {summary.tasks_read:,} tasks have no result"
-                   + (f": {named}" if named else "") + (f" and {more:,} more" if named and more > 0 else ""))
+        _error(collection.shortfall(timeout))
         return EXIT_FAILED
     return EXIT_OK if summary.ok else EXIT_FAILED
 

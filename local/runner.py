@@ -25,6 +25,7 @@ from cloudkon.backends import COMPLETED
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from cloudkon.codec import IN_PROCESS
 from cloudkon.config import RunConfig, WorkerConfig
+from cloudkon.errors import BadLinesError, WorkloadError
 from cloudkon.limits import SQS_MAX_VISIBILITY_SECONDS
 from cloudkon.model import Bundle, ResultBundle, bundle_key
 from cloudkon.summary import Summary
@@ -40,6 +41,7 @@ _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a si
 # One running, the rest waiting: each bundle thread finds the next bundle queued as it
 # finishes one, and the client refills several at a time.
 _BUNDLES_IN_FLIGHT_PER_WORKER = 4
+_NO_TASKS = "holds no tasks (only blank lines and comments)"
 
 
 class LocalRunner:
@@ -71,8 +73,21 @@ class LocalRunner:
         ), codec=IN_PROCESS)
         self._in_flight: dict[int, Bundle] = {}  # by seq: sent, no results yet
 
+    def check(self) -> None:
+        """Raise WorkloadError unless the workload can run: a readable text file and, with
+        ``strict``, every line a task (read through once, nothing run)."""
+        cfg = self.config
+        Workload(cfg.workload).check()
+        if cfg.strict:
+            checked = Workload(cfg.workload, on_bad_line=self.workload.on_bad_line)
+            if checked.validate():
+                raise BadLinesError(cfg.workload, checked.bad_lines)
+            if not checked.tasks:
+                raise WorkloadError(cfg.workload, _NO_TASKS)
+
     def run(self) -> Summary:
-        """Run the workload to its end (or until a signal) and return the summary."""
+        """Run the workload to its end (or until a signal) and return the summary;
+        WorkloadError if it held no task at all."""
         started = time.monotonic()
         handlers = self._install_signal_handlers()
         self.worker.start()
@@ -90,7 +105,12 @@ class LocalRunner:
             self._recover_unfinished()
             self.summary.wall_seconds = time.monotonic() - started
             self._take_workload_counts()
-        return self.summary
+        summary = self.summary
+        if not summary.tasks_read and not summary.interrupted:
+            reason = (f"no line is a task ({summary.bad_lines} bad line(s))"
+                      if summary.bad_lines else _NO_TASKS)
+            raise WorkloadError(self.config.workload, reason)
+        return summary
 
     def _submit_and_collect(self) -> None:
         cfg = self.config

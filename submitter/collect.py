@@ -61,6 +61,20 @@ class Collection:
     missing: list[str]  # ids of the first few missing tasks (empty if they cannot be named)
     recovered: int  # results read back from the lease store
 
+    def shortfall(self, timeout: float) -> str:
+        """What a collection that gave up after ``timeout`` seconds lacks, in one line."""
+        if self.missing_count < 0:
+            return (f"timed out after {timeout:g} s: job {self.summary.job_id}'s workload is"
+                    " not split yet")
+        line = (f"timed out after {timeout:g} s: {self.missing_count:,} of"
+                f" {self.summary.tasks_read:,} tasks have no result")
+        if self.missing:
+            line += ": " + ", ".join(self.missing)
+            more = self.missing_count - len(self.missing)
+            if more > 0:
+                line += f" and {more:,} more"
+        return line
+
 
 class Collector:
     """Collects the results of job ``job_id``: ``run()`` returns a :class:`Collection`."""

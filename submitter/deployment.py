@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 
 from cloudkon import aws
+from cloudkon.backends.dynamodb import DynamoLeaseStore
+from cloudkon.backends.sqs import SqsBroker, SqsQueue
 from cloudkon.config import AwsConfig
 from cloudkon.limits import DEFAULT_SENDERS, SQS_MAX_BATCH
 from submitter.manifest import DynamoManifests
-from cloudkon.backends.dynamodb import DynamoLeaseStore
-from cloudkon.backends.sqs import SqsBroker, SqsQueue
 
 # Where uploaded workloads go in the bucket, and what the Lambda listens to:
 # workloads/JOB_ID/FILE NAME.

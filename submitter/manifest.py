@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from botocore.exceptions import ClientError
 
 from cloudkon.aws import call
+from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
 from cloudkon.errors import CodecError
 from cloudkon.limits import SQS_MAX_RETENTION_SECONDS
-from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
 
 SUBMITTING = "SUBMITTING"
 SUBMITTED = "SUBMITTED"

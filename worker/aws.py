@@ -1,0 +1,40 @@
+"""The worker daemon on AWS: its SQS queues and DynamoDB lease table, from a deployment's
+configuration. What ``cloudkon worker`` runs; the loop itself (worker/daemon.py) never
+sees boto3."""
+
+from __future__ import annotations
+
+import logging
+
+from cloudkon import aws
+from cloudkon.backends import resources
+from cloudkon.backends.dynamodb import DynamoLeaseStore
+from cloudkon.backends.sqs import SqsBroker
+from cloudkon.config import AwsConfig, WorkerConfig
+from worker.daemon import Worker
+
+log = logging.getLogger(__name__)
+
+# Connections each client keeps besides one per bundle thread: the receiver, the heartbeat
+# and a spare.
+_EXTRA_CONNECTIONS = 4
+
+
+def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
+               create: bool = True) -> Worker:
+    """A worker serving ``deployment``'s input queue. With ``create``, queues and table that
+    are missing are created first (as the original design's worker does); without,
+    NotSetUpError names what is missing."""
+    if create:
+        for resource in resources.setup(deployment, config.visibility_seconds, bucket=False,
+                                        update=False):
+            if resource.state != resources.EXISTS:
+                log.info("%s", resource)
+    else:
+        resources.check(deployment)
+    connections = config.threads + _EXTRA_CONNECTIONS
+    broker = SqsBroker(aws.sqs_client(deployment, connections), batch_size)
+    inbox = broker.queue(deployment.input_queue, dead_letter=deployment.dead_letter_queue)
+    leases = DynamoLeaseStore(aws.dynamodb_client(deployment, connections),
+                              deployment.lease_table)
+    return Worker(inbox, broker, leases, config)

@@ -176,21 +176,23 @@ def _parse_line(line: bytes, where: str) -> tuple | None:
 _MISSING = object()
 
 
-def _string(record: dict, key: str, where: str, default=_MISSING) -> str:
+def _field(record: dict, key: str, where: str, types: set, kind: str, default=_MISSING):
+    """The field ``key`` of a record, or ``default``; UsageError if it is missing or not of
+    one of ``types`` (``kind`` says which, to the user)."""
     value = record.get(key, default)
     if value is _MISSING:
         raise UsageError(f"{where}: field {key!r} is missing")
-    if type(value) is not str:
-        raise UsageError(f"{where}: field {key!r} should be a string, not {_show(value)}")
+    if type(value) not in types:
+        raise UsageError(f"{where}: field {key!r} should be {kind}, not {_show(value)}")
     return value
 
 
+def _string(record: dict, key: str, where: str, default=_MISSING) -> str:
+    return _field(record, key, where, _STRING_TYPES, "a string", default)
+
+
 def _number(record: dict, key: str, where: str, default=_MISSING) -> float:
-    value = record.get(key, default)
-    if value is _MISSING:
-        raise UsageError(f"{where}: field {key!r} is missing")
-    if type(value) not in _NUMBER_TYPES:
-        raise UsageError(f"{where}: field {key!r} should be a number, not {_show(value)}")
+    value = _field(record, key, where, _NUMBER_TYPES, "a number", default)
     try:
         value = float(value)
     except OverflowError:

@@ -131,13 +131,19 @@ def pack_results(results: list[tuple], max_bytes: int) -> tuple[bytes, list[tupl
         results = [_cut_tails(r, longest // 2) for r in results]
 
 
-def unpack_results(data: bytes, tasks: Iterable[tuple[int, str]]) -> list[tuple]:
+def unpack_results(data: bytes, tasks: Iterable[tuple[int, str]] | None = None) -> list[tuple]:
     """Stored results as tuples laid out as Result, their commands taken from ``tasks``
-    (the bundle's); CodecError if they are not valid or name a line not in ``tasks``."""
+    (the bundle's), or '' for a reader that does not have the bundle (a collector reading
+    them back); CodecError if they are not valid or name a line not in ``tasks``."""
     try:
         doc = json.loads(zlib.decompress(data))
     except (zlib.error, ValueError) as exc:
         raise CodecError(f"stored results do not unpack: {exc}") from None
+    if tasks is None:
+        lines = doc.get("line") if isinstance(doc, dict) else None
+        if not isinstance(lines, list):
+            raise CodecError("stored results have no 'line' column")
+        tasks = ((line, "") for line in lines if _is_int(line))
     return _rows(doc, commands=dict(tasks))
 
 
@@ -300,15 +306,3 @@ class InProcessCodec:
 WIRE = WireCodec()
 IN_PROCESS = InProcessCodec()
 
-
-def unpack_stored_results(data: bytes) -> list[tuple]:
-    """Stored results as tuples laid out as Result, for a reader that does not have the
-    bundle (a collector reading them back): their commands are ''; CodecError if invalid."""
-    try:
-        doc = json.loads(zlib.decompress(data))
-    except (zlib.error, ValueError) as exc:
-        raise CodecError(f"stored results do not unpack: {exc}") from None
-    lines = doc.get("line") if isinstance(doc, dict) else None
-    if not isinstance(lines, list):
-        raise CodecError("stored results have no 'line' column")
-    return _rows(doc, commands={line: "" for line in lines if _is_int(line)})

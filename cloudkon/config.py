@@ -41,6 +41,11 @@ PREFIX_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 DEFAULT_PREFIX = "cloudkon"
 
 
+def _prefixed(name: str) -> property:
+    """A resource's name, read-only: the deployment's prefix, a hyphen and ``name``."""
+    return property(lambda config: f"{config.prefix}-{name}")
+
+
 @dataclass(frozen=True)
 class AwsConfig:
     """Where the remote flavour's AWS resources are: every name derives from the prefix.
@@ -61,21 +66,10 @@ class AwsConfig:
                 " starting and ending with a letter or digit (it becomes part of an S3 bucket name)"
             )
 
-    @property
-    def input_queue(self) -> str:
-        return f"{self.prefix}-input"
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self.prefix}-input-dlq"
-
-    @property
-    def output_queue(self) -> str:
-        return f"{self.prefix}-output"
-
-    @property
-    def lease_table(self) -> str:
-        return f"{self.prefix}-leases"
+    input_queue = _prefixed("input")
+    dead_letter_queue = _prefixed("input-dlq")
+    output_queue = _prefixed("output")
+    lease_table = _prefixed("leases")
 
     def bucket(self, account: str) -> str:
         """The workload bucket's name, made unique by the suffix or the account id."""

@@ -176,21 +176,23 @@ def _parse_line(line: bytes, where: str) -> tuple | None:
 _MISSING = object()
 
 
-def _string(record: dict, key: str, where: str, default=_MISSING) -> str:
+def _field(record: dict, key: str, where: str, types: set, kind: str, default=_MISSING):
+    """The field ``key`` of a record, or ``default``; UsageError if it is missing or not of
+    one of ``types`` (``kind`` says which, to the user)."""
     value = record.get(key, default)
     if value is _MISSING:
         raise UsageError(f"{where}: field {key!r} is missing")
-    if type(value) is not str:
-        raise UsageError(f"{where}: field {key!r} should be a string, not {_show(value)}")
+    if type(value) not in types:
+        raise UsageError(f"{where}: field {key!r} should be {kind}, not {_show(value)}")
     return value
 
 
+def _string(record: dict, key: str, where: str, default=_MISSING) -> str:
+    return _field(record, key, where, _STRING_TYPES, "a string", default)
+
+
 def _number(record: dict, key: str, where: str, default=_MISSING) -> float:
-    value = record.get(key, default)
-    if value is _MISSING:
-        raise UsageError(f"{where}: field {key!r} is missing")
-    if type(value) not in _NUMBER_TYPES:
-        raise UsageError(f"{where}: field {key!r} should be a number, not {_show(value)}")
+    value = _field(record, key, where, _NUMBER_TYPES, "a number", default)
     try:
         value = float(value)
     except OverflowError:
@@ -251,9 +253,8 @@ class Report:
         return int(within.max())
 
     def to_dict(self) -> dict:
-        def ms(sorted_seconds: np.ndarray, q: float) -> float | None:
-            return None if not len(sorted_seconds) else round(
-                float(_quantile(sorted_seconds, q)) * 1000.0, 3)
+        def ms(seconds: np.ndarray, p: int) -> float | None:
+            return None if not len(seconds) else round(_percentile(seconds, p) * 1000.0, 3)
 
         counts = dict(zip(STATUSES, map(int, self.counts)))
         durations = self.durations
@@ -273,10 +274,10 @@ class Report:
             "tasks_per_second": round(self.done / self.span, 1) if self.span else None,
             "peak_tasks_per_second": (None if peak is None
                                       else round(peak / PEAK_WINDOW_SECONDS, 1)),
-            "latency_ms": {f"p{p}": ms(self.latencies, p / 100) for p in (50, 95, 99)},
+            "latency_ms": {f"p{p}": ms(self.latencies, p) for p in (50, 95, 99)},
             "latency_known": len(self.latencies),
             "duration_ms": {
-                **{f"p{p}": ms(durations, p / 100) for p in (50, 95, 99)},
+                **{f"p{p}": ms(durations, p) for p in (50, 95, 99)},
                 "mean": round(float(durations.mean()) * 1000.0, 3),
                 "max": round(float(durations[-1]) * 1000.0, 3),
             },
@@ -332,9 +333,10 @@ def _name_jobs(jobs: list[str], shown: int = 3) -> str:
     return f"{len(jobs)} jobs: {', '.join(jobs[:shown])}{more}"
 
 
-def _quantile(sorted_values: np.ndarray, q: float) -> float:
-    """The nearest-rank quantile, as the run summary takes it."""
-    return sorted_values[max(1, math.ceil(q * len(sorted_values))) - 1]
+def _percentile(values: np.ndarray, p: int) -> float:
+    """The nearest-rank ``p``th percentile: the smallest value that ``p``% of the values do
+    not exceed (what the run summary's histogram estimates within 1%)."""
+    return float(np.percentile(values, p, method="inverted_cdf"))
 
 
 def _utc(epoch: float, since: float | None = None) -> str:
@@ -475,7 +477,7 @@ class _Charts:
         ranks = np.unique(np.linspace(0, n - 1, min(n, _CURVE_POINTS)).astype(np.int64))
         axes.plot(values[ranks], (ranks + 1) / n, drawstyle="steps-post")
         for p in (50, 95, 99):
-            x = _quantile(values, p / 100)
+            x = _percentile(values, p)
             axes.axvline(x, color="grey", linestyle=":", linewidth=1)
             axes.annotate(f"p{p} {_round_ms(x)} ms", (x, p / 100), xytext=(3, -12),
                           textcoords="offset points", fontsize="small")

@@ -185,22 +185,12 @@ class Workload:
                     except ValueError as exc:
                         self._bad(n, str(exc))
                         continue
-                    if ms is None:  # a shell command
-                        cost += SHELL_TASK_MS
-                        append((n, s))
-                        if len(tasks) >= size or cost >= limit:
-                            self.tasks += len(tasks)
-                            yield Bundle(job_id, seq, tasks)
-                            seq += 1
-                            tasks = []
-                            append = tasks.append
-                            cost = 0.0
-                            if limit < budget_ms:
-                                limit = min(2 * limit, budget_ms)
-                        continue
-                self.sleep_tasks += 1
-                total_sleep += ms
-                cost += ms
+                if ms is None:  # a shell command
+                    cost += SHELL_TASK_MS
+                else:
+                    self.sleep_tasks += 1
+                    total_sleep += ms
+                    cost += ms
                 append((n, s))
                 if len(tasks) >= size or cost >= limit:
                     self.tasks += len(tasks)

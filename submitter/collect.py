@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
-from cloudkon.codec import decode_results, unpack_stored_results
+from cloudkon.codec import decode_results, unpack_results
 from cloudkon.errors import CodecError, JobNotFoundError, WorkloadError
 from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
 from cloudkon.model import ResultBundle, bundle_key, task_id
@@ -229,7 +229,7 @@ class Collector:
             if claim is None or claim.outcome != COMPLETED or not claim.results:
                 continue
             try:
-                results = unpack_stored_results(claim.results)
+                results = unpack_results(claim.results)
             except CodecError as exc:
                 log.warning("job %s: bundle %d's stored results do not unpack: %s", self.job_id,
                             seq, exc, extra={"job_id": self.job_id, "bundle": seq})

@@ -16,13 +16,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cloudkon.backends import MessageQueue
+from cloudkon.backends import MessageQueue, batches
 from cloudkon.codec import encode_bundle
 from cloudkon.limits import (
     DEFAULT_SENDERS,
     MAX_REPORTED_BAD_LINES,
-    SQS_MAX_BATCH,
-    SQS_MAX_BATCH_BYTES,
     SQS_MAX_MESSAGE_BYTES,
 )
 from cloudkon.model import Bundle
@@ -76,8 +74,8 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
     try:
         # Leaving the pool waits for the batches in flight, so none is lost on an error.
         with ThreadPoolExecutor(senders, thread_name_prefix="cloudkon-sender") as pool:
-            for batch in _batches(_bodies(workload, job_id, reply_to, bundle_size, bundle_ms,
-                                          report)):
+            for batch in batches(_bodies(workload, job_id, reply_to, bundle_size, bundle_ms,
+                                         report)):
                 slots.acquire()
                 if failure:
                     break
@@ -127,18 +125,3 @@ def _note_lines(report: SplitReport, tasks: list[tuple[int, str]]) -> None:
                 report.skipped = None
         last = line
     report.last_line = last
-
-
-def _batches(bodies: Iterator[str]) -> Iterator[list[str]]:
-    """Bodies grouped as one SendMessageBatch call takes them: 10 entries, 1 MiB in all."""
-    batch: list[str] = []
-    size = 0
-    for body in bodies:
-        n = len(body)  # ASCII: the codec escapes everything else
-        if batch and (len(batch) == SQS_MAX_BATCH or size + n > SQS_MAX_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(body)
-        size += n
-    if batch:
-        yield batch

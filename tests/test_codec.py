@@ -99,6 +99,13 @@ def test_stored_results_leave_out_commands_and_take_them_from_the_bundle():
            [r[:3] + r[7:] for r in results]
 
 
+def test_stored_results_read_back_without_the_bundle_have_blank_commands():
+    results = [result(1, "echo one", out="one\n"), result(2, "echo two", status=FAILED, code=1)]
+    packed, _ = pack_results(results, 10_000)
+    assert [r[:3] + r[7:] for r in unpack_results(packed)] == \
+           [(r[0], "") + r[2:3] + r[7:] for r in results]
+
+
 def test_results_too_large_for_the_store_get_their_output_tails_cut():
     import random
 

@@ -8,7 +8,10 @@ implementation to the contracts stated here, one sentence per method. A backend 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple, Protocol
+
+from cloudkon.limits import SQS_MAX_BATCH, SQS_MAX_BATCH_BYTES
 
 
 class Message(NamedTuple):
@@ -46,6 +49,22 @@ class MessageQueue(Protocol):
 
     def dead_letter(self, message: Message, reason: str) -> None:
         """Move a received message to this queue's dead-letter queue, then delete it here."""
+
+
+def batches(bodies: Iterable[str], entries: int = SQS_MAX_BATCH) -> Iterator[list[str]]:
+    """Bodies grouped as one batch send call takes them: at most ``entries`` entries and
+    SQS_MAX_BATCH_BYTES of UTF-8 in all, in order."""
+    batch: list[str] = []
+    size = 0
+    for body in bodies:
+        n = len(body) if body.isascii() else len(body.encode("utf-8"))
+        if batch and (len(batch) == entries or size + n > SQS_MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(body)
+        size += n
+    if batch:
+        yield batch
 
 
 class Broker(Protocol):

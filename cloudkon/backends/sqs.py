@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from cloudkon.aws import call
-from cloudkon.backends import Message
+from cloudkon.backends import Message, batches
 from cloudkon.errors import AwsError, NotSetUpError
 from cloudkon.limits import (
     AWS_BACKOFF_BASE_SECONDS,
@@ -22,7 +22,6 @@ from cloudkon.limits import (
     AWS_MAX_ATTEMPTS,
     SQS_LONG_POLL_SECONDS,
     SQS_MAX_BATCH,
-    SQS_MAX_BATCH_BYTES,
     SQS_MAX_VISIBILITY_SECONDS,
 )
 
@@ -105,7 +104,7 @@ class SqsQueue:
                           chunk[int(failed["Id"])].id, failed.get("Code"))
 
     def send_batch(self, bodies: list[str]) -> None:
-        for batch in _batches(bodies, self.batch_size):
+        for batch in batches(bodies, self.batch_size):
             self._send_entries({str(i): body for i, body in enumerate(batch)})
 
     def _send_entries(self, pending: dict[str, str]) -> None:
@@ -157,23 +156,6 @@ class SqsQueue:
                  _SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": message.id},
              })
         self.delete(message)
-
-
-def _batches(bodies: list[str], entries: int = SQS_MAX_BATCH) -> list[list[str]]:
-    """Bodies in batches of at most ``entries`` entries and 1 MiB in all (SQS allows 10)."""
-    batches: list[list[str]] = []
-    current: list[str] = []
-    size = 0
-    for body in bodies:
-        n = len(body.encode("utf-8"))
-        if current and (len(current) == entries or size + n > SQS_MAX_BATCH_BYTES):
-            batches.append(current)
-            current, size = [], 0
-        current.append(body)
-        size += n
-    if current:
-        batches.append(current)
-    return batches
 
 
 class SqsBroker:

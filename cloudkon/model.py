@@ -50,7 +50,7 @@ def new_job_id(prefix: str = "job") -> str:
 
 def bundle_key(job_id: str, seq: int) -> str:
     """The lease key of bundle ``seq`` of job ``job_id``: the same for every copy of it,
-    whoever sent it (docs/design.md, "Keys")."""
+    whoever sent it (docs/design.md, section 4, "Keys")."""
     return f"{job_id}#{seq}"
 
 

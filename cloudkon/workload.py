@@ -1,6 +1,6 @@
 """Workload files: one task per line, read as a stream.
 
-The rules (DESIGN.md, "Workload files"): UTF-8 text; blank lines and lines starting with
+The rules (README.md, "The workload format"): UTF-8 text; blank lines and lines starting with
 ``#`` are not tasks; a trailing ``\\r`` is dropped; ``sleep N`` is CloudKon's benchmark
 task, N milliseconds slept inside the worker; every other line is a shell command. A line
 that cannot be a task is reported with its file and line number and skipped. Memory does

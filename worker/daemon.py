@@ -7,11 +7,11 @@ passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
 
 - the receiver long-polls the input queue, and only for as many messages as there are
   idle bundle threads, so that every message it holds starts at once;
-- N bundle threads each take a message and follow the reliability protocol of DESIGN.md:
-  claim the bundle's lease (one conditional write), run its tasks with the shared
-  :class:`~cloudkon.executor.Executor`, store the results with COMPLETED, send them, delete
-  the message (docs/design.md, "Reliability protocol"). A bundle found COMPLETED is replayed (its stored results sent again), not
-  run; one whose lease is live elsewhere is left for later;
+- N bundle threads each take a message and follow the reliability protocol of
+  docs/design.md (section 5): claim the bundle's lease (one conditional write), run its
+  tasks with the shared :class:`~cloudkon.executor.Executor`, store the results with
+  COMPLETED, send them, delete the message. A bundle found COMPLETED is replayed (its
+  stored results sent again), not run; one whose lease is live elsewhere is left for later;
 - the heartbeat thread keeps the messages of running bundles invisible and their leases
   alive, and stores the results of finished tasks, so a takeover runs only the rest;
 - the main thread waits for signals (their handlers only set flags), logs a liveness line

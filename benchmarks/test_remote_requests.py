@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(BENCH_DIR / "tools" / "aws_requests"))
 
 from aws_fixtures import moto_server  # noqa: E402,F401 - the session's moto server
-from cloudkon.bench.moto_server import read_counts, reset_counts  # noqa: E402
+from benchmarks.moto_server import read_counts, reset_counts  # noqa: E402
 from submit_helpers import chalice_project, deliver_upload  # noqa: E402
 
 import sitecustomize as request_counter  # noqa: E402 - tools/aws_requests, counts requests

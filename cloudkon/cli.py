@@ -618,8 +618,8 @@ def bench_command(tasks: int | None, groups: tuple[str, ...], large: bool, as_js
     need the bench extra: pip install 'cloudkon[bench]'. The pytest-benchmark version of
     the same runs is benchmarks/test_compare.py.
     """
-    from cloudkon.bench import suite
-    from cloudkon.bench.contenders import ContenderFailed
+    from benchmarks import suite
+    from benchmarks.contenders import ContenderFailed
 
     try:
         chosen = list(dict.fromkeys(suite.iter_groups(list(groups) or ["compare"])))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkon.bench.moto_server import MotoServer
+from benchmarks.moto_server import MotoServer
 from cloudkon.config import AwsConfig
 
 REGION = "us-east-1"

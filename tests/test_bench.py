@@ -1,4 +1,4 @@
-"""`cloudkon bench` and the machinery of the comparison runs (cloudkon/bench).
+"""`cloudkon bench` and the machinery of the comparison runs (benchmarks/).
 
 The figures themselves are not checked (timings on a shared machine mean nothing in a
 test); what is checked is what a user reads off the table: every contender ran the whole
@@ -19,9 +19,9 @@ import uuid
 import pytest
 from conftest import wait_until
 
-from cloudkon.bench import prices
-from cloudkon.bench.moto_server import CountingApp, operation
-from cloudkon.bench.workloads import MIXED, WorkloadSpec, shell_line
+from benchmarks import prices
+from benchmarks.moto_server import CountingApp, operation
+from benchmarks.workloads import MIXED, WorkloadSpec, shell_line
 
 
 def test_bench_compares_every_contender_on_one_workload(cloudkon):
@@ -185,7 +185,7 @@ def test_bench_stopped_by_sigterm_leaves_no_process_behind(tmp_path):
 
 
 def test_table_lists_requests_per_1000_tasks_by_operation():
-    from cloudkon.bench.suite import Run, table
+    from benchmarks.suite import Run, table
 
     runs = [Run("compare-x", "threadpool", "", tasks=500, wall_s=1.0, tasks_per_s=500.0,
                 ratio=1.0, baseline="threadpool"),

@@ -26,7 +26,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BASELINES = BENCH_DIR / "baselines"
-PEAK_RSS = REPO / "cloudkon" / "bench" / "peak_rss.py"
+PEAK_RSS = BENCH_DIR / "tools" / "peak_rss.py"
 PYTHON = sys.executable  # the interpreter running pytest: the project's .venv
 
 # Full sizes, from issue 2 ("Performance").

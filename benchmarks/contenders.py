@@ -21,12 +21,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudkon.bench.moto_server import MotoServer, RequestCounts
-from cloudkon.bench.workloads import WorkloadFiles
+from benchmarks.moto_server import MotoServer, RequestCounts
+from benchmarks.workloads import WorkloadFiles
 
 PYTHON = sys.executable
-PEAK_RSS = Path(__file__).with_name("peak_rss.py")
-THREAD_POOL_PEER = Path(__file__).with_name("thread_pool_peer.py")
+PEAK_RSS = Path(__file__).parent / "tools" / "peak_rss.py"
+THREAD_POOL_PEER = Path(__file__).parent / "baselines" / "thread_pool_peer.py"
 READY_SECONDS = 120.0  # a worker fleet that is not polling by then is broken
 RUN_SECONDS = 3600.0  # a run that takes longer is stuck
 # Remote workers long-poll for this long. Shorter than SQS's 20 s, so that a fleet stops
@@ -281,7 +281,7 @@ class RemoteCloudKon(Contender):
 
 
 class ThreadPoolPeer(Contender):
-    """ThreadPoolExecutor(N).map over the lines (cloudkon/bench/thread_pool_peer.py)."""
+    """ThreadPoolExecutor(N).map over the lines (benchmarks/baselines/thread_pool_peer.py)."""
 
     def __init__(self, threads: int = 4) -> None:
         self.slots = threads
@@ -344,7 +344,7 @@ class ParallelPeer(Contender):
 
 class CeleryPeer(Contender):
     """Celery with its SQS broker and DynamoDB results on the moto server
-    (cloudkon/bench/celery_peer.py): one worker of ``concurrency`` threads."""
+    (benchmarks/celery_peer.py): one worker of ``concurrency`` threads."""
 
     remote = True
 
@@ -366,7 +366,7 @@ class CeleryPeer(Contender):
 
     def start(self, files: WorkloadFiles, ctx: Context) -> None:
         assert ctx.moto is not None, "Celery on SQS needs the moto server"
-        from cloudkon.bench import celery_peer
+        from benchmarks import celery_peer
 
         self._config = celery_peer.PeerConfig(ctx.moto.url, f"celery-{uuid.uuid4().hex[:10]}")
         endpoint, queue = self._config.endpoint, self._config.queue
@@ -376,7 +376,7 @@ class CeleryPeer(Contender):
         ctx.moto.reset()
 
     def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
-        from cloudkon.bench import celery_peer
+        from benchmarks import celery_peer
 
         argv = celery_peer.submit_command(self._config.endpoint, self._config.queue,
                                           str(files.path))

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cloudkon.bench import contenders as c
-from cloudkon.bench import prices
-from cloudkon.bench import workloads as w
-from cloudkon.bench.moto_server import MotoServer
+from benchmarks import contenders as c
+from benchmarks import prices
+from benchmarks import workloads as w
+from benchmarks.moto_server import MotoServer
 
 SLOTS = 4  # tasks at once, for every contender of the comparison groups
 # Contenders too slow on the moto server for a whole workload run its first tasks only

@@ -29,6 +29,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
+from benchmarks.harness import child_env
 from benchmarks.prices import billed_units, cost
 
 COUNTS_PATH = "/_cloudkon/requests"
@@ -213,7 +214,7 @@ class MotoServer:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.moto_server", "--port", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()

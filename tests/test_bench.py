@@ -81,6 +81,19 @@ def test_bench_refuses_bad_options_in_one_line(cloudkon, args, needle):
     assert "Traceback" not in proc.stderr
 
 
+def test_bench_without_the_benchmarks_says_to_run_it_from_a_checkout(monkeypatch, capsys):
+    """An installed wheel has no benchmarks package: one line and exit 2, no traceback."""
+    from cloudkon.cli import main
+
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # import of benchmarks fails
+
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("cloudkon: error: bench: cannot import benchmarks"), err
+    assert "./scripts/cloudkon bench" in err and "[bench]" in err
+
+
 def test_sqs_bills_each_64_kib_chunk_and_dynamodb_each_kilobyte():
     assert prices.billed_units("sqs", "SendMessageBatch", 1000, 200) == 1
     assert prices.billed_units("sqs", "ReceiveMessage", 300, 200 * 1024) == 4

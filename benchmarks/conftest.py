@@ -1,7 +1,7 @@
 """pytest wiring of the local benchmarks: the ``--cloudkon-scale`` option, the session's
 figures, and the table of ratios against the targets printed at the end of the session.
 
-The machinery itself (whole-process runs, figures, ratios, targets) is in bench_harness.py.
+The machinery itself (whole-process runs, figures, ratios, targets) is in harness.py.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from bench_harness import Figures
 
-from cloudkon.bench import suite
+from benchmarks import suite
+from benchmarks.harness import Figures
 
 _FIGURES_KEY = pytest.StashKey[Figures]()
 _BENCH_KEY = pytest.StashKey[suite.Bench]()
@@ -55,7 +55,7 @@ def figures(pytestconfig: pytest.Config, scale: float) -> Figures:
 
 @pytest.fixture(scope="session")
 def bench(pytestconfig: pytest.Config, tmp_path_factory):
-    """The comparison runs' session (cloudkon.bench.suite): its own moto server, started
+    """The comparison runs' session (benchmarks/suite.py): its own moto server, started
     when the first remote row needs it, and every row so far."""
     with suite.Bench(tmp_path_factory.mktemp("compare")) as b:
         pytestconfig.stash[_BENCH_KEY] = b

@@ -4,7 +4,7 @@ naive remote design and peers (ThreadPoolExecutor, xargs, GNU parallel where ins
 Celery with its SQS broker on the same moto server); then CloudKon alone as the workload
 and the fleet grow, and its efficiency on sleep tasks of 0 to 1000 ms.
 
-The machinery is cloudkon/bench (shared with `cloudkon bench`); each test is one row of
+The machinery is benchmarks/suite.py (shared with `cloudkon bench`); each test is one row of
 its table: one contender in one pytest-benchmark group, timed as a whole process (one
 round: remote rows take seconds each). At the end of the session the table is printed,
 every group with its ratios against its baseline (its first row), measured in this run.
@@ -23,7 +23,7 @@ import os
 
 import pytest
 
-from cloudkon.bench import suite
+from benchmarks import suite
 
 
 def _ids(case: suite.Case) -> str:

@@ -10,7 +10,8 @@ is the run's wall time; the figures are in extra_info and in the final table.
 from __future__ import annotations
 
 import pytest
-from bench_harness import (
+
+from benchmarks.harness import (
     MEMORY_LARGE_TASKS,
     MEMORY_SMALL_TASKS,
     PYTHON,

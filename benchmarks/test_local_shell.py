@@ -9,7 +9,8 @@ CPUs can pay); the table reports both.
 from __future__ import annotations
 
 import pytest
-from bench_harness import (
+
+from benchmarks.harness import (
     SHELL_TASKS,
     check_cloudkon_summary,
     cloudkon_argv,

@@ -10,7 +10,8 @@ records every result; each round is a fresh process, timed from outside.
 from __future__ import annotations
 
 import pytest
-from bench_harness import (
+
+from benchmarks.harness import (
     BASELINES,
     PYTHON,
     REPO,
@@ -23,7 +24,7 @@ from bench_harness import (
     write_workload,
 )
 
-THREAD_POOL_PEER = REPO / "cloudkon" / "bench" / "thread_pool_peer.py"
+THREAD_POOL_PEER = BASELINES / "thread_pool_peer.py"
 GROUP = "local-sleep0"
 WORKERS = 4
 

@@ -19,7 +19,7 @@ import click
 
 from cloudkon import __version__, logs
 from cloudkon.config import DEFAULT_PREFIX, AwsConfig, RunConfig, WorkerConfig
-from cloudkon.errors import CloudKonError, OutputClosed
+from cloudkon.errors import CloudKonError, OutputClosed, UsageError
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
     DEFAULT_BUNDLE_SIZE,
@@ -534,12 +534,18 @@ def bench_command(tasks: int | None, groups: tuple[str, ...], large: bool, as_js
     flavour, the remote flavour on a moto server started here (never AWS), the naive
     remote design and peers (ThreadPoolExecutor, xargs, GNU parallel, Celery on SQS).
 
-    Each group's ratios are against its first row, measured in the same run. Remote rows
-    need the bench extra: pip install 'cloudkon[bench]'. The pytest-benchmark version of
+    Each group's ratios are against its first row, measured in the same run. The runs are
+    in benchmarks/, which is not installed with cloudkon: run this from a source checkout
+    (./scripts/cloudkon bench installs the bench extra). The pytest-benchmark version of
     the same runs is benchmarks/test_compare.py.
     """
-    from cloudkon.bench import suite
-    from cloudkon.bench.contenders import ContenderFailed
+    try:  # only now: the benchmarks are no part of the product
+        from benchmarks import suite
+        from benchmarks.contenders import ContenderFailed
+    except ImportError as exc:
+        raise UsageError(f"bench: cannot import {exc.name or 'benchmarks'}: the comparison runs"
+                         " need a source checkout with the bench extra; run ./scripts/cloudkon"
+                         " bench there (or pip install -e '.[bench]')") from exc
 
     try:
         chosen = list(dict.fromkeys(suite.iter_groups(list(groups) or ["compare"])))

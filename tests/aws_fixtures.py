@@ -1,45 +1,86 @@
 """AWS without AWS: the moto server, and fixtures and helpers on top of it.
 
-``moto_server`` starts a moto server on 127.0.0.1 and a free port once per session and
-points boto3 at it the standard way (AWS_ENDPOINT_URL, fake credentials, AWS_DEFAULT_REGION), for the tests and every subprocess they start. Each test names its
-resources with a prefix of its own. Registered in tests/conftest.py.
+``moto_server`` starts a moto server (``python -m moto.server``) on 127.0.0.1 and a free
+port once per session and points boto3 at it the standard way (AWS_ENDPOINT_URL, fake
+credentials, AWS_DEFAULT_REGION), for the tests and every subprocess they start. Each
+test names its resources with a prefix of its own. Registered in tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cloudkon.bench.moto_server import MotoServer
 from cloudkon.config import AwsConfig
 
 REGION = "us-east-1"
+MOTO_START_SECONDS = 60.0  # a moto server that does not answer by then is broken
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    """True once anything answers HTTP at ``url`` (an error status is an answer too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory) -> Iterator[str]:
-    """The URL of a moto server that stands in for AWS for this session (the counting one
-    the comparison runs use: cloudkon/bench/moto_server.py)."""
+    """The URL of a moto server that stands in for AWS for this session."""
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        server = MotoServer(str(log_path)).start()
-    except RuntimeError as exc:
-        pytest.fail(f"{exc}: {log_path.read_text()[-2000:] if log_path.exists() else ''}")
-    try:
+        deadline = time.monotonic() + MOTO_START_SECONDS
+        while not _answers(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the moto server at {url} did not start (exit {proc.poll()}):"
+                            f" {log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in server.env().items():
+            for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                                "AWS_SECRET_ACCESS_KEY": "testing",
+                                "AWS_DEFAULT_REGION": REGION}.items():
                 mp.setenv(name, value)
             for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "CLOUDKON_PREFIX"):
                 mp.delenv(name, raising=False)
-            yield server.url
+            yield url
     finally:
-        server.stop()
+        _stop(proc)
 
 
 @pytest.fixture

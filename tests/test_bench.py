@@ -1,4 +1,4 @@
-"""`cloudkon bench` and the machinery of the comparison runs (cloudkon/bench).
+"""`cloudkon bench` and the machinery of the comparison runs (benchmarks/).
 
 The figures themselves are not checked (timings on a shared machine mean nothing in a
 test); what is checked is what a user reads off the table: every contender ran the whole
@@ -19,9 +19,9 @@ import uuid
 import pytest
 from conftest import wait_until
 
-from cloudkon.bench import prices
-from cloudkon.bench.moto_server import CountingApp, operation
-from cloudkon.bench.workloads import MIXED, WorkloadSpec, shell_line
+from benchmarks import prices
+from benchmarks.moto_server import CountingApp, operation
+from benchmarks.workloads import MIXED, WorkloadSpec, shell_line
 
 
 def test_bench_compares_every_contender_on_one_workload(cloudkon):
@@ -79,6 +79,19 @@ def test_bench_refuses_bad_options_in_one_line(cloudkon, args, needle):
     assert proc.returncode == 2
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_without_the_benchmarks_says_to_run_it_from_a_checkout(monkeypatch, capsys):
+    """An installed wheel has no benchmarks package: one line and exit 2, no traceback."""
+    from cloudkon.cli import main
+
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # import of benchmarks fails
+
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("cloudkon: error: bench: cannot import benchmarks"), err
+    assert "./scripts/cloudkon bench" in err and "[bench]" in err
 
 
 def test_sqs_bills_each_64_kib_chunk_and_dynamodb_each_kilobyte():
@@ -185,7 +198,7 @@ def test_bench_stopped_by_sigterm_leaves_no_process_behind(tmp_path):
 
 
 def test_table_lists_requests_per_1000_tasks_by_operation():
-    from cloudkon.bench.suite import Run, table
+    from benchmarks.suite import Run, table
 
     runs = [Run("compare-x", "threadpool", "", tasks=500, wall_s=1.0, tasks_per_s=500.0,
                 ratio=1.0, baseline="threadpool"),

@@ -1,4 +1,4 @@
-"""The Celery peer of the benchmarks (cloudkon/bench/celery_peer.py): a worker subprocess
+"""The Celery peer of the benchmarks (benchmarks/celery_peer.py): a worker subprocess
 and a submit subprocess on the session's moto server, told the endpoint only by
 ``--endpoint`` (AWS_ENDPOINT_URL is taken out of their environment)."""
 
@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from cloudkon.bench.celery_peer import (
+from benchmarks.celery_peer import (
     PeerConfig,
     create_resources,
     delete_resources,

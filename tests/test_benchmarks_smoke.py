@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cloudkon.bench import suite
+from benchmarks import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--benchmark-disable", "--cloudkon-scale=0.001", "-p", "no:cacheprovider", "-q"]

@@ -9,6 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 out="$(realpath -m "${1:-$root/docs}")"
 py="$root/.venv/bin/python"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # cloudkon and the benchmarks package
 work="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -20,7 +21,7 @@ trap cleanup EXIT
 mkdir -p "$out"
 
 # A mixed workload: 2,000 lines of sleeps (0-20 ms) and shell commands.
-mixed="$("$py" -c 'import sys, pathlib; from cloudkon.bench import workloads as w
+mixed="$("$py" -c 'import sys, pathlib; from benchmarks import workloads as w
 print(w.write(w.MIXED, 2000, pathlib.Path(sys.argv[1])).path)' "$work")"
 
 echo "local: cloudkon run mixed-2000.txt --workers 4" >&2
@@ -29,8 +30,8 @@ echo "local: cloudkon run mixed-2000.txt --workers 4" >&2
 (cd "$work" && "$py" -m cloudkon report local.jsonl --plot "$out/report-local.png")
 
 echo "remote: 2 workers x 2 threads on a moto server" >&2
-port="$("$py" -c 'from cloudkon.bench.moto_server import free_port; print(free_port())')"
-"$py" -m cloudkon.bench.moto_server --port "$port" > "$work/moto.log" 2>&1 &
+port="$("$py" -c 'from benchmarks.moto_server import free_port; print(free_port())')"
+"$py" -m benchmarks.moto_server --port "$port" > "$work/moto.log" 2>&1 &
 pids+=("$!")
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=testing \
     AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1

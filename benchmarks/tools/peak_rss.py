@@ -1,6 +1,6 @@
 """Run a command and write its peak resident set size (ru_maxrss, KiB) to a file.
 
-    python -S .../cloudkon/bench/peak_rss.py REPORT -- COMMAND [ARG...]
+    python -S benchmarks/tools/peak_rss.py REPORT -- COMMAND [ARG...]
 
 The command inherits stdin, stdout and stderr; this process exits with its exit code (or
 128 + the signal that ended it) and writes "KIB\\n" to REPORT.

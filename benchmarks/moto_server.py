@@ -1,6 +1,6 @@
 """A moto server that counts the requests it answers: the AWS of the comparison runs.
 
-    python -m cloudkon.bench.moto_server [--host 127.0.0.1] --port PORT
+    python -m benchmarks.moto_server [--host 127.0.0.1] --port PORT
 
 serves moto (every AWS service it mocks, as ``python -m moto.server`` does) and counts
 each request by service and operation, with its request and response payload sizes, so
@@ -29,7 +29,8 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cloudkon.bench.prices import billed_units, cost
+from benchmarks.harness import child_env
+from benchmarks.prices import billed_units, cost
 
 COUNTS_PATH = "/_cloudkon/requests"
 START_SECONDS = 60.0
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from werkzeug.serving import make_server
 
-    parser = argparse.ArgumentParser(prog="python -m cloudkon.bench.moto_server")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.moto_server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
@@ -212,8 +213,8 @@ class MotoServer:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "cloudkon.bench.moto_server", "--port", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "benchmarks.moto_server", "--port", str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()

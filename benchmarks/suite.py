@@ -10,18 +10,17 @@ the same run: these machines are shared and noisy, so absolute times say little.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cloudkon.bench import contenders as c
-from cloudkon.bench import prices
-from cloudkon.bench import workloads as w
-from cloudkon.bench.moto_server import MotoServer
+from benchmarks import contenders as c
+from benchmarks import harness, prices
+from benchmarks import workloads as w
+from benchmarks.harness import ContenderFailed
+from benchmarks.moto_server import MotoServer
 
 SLOTS = 4  # tasks at once, for every contender of the comparison groups
 # Contenders too slow on the moto server for a whole workload run its first tasks only
@@ -101,7 +100,7 @@ class Case:
 
 
 def _scaled(n: int, scale: float, floor: int = 2) -> int:
-    return max(floor, round(n * scale))
+    return harness.scaled(n, scale, floor)
 
 
 def cases(group: str, *, large: bool = False, scale: float = 1.0,
@@ -192,7 +191,7 @@ class Bench:
         finally:
             k.stop()
         if outcome.succeeded != outcome.tasks or outcome.tasks != tasks:
-            raise c.ContenderFailed(f"{case.name} on {case.spec.name}: {outcome.succeeded:,} of"
+            raise ContenderFailed(f"{case.name} on {case.spec.name}: {outcome.succeeded:,} of"
                                     f" {tasks:,} tasks succeeded")
         row.tasks = tasks
         row.wall_s = round(outcome.wall, 4)
@@ -221,7 +220,7 @@ class Bench:
         for r in rows:
             r.baseline = base.contender
             if r.tasks_per_s:
-                r.ratio = float(f"{r.tasks_per_s / base.tasks_per_s:.4g}")
+                r.ratio = harness.ratio(r.tasks_per_s, base.tasks_per_s)
 
     def run_groups(self, groups: list[str], *, large: bool = False, scale: float = 1.0,
                    tasks: int | None = None, on_run: Callable[[Run], None] | None = None
@@ -251,13 +250,7 @@ class Bench:
 
 
 def machine() -> dict:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return {"nproc": cpus, "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}",
-            "prices": f"{prices.PRICES_REGION}, checked {prices.PRICES_CHECKED}"}
+    return harness.machine(prices=f"{prices.PRICES_REGION}, checked {prices.PRICES_CHECKED}")
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -285,19 +278,7 @@ def table(runs: list[Run]) -> str:
                      _fmt(r.peak_rss_mb, ".1f"), _fmt(r.requests_per_1000, ",.1f"),
                      _fmt(r.dollars_per_million, ",.2f"),
                      r.note + (f" (baseline {r.baseline})" if r.baseline == r.contender else "")))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    right = {2, 3, 4, 5, 6, 7, 8, 9, 10}
-    lines = []
-    last_group = None
-    for n, row in enumerate(rows):
-        if n > 1 and row[0] != last_group:
-            lines.append("")
-        last_group = row[0]
-        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-                 for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * x for x in widths))
+    lines = harness.text_table(rows, right=frozenset(range(2, 11)), gap_column=0)
     by_operation = [r for r in runs if r.requests and r.tasks]
     if by_operation:
         lines += ["", "AWS requests per 1000 tasks, by operation (counted at the moto server):"]

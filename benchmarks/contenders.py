@@ -9,34 +9,31 @@ clock starts, as a fleet is up before a job arrives, and stopped after it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudkon.bench.moto_server import MotoServer, RequestCounts
-from cloudkon.bench.workloads import WorkloadFiles
+from benchmarks.harness import (
+    PYTHON,
+    THREAD_POOL_PEER,
+    ContenderFailed,
+    child_env,
+    last_line,
+    run_process,
+)
+from benchmarks.moto_server import MotoServer, RequestCounts
+from benchmarks.workloads import WorkloadFiles
 
-PYTHON = sys.executable
-PEAK_RSS = Path(__file__).with_name("peak_rss.py")
-THREAD_POOL_PEER = Path(__file__).with_name("thread_pool_peer.py")
 READY_SECONDS = 120.0  # a worker fleet that is not polling by then is broken
-RUN_SECONDS = 3600.0  # a run that takes longer is stuck
 # Remote workers long-poll for this long. Shorter than SQS's 20 s, so that a fleet stops
 # promptly after each run (a poll in flight is waited for); it adds about one empty
 # receive per second per worker process to a run's requests.
 FLEET_WAIT_SECONDS = 1
-
-
-class ContenderFailed(Exception):
-    """A contender did not run the workload to a clean end."""
 
 
 @dataclass
@@ -63,54 +60,16 @@ class Context:
     moto: MotoServer | None = None
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("PYTHONSTARTUP", None)
-        if self.moto is not None:  # never real AWS: point everything at the moto server
-            for name in list(env):
-                if name.startswith(("AWS_", "CLOUDKON_")):  # profiles, per-service endpoints
-                    del env[name]
-            env.update(self.moto.env(), AWS_CONFIG_FILE=os.devnull,
-                       AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-        return env
+        """Never real AWS: with the moto server, everything is pointed at it."""
+        return child_env(self.moto.env() if self.moto is not None else None)
 
 
 def _run_client(argv: list[str], ctx: Context, log: Path, stdin_path: Path | None = None,
                 ) -> tuple[float, str, int]:
     """Run a client to its end through the peak-RSS launcher; (wall s, stdout, peak KiB)."""
-    report = log.with_suffix(".rss")
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        with open(log, "wb") as err:
-            t0 = time.perf_counter()
-            # A session of its own: stopped early (Ctrl-C, a timeout), the client and what
-            # it started go together, launcher included.
-            proc = subprocess.Popen([PYTHON, "-S", str(PEAK_RSS), str(report), "--", *argv],
-                                    stdin=stdin, stdout=subprocess.PIPE, stderr=err,
-                                    env=ctx.env(), cwd=ctx.folder, start_new_session=True)
-            try:
-                out, _ = proc.communicate(timeout=RUN_SECONDS)
-            except subprocess.TimeoutExpired:
-                raise ContenderFailed(f"{' '.join(argv[:4])}... still running after"
-                                      f" {RUN_SECONDS:g} s; see {log}") from None
-            finally:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            wall = time.perf_counter() - t0
-    finally:
-        if stdin_path:
-            stdin.close()
-    if proc.returncode != 0:
-        raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}:"
-                              f" {_last_line(log.read_text(errors='replace'))}")
-    return wall, out.decode(errors="replace"), int(report.read_text().split()[0])
-
-
-def _last_line(text: str) -> str:
-    """The last line a failed process printed: what the one-line error shows of it."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "(it printed nothing)"
+    run = run_process(argv, cwd=ctx.folder, log=log, env=ctx.env(), stdin_path=stdin_path,
+                      peak_rss=True)
+    return run.wall, run.stdout, run.peak_rss_kib
 
 
 def _set_up(argv: list[str], ctx: Context) -> None:
@@ -119,7 +78,7 @@ def _set_up(argv: list[str], ctx: Context) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}:"
-                              f" {_last_line(proc.stderr)}")
+                              f" {last_line(proc.stderr)}")
 
 
 def _log_path(ctx: Context, name: str, files: WorkloadFiles) -> Path:
@@ -200,7 +159,7 @@ class _Fleet:
                 continue
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise ContenderFailed("a worker did not start:"
-                                      f" {_last_line(log.read_text(errors='replace'))}")
+                                      f" {last_line(log.read_text(errors='replace'))}")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -281,7 +240,7 @@ class RemoteCloudKon(Contender):
 
 
 class ThreadPoolPeer(Contender):
-    """ThreadPoolExecutor(N).map over the lines (cloudkon/bench/thread_pool_peer.py)."""
+    """ThreadPoolExecutor(N).map over the lines (benchmarks/baselines/thread_pool_peer.py)."""
 
     def __init__(self, threads: int = 4) -> None:
         self.slots = threads
@@ -344,7 +303,7 @@ class ParallelPeer(Contender):
 
 class CeleryPeer(Contender):
     """Celery with its SQS broker and DynamoDB results on the moto server
-    (cloudkon/bench/celery_peer.py): one worker of ``concurrency`` threads."""
+    (benchmarks/celery_peer.py): one worker of ``concurrency`` threads."""
 
     remote = True
 
@@ -366,7 +325,7 @@ class CeleryPeer(Contender):
 
     def start(self, files: WorkloadFiles, ctx: Context) -> None:
         assert ctx.moto is not None, "Celery on SQS needs the moto server"
-        from cloudkon.bench import celery_peer
+        from benchmarks import celery_peer
 
         self._config = celery_peer.PeerConfig(ctx.moto.url, f"celery-{uuid.uuid4().hex[:10]}")
         endpoint, queue = self._config.endpoint, self._config.queue
@@ -376,7 +335,7 @@ class CeleryPeer(Contender):
         ctx.moto.reset()
 
     def run(self, files: WorkloadFiles, ctx: Context) -> Outcome:
-        from cloudkon.bench import celery_peer
+        from benchmarks import celery_peer
 
         argv = celery_peer.submit_command(self._config.endpoint, self._config.queue,
                                           str(files.path))

@@ -1,33 +1,41 @@
-"""Shared machinery of the local benchmarks: sizes, whole-process runs, figures, ratios.
+"""The one harness of the benchmarks: whole processes run and timed from outside, their
+peak RSS, the machine they ran on, and text tables of ratios. Serves both the
+pytest-benchmark files (test_local_*.py, test_compare.py) and ``cloudkon bench``
+(suite.py, contenders.py).
 
-Every contender runs as a whole process (``subprocess``), timed end to end from the
-outside. These machines are shared and noisy, so every figure that matters is a ratio
-against a baseline measured in the same run; nothing here asserts a timing. The contenders
-of a comparison share a pytest-benchmark group, and at the end of the session one table
-of ratios against the targets of issue 2 is printed.
+Every contender runs as a whole process, timed end to end from the outside. These
+machines are shared and noisy, so every figure that matters is a ratio against a baseline
+measured in the same run; nothing here asserts a timing.
 
-Sizes scale with ``--cloudkon-scale`` (or the environment variable
-``CLOUDKON_BENCH_SCALE``): 1 is the full size of the issue, 0.001 a smoke run of a few
-seconds (``tests/test_benchmarks_smoke.py``).
+The benchmarks of issue 2 (test_local_*.py) also keep their figures here (:class:`Figures`)
+and end the session with one table of ratios against the issue's targets. Their sizes
+scale with ``--cloudkon-scale`` (or the environment variable ``CLOUDKON_BENCH_SCALE``): 1
+is the full size of the issue, 0.001 a smoke run of a few seconds
+(``tests/test_benchmarks_smoke.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BASELINES = BENCH_DIR / "baselines"
-PEAK_RSS = REPO / "cloudkon" / "bench" / "peak_rss.py"
-PYTHON = sys.executable  # the interpreter running pytest: the project's .venv
+THREAD_POOL_PEER = BASELINES / "thread_pool_peer.py"
+PEAK_RSS = BENCH_DIR / "tools" / "peak_rss.py"
+PYTHON = sys.executable  # the interpreter running the benchmarks: the project's .venv
+RUN_SECONDS = 3600.0  # a run that takes longer is stuck
 
 # Full sizes, from issue 2 ("Performance").
 SLEEP0_TASKS = 300_000
@@ -44,8 +52,14 @@ def nproc() -> int:
         return os.cpu_count() or 1
 
 
-def scaled(n: int, factor: float) -> int:
-    return max(1, round(n * factor))
+def machine(**extra: str) -> dict:
+    """What every table names under it: CPUs, Python, system (and ``extra``)."""
+    return {"nproc": nproc(), "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}", **extra}
+
+
+def scaled(n: int, factor: float, floor: int = 1) -> int:
+    return max(floor, round(n * factor))
 
 
 def write_workload(path: Path, line: str, n: int) -> Path:
@@ -60,34 +74,86 @@ def write_workload(path: Path, line: str, n: int) -> Path:
 # --------------------------------------------------------------------------- processes
 
 
-def child_env() -> dict[str, str]:
-    """The environment of every contender: the repository importable. (Its stderr is a
-    pipe, so cloudkon shows no progress bar.)"""
+class ContenderFailed(Exception):
+    """A benchmarked process did not run to a clean end; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """One whole-process run, timed from outside."""
+
+    wall: float  # seconds, from the start of the process to its exit
+    stdout: str
+    peak_rss_kib: int | None = None  # its ru_maxrss, when run through the launcher
+
+
+def child_env(aws: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every benchmarked process: this checkout importable (cloudkon,
+    and ``python -m benchmarks...``), no PYTHONSTARTUP. ``aws``: the variables that point
+    boto3 at a moto server; every other AWS_* and CLOUDKON_* variable (profiles,
+    per-service endpoints) is dropped, so that nothing reaches real AWS."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.pop("PYTHONSTARTUP", None)
+    if aws is not None:
+        for name in list(env):
+            if name.startswith(("AWS_", "CLOUDKON_")):
+                del env[name]
+        env.update(aws, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
     return env
+
+
+def last_line(text: str) -> str:
+    """The last line a failed process printed: what the one-line error shows of it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(it printed nothing)"
+
+
+def run_process(argv: Sequence[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None,
+                stdin_path: Path | None = None, peak_rss: bool = False,
+                timeout: float = RUN_SECONDS) -> ProcessRun:
+    """Run ``argv`` to its end and time it; its stderr goes to ``log``. A non-zero exit, or
+    still running after ``timeout`` s, raises :class:`ContenderFailed`.
+
+    ``peak_rss``: start it through tools/peak_rss.py, a bare interpreter that forks and
+    execs it and reads its ru_maxrss with os.wait4. Started straight from this process it
+    could not be measured: on Linux a child's ru_maxrss also counts the memory of the
+    process that forked it (the old mm is folded in at exec), so it would report ours.
+    """
+    report = log.with_suffix(".rss")
+    full = [PYTHON, "-S", str(PEAK_RSS), str(report), "--", *argv] if peak_rss else list(argv)
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        with open(log, "wb") as err:
+            t0 = time.perf_counter()
+            # A session of its own: stopped early (Ctrl-C, a timeout), the process and what
+            # it started go together, launcher included.
+            proc = subprocess.Popen(full, stdin=stdin, stdout=subprocess.PIPE, stderr=err,
+                                    env=env if env is not None else child_env(), cwd=cwd,
+                                    start_new_session=True)
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise ContenderFailed(f"{' '.join(argv[:4])}... still running after"
+                                      f" {timeout:g} s; see {log}") from None
+            finally:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            wall = time.perf_counter() - t0
+    finally:
+        if stdin_path:
+            stdin.close()
+    if proc.returncode != 0:
+        raise ContenderFailed(f"{' '.join(argv[:4])}... exited {proc.returncode}:"
+                              f" {last_line(log.read_text(errors='replace'))}")
+    rss = int(report.read_text().split()[0]) if peak_rss else None
+    return ProcessRun(wall, out.decode(errors="replace"), rss)
 
 
 def cloudkon_argv(workload: Path, workers: int) -> list[str]:
     return [PYTHON, "-m", "cloudkon", "run", str(workload), "--workers", str(workers), "--json"]
-
-
-def run_process(argv: list[str], cwd: Path, stdin_path: Path | None = None) -> tuple[float, str]:
-    """Run ``argv`` to its end; return (wall seconds, stdout). A non-zero exit is an error."""
-    stdin = open(stdin_path, "rb") if stdin_path is not None else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        t0 = time.perf_counter()
-        proc = subprocess.run(argv, cwd=cwd, env=child_env(), stdin=stdin,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wall = time.perf_counter() - t0
-    finally:
-        if stdin_path is not None:
-            stdin.close()
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode(errors="replace")[-2000:]
-        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {stderr}")
-    return wall, proc.stdout.decode()
 
 
 def check_cloudkon_summary(stdout: str, tasks: int) -> dict:
@@ -100,6 +166,31 @@ def check_baseline_output(stdout: str, tasks: int) -> dict:
     out = json.loads(stdout)
     assert out["tasks"] == out["succeeded"] == tasks, out
     return out
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def text_table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset(),
+               gap_column: int | None = None) -> list[str]:
+    """``rows`` (the first is the head) as aligned lines, a rule under the head; columns in
+    ``right`` are right-aligned; a blank line wherever ``gap_column``'s value changes."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        if gap_column is not None and n > 1 and row[gap_column] != rows[n - 1][gap_column]:
+            lines.append("")
+        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+                 for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def ratio(value: float, base: float) -> float:
+    """``value`` against ``base``, to 4 significant digits: the figure every table shows."""
+    return float(f"{value / base:.4g}")
 
 
 # --------------------------------------------------------------------------- figures
@@ -160,10 +251,10 @@ class Target:
         if a is None or (self.den and b is None):
             return None
         if self.metric == "throughput":
-            return a.tasks_per_s / b.tasks_per_s
+            return ratio(a.tasks_per_s, b.tasks_per_s)
         if self.den is None:
             return a.peak_rss_mb
-        return a.peak_rss_mb / b.peak_rss_mb
+        return ratio(a.peak_rss_mb, b.peak_rss_mb)
 
     def median_value(self, entries: dict) -> float | None:
         """For throughput: the ratio of the median rounds (context for a noisy baseline)."""
@@ -172,7 +263,7 @@ class Target:
         a, b = self._measured(entries, self.num), self._measured(entries, self.den)
         if a is None or b is None:
             return None
-        return a.tasks_per_s_median / b.tasks_per_s_median
+        return ratio(a.tasks_per_s_median, b.tasks_per_s_median)
 
     def met(self, value: float) -> bool | None:
         if self.op is None:
@@ -225,8 +316,9 @@ class Figures:
     def publish(self, e: Entry) -> None:
         """Write ``e``'s figures and every ratio they take part in into extra_info."""
         info = e.extra_info
+        m = machine()
         info.update(contender=e.name, tasks=e.tasks, command=e.command, scale=self.scale,
-                    rounds=len(e.walls), nproc=nproc(), python=platform.python_version())
+                    rounds=len(e.walls), nproc=m["nproc"], python=m["python"])
         if e.walls:
             info.update(best_wall_s=round(e.best_wall, 4),
                         median_wall_s=round(statistics.median(e.walls), 4),
@@ -280,15 +372,13 @@ class Figures:
             rows.append((t.group, t.label(), shown, median, t.target_text(), met_text, figs))
         if len(rows) == 1:
             return []
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        head = (f"nproc {nproc()}, Python {platform.python_version()}, scale {self.scale:g}; "
+        m = machine()
+        head = (f"nproc {m['nproc']}, Python {m['python']}, scale {self.scale:g}; "
                 "value: from the best round of each contender (median: the median rounds); "
                 "met: value against target")
         if not full:
             head += "; targets are judged at scale 1 only"
-        return [head, *lines]
+        return [head, *text_table(rows)]
 
 
 # --------------------------------------------------------------------------- measuring
@@ -307,9 +397,9 @@ def measure_throughput(benchmark, figures: Figures, *, group: str, name: str, ta
     e = figures.entry(benchmark, group, name, tasks, command)
 
     def once() -> None:
-        wall, out = run_process(argv, cwd, stdin_path)
-        check(out, tasks)
-        e.walls.append(wall)
+        run = run_process(argv, cwd=cwd, log=cwd / f"{name}.log", stdin_path=stdin_path)
+        check(run.stdout, tasks)
+        e.walls.append(run.wall)
 
     if warmup and not benchmark.disabled:
         once()
@@ -321,21 +411,15 @@ def measure_throughput(benchmark, figures: Figures, *, group: str, name: str, ta
 
 def measure_peak_rss(benchmark, figures: Figures, *, group: str, name: str, tasks: int,
                      argv: list[str], cwd: Path, check, rounds: int) -> Entry:
-    """Run ``argv`` ``rounds`` times through tools/peak_rss.py; record its peak RSS.
-
-    The command is started by a small launcher process that forks it and reads its
-    ru_maxrss with os.wait4. Starting it straight from pytest would not do: on Linux a
-    child's ru_maxrss also counts the memory of the process that forked it (the old mm is
-    folded in at exec), so it would report pytest's own peak.
-    """
+    """Run ``argv`` ``rounds`` times through tools/peak_rss.py (see :func:`run_process`);
+    record its peak RSS."""
     e = figures.entry(benchmark, group, name, tasks, argv)
-    report = cwd / f"peak-rss-{name}.txt"
 
     def once() -> None:
-        wall, out = run_process([PYTHON, "-S", str(PEAK_RSS), str(report), "--", *argv], cwd)
-        check(out, tasks)
-        e.walls.append(wall)
-        e.peak_rss_kib.append(int(report.read_text().split()[0]))
+        run = run_process(argv, cwd=cwd, log=cwd / f"peak-rss-{name}.log", peak_rss=True)
+        check(run.stdout, tasks)
+        e.walls.append(run.wall)
+        e.peak_rss_kib.append(run.peak_rss_kib)
 
     benchmark.pedantic(once, rounds=rounds, iterations=1)
     figures.publish(e)

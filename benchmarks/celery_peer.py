@@ -7,9 +7,9 @@ blocking boto3 client and of its pycurl long polls goes there. Results: Celery's
 backend on the same endpoint, the all-AWS choice. Credentials come from the environment
 (boto3's chain); region is us-east-1.
 
-    python -m cloudkon.bench.celery_peer create --endpoint URL --queue NAME
-    python -m cloudkon.bench.celery_peer worker --endpoint URL --queue NAME --concurrency N
-    python -m cloudkon.bench.celery_peer submit --endpoint URL --queue NAME WORKLOAD
+    python -m benchmarks.celery_peer create --endpoint URL --queue NAME
+    python -m benchmarks.celery_peer worker --endpoint URL --queue NAME --concurrency N
+    python -m benchmarks.celery_peer submit --endpoint URL --queue NAME WORKLOAD
 
 ``submit`` prints one JSON object: {"tasks", "succeeded", "failed", "wall_seconds"}.
 The queue and the results table (named after the queue) are made by ``create_resources``
@@ -34,10 +34,10 @@ from cloudkon.workload import Workload, sleep_ms
 
 log = logging.getLogger(__name__)
 
-_MODULE = "cloudkon.bench.celery_peer"  # `python -m` this
+_MODULE = "benchmarks.celery_peer"  # `python -m` this
 REGION = "us-east-1"
 SHELL = "/bin/sh"
-TASK_NAME = "cloudkon.bench.celery_peer.run_line"
+TASK_NAME = "benchmarks.celery_peer.run_line"
 # Celery's "Optimizing" guide: for many short tasks where throughput matters the prefetch
 # multiplier "should be large. Say 64, or 128". The transport still receives at most 10
 # messages a call (the SQS limit); this lets it keep receiving while tasks run.

@@ -152,6 +152,9 @@ class LocalRunner:
             self._add(IN_PROCESS.decode_results(message.body))
 
     def _add(self, results: ResultBundle) -> None:
+        # The results are here, and no copy of the bundle can come back: its lease (which
+        # holds the results too) would only keep them alive.
+        self.leases.forget(bundle_key(results.job_id, results.seq))
         self._in_flight.pop(results.seq, None)
         if results.results:
             self.summary.add(results)

@@ -5,9 +5,12 @@ SQS and DynamoDB for ``cloudkon worker`` and on the in-memory backends of
 ``cloudkon/backends/memory.py`` for ``cloudkon run`` (``local/runner.py``), its bodies then
 passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
 
-- the receiver long-polls the input queue, and only for as many messages as there are
-  idle bundle threads, so that every message it holds starts at once;
-- N bundle threads each take a message and follow the reliability protocol of
+- N bundle threads receive in turn, as leader and followers: an idle thread that finds
+  no message handed to it, and no other thread receiving, long-polls the input queue
+  itself, for as many messages as there are idle threads (so that every message the
+  worker holds starts at once); it keeps one, hands the rest to idle threads and the
+  receiving to the next idle one. A thread that finishes a bundle while messages wait
+  takes the next without waking anyone. Each bundle thread follows the protocol of
   docs/design.md (section 5): claim the bundle's lease (one conditional write), run its
   tasks with the shared :class:`~cloudkon.executor.Executor`, store the results with
   COMPLETED, send them, delete the message. A bundle found COMPLETED is replayed (its
@@ -25,10 +28,11 @@ gives everything back and exits at once with 128 + the signal's number.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
 import queue
-import secrets
 import signal
 import threading
 import time
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 _TICK = 0.1  # seconds between the main thread's looks at its flags
 _GIVE_BACK_SECONDS = 10.0  # after a hard stop, how long bundle threads get to give back
 _END = None  # tells a bundle thread to exit
+_LEAD = object()  # tells an idle bundle thread that nobody is receiving: it may now
 
 
 @dataclass
@@ -117,7 +122,11 @@ class Worker:
         self._slots = threading.Condition()
         self._held: dict[str, Message] = {}  # receipt -> message, from receive to done
         self._running: dict[str, _Running] = {}  # receipt -> running bundle
-        self._receiver_done = threading.Event()
+        # Fencing tokens: the worker, a random name for this run of it, a count of claims.
+        self._owner_prefix = f"{config.worker_id}/{os.urandom(4).hex()}-"
+        self._claims = itertools.count(1)
+        self._receiving = threading.Lock()  # held by the thread that receives
+        self._followers = 0  # idle threads waiting on the handoff (under _slots)
         self._threads: list[threading.Thread] = []
 
     # --- control ---------------------------------------------------------------------------
@@ -167,9 +176,7 @@ class Worker:
     def start(self) -> None:
         """Start receiving and running bundles in background threads; :meth:`stop` then
         :meth:`shutdown` end them. (``run()`` does all three, for the daemon.)"""
-        self._threads = [threading.Thread(target=self._receive_loop, name="cloudkon-receiver",
-                                          daemon=True),
-                         threading.Thread(target=self._heartbeat_loop, name="cloudkon-heartbeat",
+        self._threads = [threading.Thread(target=self._heartbeat_loop, name="cloudkon-heartbeat",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._work_loop, name=f"cloudkon-bundle-{i}",
                                            daemon=True)
@@ -182,7 +189,7 @@ class Worker:
         its threads; return the exit code (0, or 128 + signal after a hard stop)."""
         self._draining.set()
         with self._slots:
-            self._slots.notify_all()  # a receiver waiting for a free thread sees the stop
+            self._slots.notify_all()
         if self._hard_signal is None:
             # A stop the program asked for (the end of a local run) is no news.
             say = log.warning if self._drain_signal else log.info
@@ -213,7 +220,7 @@ class Worker:
         return 0
 
     def _wait_until(self, done, seconds: float) -> None:
-        """Wait until ``done()`` or ``seconds`` pass; bundle threads and the receiver notify
+        """Wait until ``done()`` or ``seconds`` pass; bundle threads and the receiving notify
         ``_slots`` as they let go, and a signal's flag is seen within a tick."""
         deadline = time.monotonic() + seconds
         with self._slots:
@@ -224,7 +231,7 @@ class Worker:
                 self._slots.wait(min(remaining, _TICK))
 
     def _idle(self) -> bool:
-        return self._nothing_held() and self._receiver_done.is_set()
+        return self._nothing_held() and not self._receiving.locked()
 
     def _nothing_held(self) -> bool:
         with self._slots:
@@ -247,42 +254,76 @@ class Worker:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def _receive_loop(self) -> None:
-        cfg = self.config
-        try:
-            while not self._stopping():
-                with self._slots:
-                    while len(self._held) >= cfg.threads and not self._stopping():
-                        self._slots.wait(_TICK)
-                    free = cfg.threads - len(self._held)
+    def _next_message(self) -> Message | None:
+        """The next message for this bundle thread to run, or None when the worker stops:
+        one handed over by the receiving thread, or, when no thread is receiving, one this
+        thread receives itself."""
+        handoff = self._handoff
+        while True:
+            try:
+                message = handoff.get_nowait()
+            except queue.Empty:
                 if self._stopping():
-                    break
+                    return None
+                # Under _slots, so that the receiving thread, which passes the receiving on
+                # under _slots too, either counts this thread as waiting or has let go.
+                with self._slots:
+                    leading = self._receiving.acquire(blocking=False)
+                    if not leading:
+                        self._followers += 1
+                if leading:
+                    message = self._receive()
+                    if message is None:
+                        continue
+                    return message
                 try:
-                    messages = self.inbox.receive(min(free, SQS_MAX_BATCH), cfg.wait_seconds,
-                                                  cfg.visibility_seconds)
-                except CloudKonError as exc:
-                    log.error("receiving from %s failed: %s; trying again in %.0f s",
-                              self.inbox.name, exc, AWS_ERROR_PAUSE_SECONDS)
-                    self._draining.wait(AWS_ERROR_PAUSE_SECONDS)
-                    continue
-                if not messages:
-                    continue
-                self.counts.add("received", len(messages))
-                if self._stopping():
-                    # The long poll outlived the stop: nothing of this has started.
-                    self._give_back(messages, "received after the stop")
-                    break
-                with self._slots:
-                    for m in messages:
-                        self._held[m.receipt] = m
-                for m in messages:
-                    self._handoff.put(m)
-        except Exception:  # a bug; the worker must still shut down cleanly
-            log.exception("the receiver failed; no more messages are received")
-        finally:
-            self._receiver_done.set()
+                    message = handoff.get()
+                finally:
+                    with self._slots:
+                        self._followers -= 1
+            if message is _END:
+                return None
+            if message is not _LEAD:
+                return message
+
+    def _receive(self) -> Message | None:
+        """As the receiving thread (holding ``_receiving``, which this lets go): long-poll
+        for one message per idle thread, keep the first, hand the rest over, and pass the
+        receiving on if an idle thread is left waiting. None if the poll brought nothing."""
+        cfg = self.config
+        messages: list[Message] = []
+        try:
             with self._slots:
-                self._slots.notify_all()
+                free = cfg.threads - len(self._held)
+            if not self._stopping():
+                messages = self.inbox.receive(min(max(free, 1), SQS_MAX_BATCH),
+                                              cfg.wait_seconds, cfg.visibility_seconds)
+        except CloudKonError as exc:
+            log.error("receiving from %s failed: %s; trying again in %.0f s",
+                      self.inbox.name, exc, AWS_ERROR_PAUSE_SECONDS)
+            self._receiving.release()
+            self._draining.wait(AWS_ERROR_PAUSE_SECONDS)
+            return None
+        except BaseException:
+            self._receiving.release()
+            raise
+        if messages:
+            self.counts.add("received", len(messages))
+            if self._stopping():
+                # The long poll outlived the stop: nothing of this has started.
+                self._give_back(messages, "received after the stop")
+                messages = []
+        with self._slots:
+            for m in messages:
+                self._held[m.receipt] = m
+            lead = bool(messages) and self._followers > len(messages) - 1
+            self._receiving.release()
+            self._slots.notify_all()  # a drain waits for the receiving to end
+        for m in messages[1:]:
+            self._handoff.put(m)
+        if lead:
+            self._handoff.put(_LEAD)
+        return messages[0] if messages else None
 
     def _give_back(self, messages: list[Message], why: str) -> None:
         try:
@@ -299,8 +340,8 @@ class Worker:
 
     def _work_loop(self) -> None:
         while True:
-            message = self._handoff.get()
-            if message is _END:
+            message = self._next_message()
+            if message is None:
                 return
             try:
                 self._handle(message)
@@ -331,7 +372,7 @@ class Worker:
         if self._stopping():
             self._give_back([message], f"bundle {key}, not started before the stop")
             return
-        owner = f"{self.config.worker_id}/{secrets.token_hex(4)}"  # this claim's fencing token
+        owner = f"{self._owner_prefix}{next(self._claims)}"  # this claim's fencing token
         claim = self.leases.claim(key, owner, self.lease_seconds)
         if claim.outcome == COMPLETED:
             self._replay(message, bundle, reply_to, claim.results, claim.owner, ids)
@@ -407,6 +448,8 @@ class Worker:
         self._send(bundle, results, reply_to, self.config.worker_id)
         self.inbox.delete(running.message)
         self.counts.add("completed")
+        if not log.isEnabledFor(logging.INFO):
+            return
         failed = sum(1 for r in results if r[2] != SUCCEEDED)
         log.info("completed bundle %s (message %s): %d tasks, %d not succeeded", key,
                  running.message.id, len(results), failed, extra=ids)

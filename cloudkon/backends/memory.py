@@ -229,6 +229,13 @@ class MemoryLeaseStore:
             return Claim(lease.status, lease.owner, lease.lease_expires, lease.results,
                          lease.attempt)
 
+    # For the local flavour: not part of the lease-store interface.
+    def forget(self, key: str) -> None:
+        """Drop the key's record: its bundle's results have reached their one reader and
+        no copy of the bundle can come back (in-process queues only)."""
+        with self._lock:
+            self._leases.pop(key, None)
+
     def _held(self, key: str, owner: str) -> _Lease | None:
         lease = self._leases.get(key)
         if lease is None or lease.owner != owner or lease.status != IN_PROGRESS:

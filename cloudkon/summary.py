@@ -99,15 +99,21 @@ class Summary:
 
     def add(self, bundle: ResultBundle, keep_failures: int = 10) -> None:
         results = bundle.results
-        statuses = Counter(map(_STATUS, results))
-        for status, n in statuses.items():
-            self.counts[status] += n
-        if statuses[CANCELLED]:  # ended by Ctrl-C: neither latency nor duration of a task
+        column = list(map(_STATUS, results))
+        succeeded = column.count(SUCCEEDED)
+        cancelled = 0
+        if succeeded == len(column):  # the common case, without a Counter
+            self.counts[SUCCEEDED] += succeeded
+        else:
+            for status, n in Counter(column).items():
+                self.counts[status] += n
+            cancelled = column.count(CANCELLED)
+        if cancelled:  # ended by Ctrl-C: neither latency nor duration of a task
             results = [r for r in results if r[2] != CANCELLED]
         ends = list(map(_END, results))
         self.latency.add_many(list(map(sub, ends, repeat(bundle.sent_at))))
         self.busy_seconds += sum(ends) - sum(map(_START, results))
-        if statuses[SUCCEEDED] + statuses[CANCELLED] < len(results):
+        if succeeded + cancelled < len(column):
             for r in results:
                 if r[2] in (FAILED, TIMED_OUT) and len(self.failures) < keep_failures:
                     self.failures.append((r[0], r[2], r[1]))

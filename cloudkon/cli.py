@@ -42,12 +42,18 @@ from cloudkon.model import check_job_id, new_job_id
 log = logging.getLogger("cloudkon")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Bare `cloudkon`: click 8.2 and later raise this (a UsageError) to show the help; 8.1
+# printed it and exited 0, as `cloudkon` does on either.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of raising."""
     try:
         code = cli.main(args=argv, prog_name="cloudkon", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:
+        click.echo(exc.ctx.get_help())
+        return EXIT_OK
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         _error(f"{exc.format_message().rstrip('.')}{hint}")

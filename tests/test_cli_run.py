@@ -29,6 +29,29 @@ def records(path) -> dict[int, dict]:
         return {rec["line"]: rec for rec in map(json.loads, f)}
 
 
+# The command itself
+
+
+def test_bare_cloudkon_prints_its_help_on_stdout_and_exits_0(cloudkon):
+    proc = cloudkon()
+
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("Usage: cloudkon")
+    assert "error" not in proc.stdout
+    assert proc.stdout == cloudkon("--help").stdout  # the same help, whole
+
+
+def test_unknown_command_is_a_one_line_usage_error(cloudkon):
+    proc = cloudkon("rnu")
+
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("cloudkon: error: No such command 'rnu'")
+    assert "Did you mean 'run'?" in proc.stderr
+
+
 # Exit codes and the summary
 
 

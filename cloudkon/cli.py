@@ -147,7 +147,7 @@ def run(workload: str, workers: int, output: str | None, as_json: bool, task_tim
         workers=workers, task_timeout=task_timeout or None, bundle_size=bundle_size,
         bundle_ms=bundle_ms, tail_bytes=tail_bytes, strict=strict,
     )
-    reporter = _BadLineReporter(workload)
+    reporter = _BadLineReporter(workload, strict)
     runner = LocalRunner(config, on_bad_line=reporter)
     runner.check()
     with _Sinks(output, progress, lambda: _count_lines(workload)) as sinks:
@@ -161,16 +161,18 @@ def run(workload: str, workers: int, output: str | None, as_json: bool, task_tim
 
 
 class _BadLineReporter:
-    """Logs the first bad lines one by one and counts the rest."""
+    """Logs the first bad lines one by one and counts the rest. With --strict nothing is
+    skipped (nothing runs at all): the lines are only named."""
 
-    def __init__(self, workload: str) -> None:
+    def __init__(self, workload: str, strict: bool = False) -> None:
         self.workload = workload
         self.count = 0
+        self.template = "%s" if strict else "%s; line skipped"
 
     def __call__(self, bad) -> None:
         self.count += 1
         if self.count <= MAX_REPORTED_BAD_LINES:
-            log.warning("%s; line skipped", bad)
+            log.warning(self.template, bad)
 
     def finish(self) -> None:
         if self.count > MAX_REPORTED_BAD_LINES:

@@ -61,6 +61,11 @@ def sleep_ms(command: str) -> float | None:
             SLEEP_CACHE.clear()
         SLEEP_CACHE[command] = ms
         return ms
+    if len(parts) == 2 and parts[1].startswith("-") and _DECIMAL.fullmatch(parts[1][1:]):
+        raise ValueError(f"'{SLEEP} {parts[1]}': a negative number of milliseconds; 'sleep N'"
+                         " takes N >= 0")
+    if len(parts) == 1:
+        raise ValueError("'sleep' without a number; 'sleep N' sleeps N milliseconds")
     raise ValueError(
         "'sleep N' is CloudKon's task that sleeps N milliseconds and takes one number;"
         " write '/bin/sleep ...' for the shell's sleep"

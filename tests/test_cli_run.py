@@ -180,10 +180,21 @@ def test_bad_line_with_strict_exits_2_and_runs_nothing(cloudkon, write_workload,
     proc = cloudkon("run", path, "--workers", "2", "--strict")
 
     assert proc.returncode == 2
-    assert f"{path}:3" in proc.stderr
-    assert proc.stderr.splitlines()[-1].startswith("cloudkon: error:")
-    assert "Traceback" not in proc.stderr
+    *named, last = proc.stderr.splitlines()
+    assert named == [f"cloudkon: warning: {path}:3: is not valid UTF-8 (byte 9)"]  # not "skipped"
+    assert last == f"cloudkon: error: {path}: 1 bad line; nothing was run (--strict)"
     assert not any(p.exists() for p in made)
+
+
+def test_negative_sleep_is_named_as_such(cloudkon, write_workload):
+    path = write_workload("sleep 5\nsleep -1\n")
+
+    proc = cloudkon("run", path)
+
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"cloudkon: warning: {path}:2: 'sleep -1': a negative number of milliseconds;"
+        " 'sleep N' takes N >= 0; line skipped"]
 
 
 # What a run writes

@@ -4,6 +4,7 @@ files that are no workload at all are reported."""
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import zlib
 
@@ -115,6 +116,17 @@ def test_sleep_n_is_n_milliseconds(command, ms):
 ])
 def test_sleep_that_is_not_sleep_n_is_an_error(command):
     with pytest.raises(ValueError):
+        sleep_ms(command)
+
+
+@pytest.mark.parametrize(("command", "says"), [
+    ("sleep -1", "'sleep -1': a negative number of milliseconds"),
+    ("sleep -0.5", "'sleep -0.5': a negative number of milliseconds"),
+    ("sleep", "'sleep' without a number"),
+    ("sleep 1s", "takes one number; write '/bin/sleep ...' for the shell's sleep"),
+])
+def test_a_bad_sleep_line_says_what_is_wrong_with_it(command, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
         sleep_ms(command)
 
 

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import BinaryIO
 from typing import NamedTuple
 
@@ -155,7 +155,7 @@ class Workload:
         return self.bad_lines
 
     def bundles(self, job_id: str, size: int, budget_ms: float,
-                ramp: bool = False) -> Iterator[Bundle]:
+                ramp: bool = False) -> Generator[Bundle, None, None]:
         """Yield the tasks in bundles of at most ``size`` tasks and about ``budget_ms`` work.
 
         A sleep task costs its milliseconds; a shell command is assumed to cost

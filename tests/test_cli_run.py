@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -66,17 +67,44 @@ def test_every_task_succeeding_exits_0(cloudkon, write_workload):
 
 
 @pytest.mark.parametrize(("task", "options", "shown_as"), [
-    ("exit 3", [], "failed"),
-    ("/bin/sleep 30", ["--task-timeout", "0.5"], "timed out"),
+    ("exit 3", [], r"failed: line 2 \(exit 3\): exit 3"),
+    ("kill -KILL $$", [], r"failed: line 2 \(SIGKILL\): kill -KILL \$\$"),
+    ("/bin/sleep 30", ["--task-timeout", "0.5"],
+     r"timed out: line 2 \(after 0\.5\d s, SIGTERM\): /bin/sleep 30"),
+    ("sleep 5000", ["--task-timeout", "0.5"], r"timed out: line 2 \(after 0\.5\d s\): sleep 5000"),
 ])
-def test_failed_or_timed_out_task_exits_1_and_the_summary_names_its_line(
+def test_failed_or_timed_out_task_exits_1_and_the_summary_says_how_its_line_ended(
         cloudkon, write_workload, task, options, shown_as):
     path = write_workload(f"echo first\n{task}\nsleep 1\n")
 
     proc = cloudkon("run", path, "--workers", "2", *options)
 
     assert proc.returncode == 1, proc.stderr
-    assert f"{shown_as}: line 2: {task}" in proc.stdout
+    assert re.fullmatch(f"  {shown_as}", proc.stdout.splitlines()[-1]), proc.stdout
+
+
+def test_failed_lines_are_listed_in_line_order_not_as_they_finish(cloudkon, write_workload):
+    # Line 1 fails last, line 12 first: the first ten lines are listed, in order.
+    lines = [f"/bin/sleep 0.{12 - n:02d}; exit {n}" for n in range(1, 13)]
+    path = write_workload("\n".join(lines) + "\n")
+
+    proc = cloudkon("run", path, "--workers", "12")
+
+    assert proc.returncode == 1, proc.stderr
+    listed = [line for line in proc.stdout.splitlines() if "failed: line" in line]
+    assert listed == [f"  failed: line {n} (exit {n}): {lines[n - 1]}" for n in range(1, 11)]
+    assert proc.stdout.splitlines()[-1] == "  ... and 2 more failed or timed out (see --output)"
+
+
+def test_efficiency_of_sleeps_cut_by_the_time_limit_is_not_above_100_percent(
+        cloudkon, write_workload):
+    proc = cloudkon("run", write_workload("sleep 5000\n"), "--workers", "1",
+                    "--task-timeout", "1", "--json")
+
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["timed_out"] == 1
+    assert 0.5 < summary["efficiency"] <= 1.0
 
 
 def test_task_timeout_makes_a_long_task_timed_out(cloudkon, write_workload, tmp_path):
@@ -307,6 +335,50 @@ def test_signal_stops_the_run_prints_an_interrupted_summary_and_ends_every_task(
     assert len(started) < 20  # the run stopped: not every task started
     for pid in started:
         wait_until(lambda pid=pid: process_gone(pid), what=f"task process {pid} gone")
+
+
+def test_an_interrupted_run_counts_the_tasks_it_never_read(
+        start_cloudkon, write_workload, tmp_path, wait_until):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    task = (f"/bin/sleep 30 & echo $! > {pids}/$CLOUDKON_LINE.tmp"
+            f" && mv {pids}/$CLOUDKON_LINE.tmp {pids}/$CLOUDKON_LINE; wait")
+    # 2,000 tasks, with comments and blank lines between them that are no tasks.
+    path = write_workload(f"{task}\n# a comment\n\n" * 2000)
+    proc = start_cloudkon("run", path, "--workers", "2", "--json", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(list(pids.glob("[0-9]*"))) >= 2, what="2 tasks running")
+
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=DEADLINE_SECONDS)
+
+    assert proc.returncode == 130
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    assert summary["tasks"] == 2000 and summary["not_read_at_least"] is False
+    assert summary["not_read"] > 1000  # the run read a few bundles ahead, no more
+    assert (summary["succeeded"] + summary["failed"] + summary["timed_out"]
+            + summary["cancelled"] + summary["not_run"] + summary["not_read"]) == 2000
+
+
+def test_an_interrupted_run_says_how_many_tasks_it_never_read(
+        start_cloudkon, write_workload, tmp_path, wait_until):
+    marker = tmp_path / "started"
+    path = write_workload(f"touch {marker}; /bin/sleep 30\n" + "echo later\n" * 500)
+    proc = start_cloudkon("run", path, "--workers", "1", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    wait_until(marker.exists, what="the first task running")
+
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=DEADLINE_SECONDS)
+
+    assert proc.returncode == 130
+    lines = stdout.splitlines()
+    assert lines[1].split()[:2] == ["tasks", "501"]
+    # The task ended by Ctrl-C and the few read ahead did not finish; the rest was not read.
+    counted = re.fullmatch(r" +not finished (\d+)  not read (\d+)", lines[2])
+    assert counted, lines
+    assert int(counted[1]) + int(counted[2]) == 501 and int(counted[2]) > 400
 
 
 # The progress bar

@@ -135,24 +135,26 @@ def cli(ctx: click.Context, verbose: int) -> None:
 def run(workload: str, workers: int, output: str | None, as_json: bool, task_timeout: float,
         strict: bool, job_id: str | None, bundle_size: int, bundle_ms: float, tail_bytes: int,
         progress: bool | None) -> int:
-    """Run the tasks of WORKLOAD on local worker threads and summarise.
+    """Run the tasks of WORKLOAD ('-' for stdin) on local worker threads and summarise.
 
     Exit code: 0 all tasks succeeded; 1 a task failed or timed out, or a line was bad;
     2 usage or input error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
+    from cloudkon.workload import local_source
     from local.runner import LocalRunner
 
-    config = RunConfig(
-        workload=workload, job_id=new_job_id("local") if job_id is None else check_job_id(job_id),
-        workers=workers, task_timeout=task_timeout or None, bundle_size=bundle_size,
-        bundle_ms=bundle_ms, tail_bytes=tail_bytes, strict=strict,
-    )
-    reporter = _BadLineReporter(workload, strict)
-    runner = LocalRunner(config, on_bad_line=reporter)
-    runner.check()
-    with _Sinks(output, progress, lambda: _count_lines(workload)) as sinks:
-        runner.on_results, runner.on_total = sinks.on_results, sinks.on_total
-        summary = runner.run()
+    job_id = new_job_id("local") if job_id is None else check_job_id(job_id)
+    with local_source(workload) as (name, opener):
+        config = RunConfig(
+            workload=name, job_id=job_id, workers=workers, task_timeout=task_timeout or None,
+            bundle_size=bundle_size, bundle_ms=bundle_ms, tail_bytes=tail_bytes, strict=strict,
+        )
+        reporter = _BadLineReporter(name, strict)
+        runner = LocalRunner(config, on_bad_line=reporter, opener=opener)
+        runner.check()
+        with _Sinks(output, progress, runner.workload.line_count) as sinks:
+            runner.on_results, runner.on_total = sinks.on_results, sinks.on_total
+            summary = runner.run()
     reporter.finish()
     sinks.print_summary(summary, as_json)
     if summary.interrupted:
@@ -228,17 +230,6 @@ class _Sinks:
 
     def print_summary(self, summary, as_json: bool) -> None:
         click.echo(summary.to_json() if as_json else summary.to_text(), file=self.summary_file)
-
-
-def _count_lines(path: str) -> int:
-    """An upper bound on the tasks of a file (its line count), read fast, for the ETA."""
-    n = 0
-    last = b"\n"
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")
 
 
 # --- The remote flavour: AWS resources and the worker daemon --------------------------------

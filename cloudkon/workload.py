@@ -11,11 +11,15 @@ the limit is skipped without being held.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import math
 import os
 import re
+import shutil
 import stat
+import sys
+import tempfile
 from collections.abc import Callable, Generator, Iterator
 from typing import BinaryIO
 from typing import NamedTuple
@@ -27,6 +31,9 @@ from cloudkon.model import Bundle, Task
 log = logging.getLogger(__name__)
 
 SLEEP = "sleep"
+STDIN = "-"  # the workload path that means stdin
+STDIN_NAME = "<stdin>"  # how messages name it
+_COPY_BYTES = 1 << 20
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII digits only: not "sleep ٣"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -137,6 +144,16 @@ class Workload:
                 self.path,
                 "is not a text workload (binary data); a workload is UTF-8 text, one task per line",
             )
+
+    def line_count(self) -> int:
+        """An upper bound on the tasks of the file (its line count), read fast, for an ETA."""
+        n = 0
+        last = b"\n"
+        with self._open() as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+        return n + (last != b"\n")
 
     def _open(self) -> BinaryIO:
         if self._opener is not None:
@@ -300,6 +317,35 @@ class Workload:
         self.bad_lines += 1
         if self.on_bad_line is not None:
             self.on_bad_line(BadLine(self.path, line, reason))
+
+
+Opener = Callable[[], BinaryIO]
+
+
+@contextlib.contextmanager
+def local_source(path: str, stdin: BinaryIO | None = None) -> Iterator[tuple[str, Opener | None]]:
+    """The name and opener of the workload at ``path`` (None: open the file itself).
+
+    ``-`` is stdin, copied to a temporary file first: a workload is read more than once
+    (looked at, checked with --strict, counted for the progress bar, then streamed), which
+    a pipe cannot be. The copy is removed on the way out.
+    """
+    if path != STDIN:
+        yield path, None
+        return
+    source = sys.stdin.buffer if stdin is None else stdin
+    fd, spool = tempfile.mkstemp(prefix="cloudkon-stdin-", suffix=".txt")
+    try:
+        try:
+            with open(fd, "wb") as f:
+                shutil.copyfileobj(source, f, _COPY_BYTES)
+        except OSError as exc:
+            raise WorkloadError(STDIN_NAME, f"could not be copied to {spool}:"
+                                            f" {exc.strerror or exc}") from None
+        yield STDIN_NAME, lambda: open(spool, "rb")  # noqa: SIM115 - the reader closes it
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool)
 
 
 def _looks_binary(sample: bytes, at_end: bool) -> bool:

@@ -30,7 +30,7 @@ from cloudkon.errors import BadLinesError, WorkloadError
 from cloudkon.limits import SQS_MAX_VISIBILITY_SECONDS, UNREAD_COUNT_SECONDS
 from cloudkon.model import Bundle, ResultBundle, bundle_key
 from cloudkon.summary import Summary
-from cloudkon.workload import BadLine, Workload
+from cloudkon.workload import BadLine, Opener, Workload
 from worker.daemon import Worker
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,13 @@ class LocalRunner:
         on_bad_line: Callable[[BadLine], None] | None = None,
         on_results: Callable[[ResultBundle], None] | None = None,
         on_total: Callable[[int], None] | None = None,
+        opener: Opener | None = None,
     ) -> None:
+        """``opener`` opens the workload (stdin's copy, say) instead of the file
+        ``config.workload``, which then only names it in messages."""
         self.config = config
-        self.workload = Workload(config.workload, on_bad_line=on_bad_line)
+        self._opener = opener
+        self.workload = Workload(config.workload, on_bad_line=on_bad_line, opener=opener)
         self.on_results = on_results
         self.on_total = on_total  # told the exact task count once the whole file is read
         self.summary = Summary(config.job_id, config.workers)
@@ -80,9 +84,10 @@ class LocalRunner:
         """Raise WorkloadError unless the workload can run: a readable text file and, with
         ``strict``, every line a task (read through once, nothing run)."""
         cfg = self.config
-        Workload(cfg.workload).check()
+        Workload(cfg.workload, opener=self._opener).check()
         if cfg.strict:
-            checked = Workload(cfg.workload, on_bad_line=self.workload.on_bad_line)
+            checked = Workload(cfg.workload, on_bad_line=self.workload.on_bad_line,
+                               opener=self._opener)
             if checked.validate():
                 raise BadLinesError(cfg.workload, checked.bad_lines)
             if not checked.tasks:

@@ -162,6 +162,57 @@ def test_bad_input_exits_2_with_one_error_line_and_no_traceback(
         assert args[0] in proc.stderr
 
 
+# The workload from stdin: `cloudkon run -`
+
+
+def test_dash_reads_the_workload_from_stdin(cloudkon, tmp_path):
+    out = tmp_path / "results.jsonl"
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+
+    proc = cloudkon("run", "-", "--output", out, "--job-id", "piped", input="echo a\n# b\nexit 3\n",
+                    env={**os.environ, "TMPDIR": str(spool)})
+
+    assert proc.returncode == 1, proc.stderr
+    assert "  failed: line 3 (exit 3): exit 3" in proc.stdout.splitlines()
+    by_line = records(out)
+    assert sorted(by_line) == [1, 3] and by_line[1]["stdout"] == "a\n"
+    assert by_line[3]["task_id"] == "piped:3"
+    assert list(spool.iterdir()) == []  # stdin's copy is gone
+
+
+def test_dash_names_bad_lines_of_stdin_by_number(cloudkon):
+    proc = cloudkon("run", "-", input=b"echo a\necho caf\xe9\n")
+
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "cloudkon: warning: <stdin>:2: is not valid UTF-8 (byte 9); line skipped"]
+
+
+def test_dash_with_strict_checks_stdin_before_running_anything(cloudkon, tmp_path):
+    made = tmp_path / "made"
+
+    proc = cloudkon("run", "-", "--strict", input=f"touch {made}\nsleep 1s\n")
+
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "cloudkon: error: <stdin>: 1 bad line; nothing was run (--strict)")
+    assert "<stdin>:2:" in proc.stderr
+    assert not made.exists()
+
+
+@pytest.mark.parametrize(("stdin", "says"), [
+    pytest.param(b"", "<stdin>: is empty", id="empty"),
+    pytest.param(_binary(), "<stdin>: is not a text workload", id="binary"),
+])
+def test_dash_refuses_stdin_that_is_no_workload(cloudkon, stdin, says):
+    proc = cloudkon("run", "-", input=stdin)
+
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(f"cloudkon: error: {says}")
+    assert proc.stdout == ""
+
+
 def test_results_on_stdout_piped_into_head_end_the_run_quietly(write_workload, tmp_path):
     path = write_workload("sleep 5\n" * 2000)  # long enough to still run when head exits
 

@@ -50,6 +50,11 @@ MAX_LISTED_FAILURES = 10
 
 # The first bytes of a workload that are inspected to tell text from binary data.
 BINARY_SNIFF_BYTES = 65536
+# Binary data when at least this share of those bytes cannot be in text: control characters
+# (not tab, newline, CR, FF, VT, ESC) and bytes that are not UTF-8. Perl's -B test uses the
+# same share; executables, images, archives and UTF-16 text have 50% to 90%, a text file with
+# a few bad lines well under 1%.
+BINARY_ODD_BYTES_SHARE = 0.3
 
 # --- AWS: the remote flavour ---------------------------------------------------------------
 # Service quotas as documented by AWS (SQS Developer Guide, "Amazon SQS quotas"; DynamoDB

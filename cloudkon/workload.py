@@ -10,7 +10,6 @@ the limit is skipped without being held.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import math
@@ -25,7 +24,12 @@ from typing import BinaryIO
 from typing import NamedTuple
 
 from cloudkon.errors import WorkloadError
-from cloudkon.limits import BINARY_SNIFF_BYTES, MAX_LINE_BYTES, SHELL_TASK_MS
+from cloudkon.limits import (
+    BINARY_ODD_BYTES_SHARE,
+    BINARY_SNIFF_BYTES,
+    MAX_LINE_BYTES,
+    SHELL_TASK_MS,
+)
 from cloudkon.model import Bundle, Task
 
 log = logging.getLogger(__name__)
@@ -134,16 +138,13 @@ class Workload:
         try:
             with self._open() as f:
                 sample = f.read(BINARY_SNIFF_BYTES)
-                at_end = not f.read(1)
         except OSError as exc:
             raise WorkloadError(self.path, exc.strerror or str(exc)) from None
         if not sample:
             raise WorkloadError(self.path, "is empty: no tasks to run")
-        if _looks_binary(sample, at_end):
-            raise WorkloadError(
-                self.path,
-                "is not a text workload (binary data); a workload is UTF-8 text, one task per line",
-            )
+        reason = _binary_reason(sample)
+        if reason is not None:
+            raise WorkloadError(self.path, reason)
 
     def line_count(self) -> int:
         """An upper bound on the tasks of the file (its line count), read fast, for an ETA."""
@@ -348,29 +349,25 @@ def local_source(path: str, stdin: BinaryIO | None = None) -> Iterator[tuple[str
             os.unlink(spool)
 
 
-def _looks_binary(sample: bytes, at_end: bool) -> bool:
-    """True if most lines of the sample could not be tasks (NUL bytes, not UTF-8).
+# Bytes that no text holds: the C0 controls but tab, LF, VT, FF, CR and ESC (terminal
+# colours), and DEL.
+_ODD_CONTROLS = bytes(set(range(32)) - set(b"\t\n\v\f\r\x1b")) + b"\x7f"
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as surrogateescape decodes it
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
-    One bad line among good ones is a bad line, reported as such; a file whose lines are
-    mostly bad is not a workload at all (an image, an archive, UTF-16 text).
+
+def _binary_reason(sample: bytes) -> str | None:
+    """Why the first bytes of a file show it is not text (None when they are text).
+
+    Decided by the content as a whole, the share of bytes that cannot be in text: a text
+    file with a NUL byte on one line and a line too long on another is text with two bad
+    lines, while an executable, an image, an archive or UTF-16 text is not a workload.
     """
-    lines = sample.split(b"\n")
-    if not at_end and len(lines) > 1:
-        lines.pop()  # cut off mid-line by the sample's end
-    try:
-        sample.decode("utf-8")
-        if b"\0" not in sample:
-            return False
-    except UnicodeDecodeError:
-        pass
-    bad = 0
-    for raw in lines:
-        if b"\0" in raw:
-            bad += 1
-            continue
-        try:
-            # final=False: a long first line may be cut inside a multi-byte character.
-            codecs.getincrementaldecoder("utf-8")().decode(raw, final=at_end)
-        except UnicodeDecodeError:
-            bad += 1
-    return bad > 0 and bad * 2 >= len(lines)
+    if sample.startswith(_UTF16_BOMS):
+        return "is UTF-16 text; a workload is UTF-8 (iconv -f UTF-16 -t UTF-8 converts it)"
+    odd = len(sample) - len(sample.translate(None, _ODD_CONTROLS))
+    if not sample.isascii():  # count the bytes that are not UTF-8
+        odd += len(_ESCAPED.findall(sample.decode("utf-8", "surrogateescape")))
+    if odd >= BINARY_ODD_BYTES_SHARE * len(sample):
+        return "is not a text workload (binary data); a workload is UTF-8 text, one task per line"
+    return None

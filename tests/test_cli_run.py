@@ -213,6 +213,17 @@ def test_dash_refuses_stdin_that_is_no_workload(cloudkon, stdin, says):
     assert proc.stdout == ""
 
 
+def test_an_executable_is_refused_whole_as_binary(cloudkon):
+    elf = os.path.realpath(sys.executable)  # the Python interpreter: an ELF file
+
+    proc = cloudkon("run", elf)
+
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"cloudkon: error: {elf}: is not a text workload (binary data); a workload is UTF-8"
+        " text, one task per line"]
+
+
 def test_results_on_stdout_piped_into_head_end_the_run_quietly(write_workload, tmp_path):
     path = write_workload("sleep 5\n" * 2000)  # long enough to still run when head exits
 
@@ -239,6 +250,22 @@ def _with_bad_middle_line(tmp_path, write_workload):
     content = (f"touch {made[0]}\ntouch {made[1]}\n".encode() + b"echo caf\xe9\n"
                + f"touch {made[2]}\ntouch {made[3]}\n".encode())
     return write_workload(content), made
+
+
+def test_a_nul_line_and_an_over_long_line_are_skipped_each_and_the_rest_runs(
+        cloudkon, write_workload, tmp_path):
+    made = tmp_path / "made"
+    path = write_workload(b"echo \x00\n" + b"echo " + b"x" * 140_000 + b"\n"
+                          + f"touch {made}\n".encode())
+
+    proc = cloudkon("run", path)
+
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"cloudkon: warning: {path}:1: contains a NUL byte; line skipped",
+        f"cloudkon: warning: {path}:2: longer than 131071 bytes; line skipped",
+    ]
+    assert made.exists()
 
 
 def test_bad_line_is_reported_with_file_and_line_and_the_rest_runs(

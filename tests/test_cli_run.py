@@ -220,8 +220,8 @@ def test_an_executable_is_refused_whole_as_binary(cloudkon):
 
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        f"cloudkon: error: {elf}: is not a text workload (binary data); a workload is UTF-8"
-        " text, one task per line"]
+        (f"cloudkon: error: {elf}: is not a text workload (binary data); a workload is UTF-8"
+         " text, one task per line")]
 
 
 def test_results_on_stdout_piped_into_head_end_the_run_quietly(write_workload, tmp_path):
@@ -299,8 +299,8 @@ def test_negative_sleep_is_named_as_such(cloudkon, write_workload):
 
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
-        f"cloudkon: warning: {path}:2: 'sleep -1': a negative number of milliseconds;"
-        " 'sleep N' takes N >= 0; line skipped"]
+        (f"cloudkon: warning: {path}:2: 'sleep -1': a negative number of milliseconds;"
+         " 'sleep N' takes N >= 0; line skipped")]
 
 
 # What a run writes

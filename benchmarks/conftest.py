@@ -11,7 +11,7 @@ import os
 import pytest
 
 from benchmarks import suite
-from benchmarks.harness import Figures
+from benchmarks.harness import Figures, export_revision
 
 _FIGURES_KEY = pytest.StashKey[Figures]()
 _BENCH_KEY = pytest.StashKey[suite.Bench]()
@@ -29,6 +29,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Write the comparison runs' table (every row and figure) to FILE as JSON.",
     )
     group.addoption(
+        "--cloudkon-before", metavar="REV", default=None,
+        help="Also run the local benchmarks with cloudkon as of git revision REV (e.g. a"
+             " commit before a change), in the same session: rows named cloudkon-before.",
+    )
+    group.addoption(
         "--cloudkon-scale", type=float, default=None, metavar="FACTOR",
         help="Multiply every workload size by FACTOR (default: $CLOUDKON_BENCH_SCALE, or 1: "
              "the sizes of issue 2). Targets are judged only at scale 1.",
@@ -43,6 +48,22 @@ def scale(pytestconfig: pytest.Config) -> float:
     if not value > 0:
         raise pytest.UsageError("--cloudkon-scale must be > 0")
     return value
+
+
+@pytest.fixture(scope="session")
+def before_checkout(pytestconfig: pytest.Config, tmp_path_factory):
+    """The files of the --cloudkon-before revision, or None."""
+    rev = pytestconfig.getoption("--cloudkon-before")
+    if rev is None:
+        return None
+    return export_revision(rev, tmp_path_factory.mktemp("before"))
+
+
+def with_before(metafunc: pytest.Metafunc, names: list[str], before: list[str]) -> None:
+    """Parametrize ``name`` with ``names``, and ``before`` too under --cloudkon-before."""
+    if metafunc.config.getoption("--cloudkon-before") is not None:
+        names = names + before
+    metafunc.parametrize("name", names)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +87,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     figs = config.stash.get(_FIGURES_KEY, None)
     lines = figs.table() if figs is not None else []
     if lines:
-        terminalreporter.section("CloudKon benchmark ratios against the targets of issue 2")
+        terminalreporter.section("CloudKon local benchmarks: ratios against their targets")
         for line in lines:
             terminalreporter.write_line(line)
     bench = config.stash.get(_BENCH_KEY, None)

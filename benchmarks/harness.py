@@ -152,8 +152,27 @@ def run_process(argv: Sequence[str], *, cwd: Path, log: Path, env: dict[str, str
     return ProcessRun(wall, out.decode(errors="replace"), rss)
 
 
-def cloudkon_argv(workload: Path, workers: int) -> list[str]:
-    return [PYTHON, "-m", "cloudkon", "run", str(workload), "--workers", str(workers), "--json"]
+def cloudkon_argv(workload: Path, workers: int, checkout: Path | None = None) -> list[str]:
+    """``cloudkon run`` of this checkout, or of ``checkout`` (another revision's files, see
+    :func:`export_revision`), first on the path, so that both run in one session."""
+    run = ["run", str(workload), "--workers", str(workers), "--json"]
+    if checkout is None:
+        return [PYTHON, "-m", "cloudkon", *run]
+    boot = (f"import sys; sys.path.insert(0, {str(checkout)!r}); from cloudkon.cli import main;"
+            " sys.exit(main(sys.argv[1:]))")
+    return [PYTHON, "-c", boot, *run]
+
+
+def export_revision(rev: str, folder: Path) -> Path:
+    """The files of git revision ``rev`` of this repository in ``folder``, byte-compiled
+    (as the bootstrap does for the checkout), for a before/after comparison."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True)
+    if archive.returncode != 0:
+        raise ContenderFailed(f"git archive {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(folder)], capture_output=True)
+    return folder
 
 
 def check_cloudkon_summary(stdout: str, tasks: int) -> dict:
@@ -283,7 +302,9 @@ class Target:
 
 _SHELL_N = nproc()
 TARGETS = [
-    Target("sleep0_vs_bare_loop", "local-sleep0", "cloudkon", "bare-loop", "throughput", ">=", 0.5),
+    Target("sleep0_vs_bare_loop", "local-sleep0", "cloudkon", "bare-loop", "throughput", ">=", 0.8),
+    Target("sleep0_vs_before", "local-sleep0", "cloudkon", "cloudkon-before", "throughput",
+           None, None),
     Target("sleep0_vs_queue_pipeline", "local-sleep0", "cloudkon", "queue-pipeline", "throughput",
            ">=", 5),
     Target("sleep0_vs_thread_pool_map", "local-sleep0", "cloudkon", "thread-pool-map",
@@ -292,9 +313,13 @@ TARGETS = [
            "throughput", ">=", 0.9),
     Target("shell_2nproc_vs_xargs", "local-shell", f"cloudkon-w{2 * _SHELL_N}",
            f"xargs-P{_SHELL_N}", "throughput", ">=", 0.9),
+    Target("shell_vs_before", "local-shell", f"cloudkon-w{_SHELL_N}",
+           f"cloudkon-before-w{_SHELL_N}", "throughput", None, None),
     Target("memory_1m_peak_mb", "local-memory", "cloudkon-1M", None, "rss", "<", 150),
     Target("memory_1m_vs_10k", "local-memory", "cloudkon-1M", "cloudkon-10k", "rss", "<=", 1.5),
     Target("memory_10k_vs_python", "local-memory", "cloudkon-10k", "python-floor", "rss",
+           None, None),
+    Target("memory_1m_vs_before", "local-memory", "cloudkon-1M", "cloudkon-before-1M", "rss",
            None, None),
 ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.conftest import with_before
 from benchmarks.harness import (
     MEMORY_LARGE_TASKS,
     MEMORY_SMALL_TASKS,
@@ -31,17 +32,24 @@ def _check_nothing(stdout: str, tasks: int) -> None:
     assert stdout == "", stdout
 
 
+SIZES = {"python-floor": 0, "cloudkon-10k": MEMORY_SMALL_TASKS,
+         "cloudkon-1M": MEMORY_LARGE_TASKS, "cloudkon-before-1M": MEMORY_LARGE_TASKS}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    with_before(metafunc, ["python-floor", "cloudkon-10k", "cloudkon-1M"],
+                ["cloudkon-before-1M"])
+
+
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.parametrize("name,size", [("python-floor", 0),
-                                       ("cloudkon-10k", MEMORY_SMALL_TASKS),
-                                       ("cloudkon-1M", MEMORY_LARGE_TASKS)],
-                         ids=["python-floor", "cloudkon-10k", "cloudkon-1M"])
-def test_local_memory(benchmark, figures, scale, tmp_path, name, size):
+def test_local_memory(benchmark, figures, scale, before_checkout, tmp_path, name):
+    size = SIZES[name]
     if size == 0:
         argv, n, check = [PYTHON, "-c", "pass"], 0, _check_nothing
     else:
         n = scaled(size, scale)
         workload = write_workload(tmp_path / f"sleep0-{n}.txt", "sleep 0", n)
-        argv, check = cloudkon_argv(workload, WORKERS), check_cloudkon_summary
+        checkout = before_checkout if name.startswith("cloudkon-before") else None
+        argv, check = cloudkon_argv(workload, WORKERS, checkout), check_cloudkon_summary
     measure_peak_rss(benchmark, figures, group=GROUP, name=name, tasks=n, argv=argv,
                      cwd=tmp_path, check=check, rounds=ROUNDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.conftest import with_before
 from benchmarks.harness import (
     SHELL_TASKS,
     check_cloudkon_summary,
@@ -29,13 +30,21 @@ def _check_xargs(stdout: str, tasks: int) -> None:
     assert stdout == "", stdout  # `true` prints nothing; the exit code was checked
 
 
-# name: (argv for the workload file, stdin is the workload, output check)
+# name: (argv for the workload file and the --cloudkon-before checkout, stdin is the
+# workload, output check)
 CONTENDERS = {
-    f"xargs-P{N}": (lambda wl: ["xargs", "-P", str(N), "-I{}", "sh", "-c", "{}"], True,
+    f"xargs-P{N}": (lambda wl, _: ["xargs", "-P", str(N), "-I{}", "sh", "-c", "{}"], True,
                     _check_xargs),
-    f"cloudkon-w{N}": (lambda wl: cloudkon_argv(wl, N), False, check_cloudkon_summary),
-    f"cloudkon-w{2 * N}": (lambda wl: cloudkon_argv(wl, 2 * N), False, check_cloudkon_summary),
+    f"cloudkon-w{N}": (lambda wl, _: cloudkon_argv(wl, N), False, check_cloudkon_summary),
+    f"cloudkon-w{2 * N}": (lambda wl, _: cloudkon_argv(wl, 2 * N), False,
+                           check_cloudkon_summary),
 }
+BEFORE = {f"cloudkon-before-w{N}": (lambda wl, before: cloudkon_argv(wl, N, before), False,
+                                    check_cloudkon_summary)}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    with_before(metafunc, list(CONTENDERS), list(BEFORE))
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +54,10 @@ def shell_workload(tmp_path_factory, scale):
 
 
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.parametrize("name", list(CONTENDERS))
-def test_local_shell(benchmark, figures, shell_workload, tmp_path, name):
+def test_local_shell(benchmark, figures, shell_workload, before_checkout, tmp_path, name):
     workload, n = shell_workload
-    argv, from_stdin, check = CONTENDERS[name]
-    measure_throughput(benchmark, figures, group=GROUP, name=name, tasks=n, argv=argv(workload),
+    argv, from_stdin, check = {**CONTENDERS, **BEFORE}[name]
+    measure_throughput(benchmark, figures, group=GROUP, name=name, tasks=n,
+                       argv=argv(workload, before_checkout),
                        cwd=tmp_path, check=check, rounds=ROUNDS,
                        stdin_path=workload if from_stdin else None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.conftest import with_before
 from benchmarks.harness import (
     BASELINES,
     PYTHON,
@@ -28,18 +29,26 @@ THREAD_POOL_PEER = BASELINES / "thread_pool_peer.py"
 GROUP = "local-sleep0"
 WORKERS = 4
 
-# name: (argv for the workload file, output check, measured rounds, warm-up round)
+# name: (argv for the workload file and the --cloudkon-before checkout, output check,
+# measured rounds, warm-up round)
 CONTENDERS = {
-    "bare-loop": (lambda wl: [PYTHON, str(BASELINES / "bare_loop.py"), str(wl)],
+    "bare-loop": (lambda wl, _: [PYTHON, str(BASELINES / "bare_loop.py"), str(wl)],
                   check_baseline_output, 7, True),
-    "queue-pipeline": (lambda wl: [PYTHON, str(BASELINES / "queue_pipeline.py"), str(wl),
-                                   str(WORKERS)],
+    "queue-pipeline": (lambda wl, _: [PYTHON, str(BASELINES / "queue_pipeline.py"), str(wl),
+                                      str(WORKERS)],
                        check_baseline_output, 5, False),
-    "thread-pool-map": (lambda wl: [PYTHON, str(THREAD_POOL_PEER), str(wl),
-                                    str(WORKERS)],
+    "thread-pool-map": (lambda wl, _: [PYTHON, str(THREAD_POOL_PEER), str(wl),
+                                       str(WORKERS)],
                         check_baseline_output, 1, False),
-    "cloudkon": (lambda wl: cloudkon_argv(wl, WORKERS), check_cloudkon_summary, 7, True),
+    "cloudkon": (lambda wl, _: cloudkon_argv(wl, WORKERS), check_cloudkon_summary, 7, True),
+    "cloudkon-before": (lambda wl, before: cloudkon_argv(wl, WORKERS, before),
+                        check_cloudkon_summary, 7, True),
 }
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    with_before(metafunc, [n for n in CONTENDERS if n != "cloudkon-before"],
+                ["cloudkon-before"])
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +58,9 @@ def sleep0_workload(tmp_path_factory, scale):
 
 
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.parametrize("name", list(CONTENDERS))
-def test_local_sleep0(benchmark, figures, sleep0_workload, tmp_path, name):
+def test_local_sleep0(benchmark, figures, sleep0_workload, before_checkout, tmp_path, name):
     workload, n = sleep0_workload
     argv, check, rounds, warmup = CONTENDERS[name]
-    measure_throughput(benchmark, figures, group=GROUP, name=name, tasks=n, argv=argv(workload),
+    measure_throughput(benchmark, figures, group=GROUP, name=name, tasks=n,
+                       argv=argv(workload, before_checkout),
                        cwd=tmp_path, check=check, rounds=rounds, warmup=warmup)

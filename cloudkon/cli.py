@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 
 import click
@@ -351,6 +350,8 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
     running tasks get --drain-seconds to finish, exit 0. A second SIGTERM or SIGINT ends
     them, gives everything back and exits at once (143 or 130).
     """
+    import socket
+
     from worker.aws import aws_worker
 
     logs.configure(verbose, daemon=True, as_json=log_json)

@@ -1,4 +1,5 @@
-"""Running one task: CloudKon's ``sleep N`` in-process, anything else with ``/bin/sh -c``.
+"""Running one task: CloudKon's ``sleep N`` in-process, anything else as ``/bin/sh -c``
+would, started directly when the line needs no shell (:mod:`cloudkon.commandline`).
 
 A task that fails, times out or cannot start becomes a result saying so; nothing a task
 does stops the run. Each shell task runs in a session (process group) of its own, so a
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
+from cloudkon.commandline import direct_argv, shell_pwd, signal_line
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, task_id
 from cloudkon.workload import SLEEP_CACHE, sleep_ms
@@ -41,6 +43,8 @@ class Executor:
         self._running: set[int] = set()  # pids (= process group ids) of running tasks
         # Encoded once: Popen would encode every variable again for every task.
         self._env: dict[bytes, bytes] = dict(os.environb)
+        # What a command started without the shell gets: what the shell would pass on.
+        self._direct_env = {**self._env, b"PWD": shell_pwd(self._env)}
 
     @property
     def cancelled(self) -> bool:
@@ -103,15 +107,24 @@ class Executor:
         start = time.time()
         if self._cancelled.is_set():
             return (line, command, CANCELLED, None, None, start, start, "", "")
-        env = self._env.copy()
-        env[b"CLOUDKON_JOB_ID"] = job_id.encode()
-        env[b"CLOUDKON_TASK_ID"] = task_id(job_id, line).encode()
-        env[b"CLOUDKON_LINE"] = str(line).encode()
-        try:
-            proc = _spawn(command, env)
-        except OSError as exc:
-            return (line, command, FAILED, None, None, start, time.time(), "",
-                    f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
+        ids = {b"CLOUDKON_JOB_ID": job_id.encode(),
+               b"CLOUDKON_TASK_ID": task_id(job_id, line).encode(),
+               b"CLOUDKON_LINE": str(line).encode()}
+        proc = None
+        argv = direct_argv(command)
+        if argv is not None:
+            try:
+                proc = _spawn(argv, {**self._direct_env, **ids})
+            except OSError:
+                # Not found, not executable, a script without #!: the shell says it in its
+                # own words (or runs the script), as it would have.
+                argv = None
+        if proc is None:
+            try:
+                proc = _spawn([SHELL, "-c", command], {**self._env, **ids})
+            except OSError as exc:
+                return (line, command, FAILED, None, None, start, time.time(), "",
+                        f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
         pid = proc.pid
         with self._lock:
             self._running.add(pid)
@@ -123,10 +136,14 @@ class Executor:
             with self._lock:
                 self._running.discard(pid)
             # Reaped only now, after leaving _running: cancel() never signals a reused pid.
-            code = proc.wait()
+            code, core_dumped = _reap(proc)
         end = time.time()
         sig = None
-        if code < 0:  # ended by a signal: no exit status, the signal says what happened
+        if code < 0 and argv is not None and not timed_out and not self._cancelled.is_set():
+            # Under the shell, a command ended by a signal is an exit status and a line.
+            stderr += signal_line(-code, core_dumped)
+            code = 128 - code
+        elif code < 0:  # ended by a signal: no exit status, the signal says what happened
             sig = signal_name(-code)
             code = None
         if timed_out:
@@ -204,17 +221,28 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(command: str, env: dict[bytes, bytes]) -> subprocess.Popen:
-    """Start ``/bin/sh -c command`` in a new session (its own process group), stdin from
-    /dev/null, stdout and stderr to pipes.
+def _spawn(argv: list[str], env: dict[bytes, bytes]) -> subprocess.Popen:
+    """Start ``argv`` (found on the PATH of ``env``) in a new session (its own process
+    group), stdin from /dev/null, stdout and stderr to pipes.
 
     Popen rather than os.posix_spawn: on Linux it vforks with the GIL released, so one
     worker starting a task does not stall the others (posix_spawn holds the GIL).
     """
     return subprocess.Popen(
-        [SHELL, "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, start_new_session=True, env=env,
     )
+
+
+def _reap(proc: subprocess.Popen) -> tuple[int, bool]:
+    """Wait for ``proc``; return its returncode (-N: ended by signal N) and whether it
+    dumped core."""
+    try:
+        _, status = os.waitpid(proc.pid, 0)
+    except ChildProcessError:  # reaped elsewhere
+        return proc.wait(), False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, os.WIFSIGNALED(status) and os.WCOREDUMP(status)
 
 
 def _pidfd_open(pid: int) -> int | None:

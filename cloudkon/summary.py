@@ -79,7 +79,8 @@ class Histogram:
         return self.max
 
 
-_STATUS, _START, _END = itemgetter(2), itemgetter(5), itemgetter(6)  # fields of Result
+# Fields of Result.
+_COMMAND, _STATUS, _START, _END = itemgetter(1), itemgetter(2), itemgetter(5), itemgetter(6)
 
 
 class Failure(NamedTuple):
@@ -138,7 +139,7 @@ class Summary:
         self.not_read = 0  # tasks of the file never read (the run was interrupted first)
         self.not_read_at_least = False  # not_read is a lower bound: counting them stopped
         self.bad_lines = 0
-        self.sleep_results = 0  # results of `sleep N` tasks
+        self._only_sleeps = True  # every result so far was of a `sleep N` task
         self.slept_seconds = 0.0  # the time they slept: their durations, at most N ms each
         self.wall_seconds = 0.0
         self.interrupted = False
@@ -147,36 +148,42 @@ class Summary:
 
     def add(self, bundle: ResultBundle, keep_failures: int = MAX_LISTED_FAILURES) -> None:
         results = bundle.results
-        statuses = Counter(map(_STATUS, results))
-        for status, n in statuses.items():
-            self.counts[status] += n
-        if statuses[CANCELLED]:  # ended by Ctrl-C: neither latency nor duration of a task
+        column = list(map(_STATUS, results))
+        succeeded = column.count(SUCCEEDED)
+        cancelled = 0
+        if succeeded == len(column):  # the common case, without a Counter
+            self.counts[SUCCEEDED] += succeeded
+        else:
+            for status, n in Counter(column).items():
+                self.counts[status] += n
+            cancelled = column.count(CANCELLED)
+        if cancelled:  # ended by Ctrl-C: neither latency nor duration of a task
             results = [r for r in results if r[2] != CANCELLED]
         ends = list(map(_END, results))
         self.latency.add_many(list(map(sub, ends, repeat(bundle.sent_at))))
         self.busy_seconds += sum(ends) - sum(map(_START, results))
-        self._add_sleeps(results)
-        if statuses[SUCCEEDED] + statuses[CANCELLED] < len(results):
+        self._add_sleeps(results, timed_out=succeeded + cancelled < len(column))
+        if succeeded + cancelled < len(column):
             self._add_failures(results, keep_failures)
 
-    def _add_sleeps(self, results: list[tuple]) -> None:
-        """Count the sleep tasks and the time they slept: a sleep cut short by its time
-        limit slept only until then."""
-        sleeps = 0
-        slept = 0.0
-        cached = SLEEP_CACHE.get
-        for r in results:
-            ms = cached(r[1])
-            if ms is None:
-                ms = _sleep_ms(r[1])
-                if ms is None:
-                    continue
-            sleeps += 1
-            if ms:
-                seconds, ran = ms / 1000.0, r[6] - r[5]
-                slept += seconds if seconds < ran else ran  # noqa: FURB136 - no call per task
-        self.sleep_results += sleeps
-        self.slept_seconds += slept
+    def _add_sleeps(self, results: list[tuple], timed_out: bool) -> None:
+        """Add the time the sleep tasks slept: N ms for one that succeeded (the executor
+        waits at least that long), its duration for one cut short by its time limit (when
+        ``timed_out`` says a result may be). Once a result is not a sleep, there is no
+        efficiency to report, and nothing to count."""
+        if not self._only_sleeps:
+            return
+        mss = list(map(SLEEP_CACHE.get, map(_COMMAND, results)))
+        if None in mss:  # not a sleep, or one not parsed in this process (a remote job)
+            mss = [_sleep_ms(r[1]) if ms is None else ms for r, ms in zip(results, mss)]
+            if None in mss:
+                self._only_sleeps = False
+                return
+        if not timed_out:  # each slept its N ms
+            self.slept_seconds += sum(mss) / 1000.0
+            return
+        for r, ms in zip(results, mss):
+            self.slept_seconds += min(ms / 1000.0, r[6] - r[5])
 
     def _add_failures(self, results: list[tuple], keep: int) -> None:
         """Keep the failures of the lowest line numbers, whatever order they finish in."""
@@ -205,7 +212,7 @@ class Summary:
         until then), spread over the workers, over the wall time. None unless every task of
         the workload ran and was a sleep, with time to sleep."""
         ran = self.done
-        if not ran or ran != self.tasks_read or self.sleep_results != ran:
+        if not ran or ran != self.tasks_read or not self._only_sleeps:
             return None
         if self.interrupted or self.incomplete or not self.wall_seconds or not self.workers:
             return None

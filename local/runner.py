@@ -40,7 +40,8 @@ OUTPUT_QUEUE = "local-output"
 WORKER_ID = "local"
 _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a signal
 # One running, the rest waiting: each bundle thread finds the next bundle queued as it
-# finishes one, and the client refills several at a time.
+# finishes one. The client waits for results until half of them are back, then refills:
+# woken once per a few bundles rather than once per bundle, and the threads never starve.
 _BUNDLES_IN_FLIGHT_PER_WORKER = 4
 _NO_TASKS = "holds no tasks (only blank lines and comments)"
 
@@ -153,10 +154,13 @@ class LocalRunner:
             self._collect(wait_seconds=_POLL_SECONDS)
 
     def _collect(self, wait_seconds: float) -> None:
-        """Take the result bundles on the output queue (waiting up to ``wait_seconds`` for
-        the first) into the summary and to ``on_results``."""
-        messages = self.outbox.receive(len(self._in_flight) or 1, wait_seconds,
-                                       SQS_MAX_VISIBILITY_SECONDS)
+        """Take the result bundles on the output queue into the summary and to
+        ``on_results``, waiting up to ``wait_seconds`` for half of those in flight."""
+        in_flight = len(self._in_flight)
+        if wait_seconds:
+            batch = _BUNDLES_IN_FLIGHT_PER_WORKER * self.config.workers // 2
+            self.outbox.wait_for(max(1, min(in_flight, batch)), wait_seconds)
+        messages = self.outbox.receive(in_flight or 1, 0, SQS_MAX_VISIBILITY_SECONDS)
         for message in messages:
             self.outbox.delete(message)
             self._add(IN_PROCESS.decode_results(message.body))

@@ -27,9 +27,20 @@ def test_local_benchmarks_run_at_a_tiny_scale():
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "CloudKon benchmark ratios" in proc.stdout, proc.stdout[-4000:]
+    assert "CloudKon local benchmarks: ratios" in proc.stdout, proc.stdout[-4000:]
     for group in ("local-sleep0", "local-shell", "local-memory"):
         assert group in proc.stdout, proc.stdout[-4000:]
+
+
+def test_before_after_compares_two_revisions_at_a_tiny_scale():
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.before_after", "HEAD", "--rounds", "1",
+         "--scale", "0.001"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    for line in ("after / bare loop", "after / xargs", "peak RSS: 1M after"):
+        assert line in proc.stdout, proc.stdout
 
 
 # Each group in a pytest process of its own, so that pytest-xdist spreads them. Every

@@ -127,6 +127,7 @@ class Worker:
         self._claims = itertools.count(1)
         self._receiving = threading.Lock()  # held by the thread that receives
         self._followers = 0  # idle threads waiting on the handoff (under _slots)
+        self._outboxes: dict[str, MessageQueue] = {}  # results queues by name
         self._threads: list[threading.Thread] = []
 
     # --- control ---------------------------------------------------------------------------
@@ -318,7 +319,8 @@ class Worker:
                 self._held[m.receipt] = m
             lead = bool(messages) and self._followers > len(messages) - 1
             self._receiving.release()
-            self._slots.notify_all()  # a drain waits for the receiving to end
+            if self._draining.is_set():  # the shutdown waits for the receiving to end
+                self._slots.notify_all()
         for m in messages[1:]:
             self._handoff.put(m)
         if lead:
@@ -356,7 +358,8 @@ class Worker:
             finally:
                 with self._slots:
                     self._held.pop(message.receipt, None)
-                    self._slots.notify_all()
+                    if self._draining.is_set():  # only the shutdown waits for this
+                        self._slots.notify_all()
 
     def _handle(self, message: Message) -> None:
         try:
@@ -481,7 +484,10 @@ class Worker:
     def _send(self, bundle: Bundle, results: list[tuple], reply_to: str, worker: str) -> None:
         bodies = self.codec.results_bodies(ResultBundle(bundle.job_id, bundle.seq, results,
                                                         bundle.sent_at, worker))
-        self.broker.queue(reply_to).send_batch(bodies)
+        outbox = self._outboxes.get(reply_to)
+        if outbox is None:  # looked up once: an SQS queue's URL costs a request
+            outbox = self._outboxes[reply_to] = self.broker.queue(reply_to)
+        outbox.send_batch(bodies)
 
     # --- heartbeat ------------------------------------------------------------------------
 

@@ -44,6 +44,9 @@ class MemoryQueue:
         self._ids = itertools.count(1)
         self._receipts = itertools.count(1)  # each receive's handle is new
         self._closed = False
+        self._fresh = 0  # messages sent and not received yet
+        self._receivers = 0  # receives waiting
+        self._wanted: list[int] = []  # what each wait_for() waits for
 
     def receive(self, max_messages: int, wait_seconds: float,
                 visibility_seconds: int) -> list[Message]:
@@ -54,7 +57,11 @@ class MemoryQueue:
                 remaining = deadline - time.monotonic()
                 if got or remaining <= 0 or self._closed:
                     return got
-                self._lock.wait(min(remaining, _WAIT_SLICE))
+                self._receivers += 1
+                try:
+                    self._lock.wait(min(remaining, _WAIT_SLICE))
+                finally:
+                    self._receivers -= 1
 
     def _take(self, max_messages: int, visibility_seconds: int) -> list[Message]:
         now = self.clock()
@@ -69,6 +76,8 @@ class MemoryQueue:
                 del self._messages[stored.id]
                 self.dead_letter_queue.send_batch([stored.body])
                 continue
+            if not stored.receives:
+                self._fresh -= 1
             stored.receives += 1
             stored.visible_at = now + visibility_seconds
             stored.receipt = f"{stored.id}/{next(self._receipts)}"
@@ -103,7 +112,9 @@ class MemoryQueue:
             for body in bodies:
                 mid = f"{self.name}-{next(self._ids)}"
                 self._messages[mid] = _Stored(mid, body)
-            self._lock.notify_all()
+            self._fresh += len(bodies)
+            if self._receivers or (self._wanted and self._fresh >= min(self._wanted)):
+                self._lock.notify_all()
 
     def dead_letter(self, message: Message, reason: str) -> None:
         if self.dead_letter_queue is None:
@@ -112,6 +123,22 @@ class MemoryQueue:
         self.delete(message)
 
     # For the local flavour and tests: not part of the queue interface.
+    def wait_for(self, count: int, seconds: float) -> None:
+        """Wait until at least ``count`` messages sent have not been received yet, or
+        ``seconds`` pass, or the queue is closed: a reader that takes its messages in
+        batches is woken once a batch, not once a message."""
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            self._wanted.append(count)
+            try:
+                while self._fresh < count and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    self._lock.wait(remaining)
+            finally:
+                self._wanted.remove(count)
+
     def close(self) -> None:
         """Wake every waiting receive and let later ones return at once: the process that
         owns the queue is done with it."""

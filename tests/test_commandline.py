@@ -1,0 +1,104 @@
+"""Lines that need no shell are started directly, with the results of `/bin/sh -c LINE`.
+
+A corpus of lines runs both through the executor and through `/bin/sh -c` itself, and
+every result must be the same: status, exit code, signal, stdout, stderr, environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from cloudkon.commandline import direct_argv
+from cloudkon.executor import Executor
+from cloudkon.model import Result, task_id
+
+SCRIPTS = {
+    "parent.sh": "#!/bin/sh\nps -o comm= -p $PPID\n",
+    "segv.sh": "#!/bin/sh\nkill -SEGV $$\n",
+    "term.sh": "#!/bin/sh\necho before; kill -TERM $$\n",
+    "pipe.sh": "#!/bin/sh\nkill -PIPE $$\n",
+    "exit5.sh": "#!/bin/sh\necho out; echo err >&2; exit 5\n",
+    "noshebang": "echo run by the shell; exit 7\n",
+    "args.sh": '#!/bin/sh\nfor a in "$@"; do echo "[$a]"; done\n',
+}
+
+CORPUS = [
+    "true", "false", "true --help", "/bin/echo hello   world", "ls /no/such/folder",
+    "nosuchprog a b", "./nofile", "/tmp", "./notexecutable.sh", "./noshebang", "./segv.sh",
+    "./term.sh", "./pipe.sh", "./exit5.sh", "env", "printenv PWD", "cat",
+    "head -c 5 /dev/zero", "./args.sh a=b  c\td", "  ./args.sh   spaced  ", "echo -e x",
+    "sh -c 'exit 3'", "ls -d .", "./args.sh héllo wörld", "dd if=/dev/null of=/dev/null status=none",
+    "A=1 printenv A", "ls *.sh", "./exit5.sh 2>&1", "cd / && pwd",
+]
+
+
+@pytest.fixture
+def scripts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, text in SCRIPTS.items():
+        path = tmp_path / name
+        path.write_text(text)
+        path.chmod(0o755)
+    (tmp_path / "notexecutable.sh").write_text("#!/bin/sh\necho no\n")
+    return tmp_path
+
+
+def through_the_shell(line: int, command: str) -> Result:
+    env = dict(os.environ, CLOUDKON_JOB_ID="job", CLOUDKON_TASK_ID=task_id("job", line),
+               CLOUDKON_LINE=str(line))
+    proc = subprocess.run(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                          capture_output=True, env=env, start_new_session=True, timeout=30)
+    code, sig = proc.returncode, None
+    if code < 0:
+        code, sig = None, signal.Signals(-code).name
+    return Result(line, command, "succeeded" if code == 0 else "failed", code, sig, 0, 0,
+                  proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+
+
+def normalised(result: Result, command: str) -> tuple:
+    out = result.stdout
+    if command == "env":  # the same variables; the shell may export them in another order
+        out = sorted(out.splitlines())
+    return (result.status, result.exit_code, result.signal, out, result.stderr)
+
+
+@pytest.mark.parametrize("command", CORPUS)
+def test_a_line_runs_with_the_results_of_sh_c(scripts, command):
+    executor = Executor(timeout=30)
+
+    ours = Result._make(executor.run("job", 1, command))
+    theirs = through_the_shell(1, command)
+
+    assert normalised(ours, command) == normalised(theirs, command)
+
+
+def test_a_line_without_shell_syntax_starts_without_a_shell(scripts):
+    parent = Result._make(Executor(timeout=30).run("job", 1, "./parent.sh"))
+
+    assert parent.status == "succeeded"
+    assert parent.stdout.strip() not in ("sh", "dash")  # started by the worker itself
+    assert through_the_shell(1, "./parent.sh").stdout.strip() in ("sh", "dash")
+
+
+@pytest.mark.parametrize(("command", "argv"), [
+    ("./simulate --seed 7", ["./simulate", "--seed", "7"]),
+    ("python3 analyse.py input.csv", ["python3", "analyse.py", "input.csv"]),
+    ("dd if=a of=b", ["dd", "if=a", "of=b"]),
+    ("  ls \t -l  ", ["ls", "-l"]),
+    ("true", ["true"]),
+    ("true x", None), ("echo hi", None), ("cd /tmp", None), ("exit 3", None),
+    ("A=1 cmd", None), ("ls *.txt", None), ("a | b", None), ("a > f", None),
+    ("echo $HOME", None), ("'quoted' x", None), ("x # comment", None), ("~/bin/x", None),
+    ("a && b", None), ("(a)", None), ("a\\ b", None), ("if true", None),
+])
+def test_which_lines_need_the_shell(command, argv):
+    assert direct_argv(command) == argv
+
+
+def test_a_timed_out_direct_task_is_ended_by_its_signal_as_under_the_shell(scripts):
+    result = Result._make(Executor(timeout=0.3).run("job", 1, "/bin/sleep 5"))
+
+    assert (result.status, result.exit_code, result.signal) == ("timed_out", None, "SIGTERM")

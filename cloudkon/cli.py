@@ -41,12 +41,18 @@ from cloudkon.model import check_job_id, new_job_id
 log = logging.getLogger("cloudkon")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Bare `cloudkon`: click 8.2 and later raise this (a UsageError) to show the help; 8.1
+# printed it and exited 0, as `cloudkon` does on either.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of raising."""
     try:
         code = cli.main(args=argv, prog_name="cloudkon", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:
+        click.echo(exc.ctx.get_help())
+        return EXIT_OK
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         _error(f"{exc.format_message().rstrip('.')}{hint}")
@@ -128,24 +134,26 @@ def cli(ctx: click.Context, verbose: int) -> None:
 def run(workload: str, workers: int, output: str | None, as_json: bool, task_timeout: float,
         strict: bool, job_id: str | None, bundle_size: int, bundle_ms: float, tail_bytes: int,
         progress: bool | None) -> int:
-    """Run the tasks of WORKLOAD on local worker threads and summarise.
+    """Run the tasks of WORKLOAD ('-' for stdin) on local worker threads and summarise.
 
     Exit code: 0 all tasks succeeded; 1 a task failed or timed out, or a line was bad;
     2 usage or input error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
+    from cloudkon.workload import local_source
     from local.runner import LocalRunner
 
-    config = RunConfig(
-        workload=workload, job_id=new_job_id("local") if job_id is None else check_job_id(job_id),
-        workers=workers, task_timeout=task_timeout or None, bundle_size=bundle_size,
-        bundle_ms=bundle_ms, tail_bytes=tail_bytes, strict=strict,
-    )
-    reporter = _BadLineReporter(workload)
-    runner = LocalRunner(config, on_bad_line=reporter)
-    runner.check()
-    with _Sinks(output, progress, lambda: _count_lines(workload)) as sinks:
-        runner.on_results, runner.on_total = sinks.on_results, sinks.on_total
-        summary = runner.run()
+    job_id = new_job_id("local") if job_id is None else check_job_id(job_id)
+    with local_source(workload) as (name, opener):
+        config = RunConfig(
+            workload=name, job_id=job_id, workers=workers, task_timeout=task_timeout or None,
+            bundle_size=bundle_size, bundle_ms=bundle_ms, tail_bytes=tail_bytes, strict=strict,
+        )
+        reporter = _BadLineReporter(name, strict)
+        runner = LocalRunner(config, on_bad_line=reporter, opener=opener)
+        runner.check()
+        with _Sinks(output, progress, runner.workload.line_count) as sinks:
+            runner.on_results, runner.on_total = sinks.on_results, sinks.on_total
+            summary = runner.run()
     reporter.finish()
     sinks.print_summary(summary, as_json)
     if summary.interrupted:
@@ -154,16 +162,18 @@ def run(workload: str, workers: int, output: str | None, as_json: bool, task_tim
 
 
 class _BadLineReporter:
-    """Logs the first bad lines one by one and counts the rest."""
+    """Logs the first bad lines one by one and counts the rest. With --strict nothing is
+    skipped (nothing runs at all): the lines are only named."""
 
-    def __init__(self, workload: str) -> None:
+    def __init__(self, workload: str, strict: bool = False) -> None:
         self.workload = workload
         self.count = 0
+        self.template = "%s" if strict else "%s; line skipped"
 
     def __call__(self, bad) -> None:
         self.count += 1
         if self.count <= MAX_REPORTED_BAD_LINES:
-            log.warning("%s; line skipped", bad)
+            log.warning(self.template, bad)
 
     def finish(self) -> None:
         if self.count > MAX_REPORTED_BAD_LINES:
@@ -219,17 +229,6 @@ class _Sinks:
 
     def print_summary(self, summary, as_json: bool) -> None:
         click.echo(summary.to_json() if as_json else summary.to_text(), file=self.summary_file)
-
-
-def _count_lines(path: str) -> int:
-    """An upper bound on the tasks of a file (its line count), read fast, for the ETA."""
-    n = 0
-    last = b"\n"
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")
 
 
 # --- The remote flavour: AWS resources and the worker daemon --------------------------------

@@ -40,8 +40,21 @@ MAX_LOCAL_WORKERS = 4096
 # How many bad lines are printed one by one before the rest are only counted.
 MAX_REPORTED_BAD_LINES = 20
 
+# After Ctrl-C, how long `cloudkon run` may read on through the rest of the workload to count
+# the tasks it never read (about 1.5 million lines a second); past it, a lower bound.
+UNREAD_COUNT_SECONDS = 1.0
+
+# How many failed or timed-out tasks a summary lists (those of the lowest line numbers)
+# before the rest are only counted.
+MAX_LISTED_FAILURES = 10
+
 # The first bytes of a workload that are inspected to tell text from binary data.
 BINARY_SNIFF_BYTES = 65536
+# Binary data when at least this share of those bytes cannot be in text: control characters
+# (not tab, newline, CR, FF, VT, ESC) and bytes that are not UTF-8. Perl's -B test uses the
+# same share; executables, images, archives and UTF-16 text have 50% to 90%, a text file with
+# a few bad lines well under 1%.
+BINARY_ODD_BYTES_SHARE = 0.3
 
 # --- AWS: the remote flavour ---------------------------------------------------------------
 # Service quotas as documented by AWS (SQS Developer Guide, "Amazon SQS quotas"; DynamoDB

@@ -18,7 +18,9 @@ from typing import BinaryIO
 import numpy as np
 
 from cloudkon.errors import UsageError
+from cloudkon.limits import MAX_LISTED_FAILURES
 from cloudkon.model import CANCELLED, FAILED, STATUSES, SUCCEEDED, TIMED_OUT
+from cloudkon.summary import Failure
 
 STDIN = "-"
 _READ_BUFFER = 1 << 20  # bytes read from the file at a time
@@ -28,6 +30,7 @@ _BATCH_BYTES = 1 << 16
 _JSON_SPACE = " \t\r\n"  # JSON's white space; str.strip() would also take \x1c, \u2028 ...
 _STATUS_CODE = {status: code for code, status in enumerate(STATUSES)}
 _CANCELLED = _STATUS_CODE[CANCELLED]
+_FAILED_CODES = (_STATUS_CODE[FAILED], _STATUS_CODE[TIMED_OUT])
 _NUMBER_TYPES = {int, float}
 _STRING_TYPES = {str}
 _decode = json.JSONDecoder().raw_decode
@@ -39,8 +42,10 @@ class Results:
 
     def __init__(self, name: str, jobs: list[str], start: np.ndarray, end: np.ndarray,
                  queued: np.ndarray, status: np.ndarray, worker: np.ndarray,
-                 workers: list[str]) -> None:
+                 workers: list[str], failures: list[tuple[str, Failure]] | None = None) -> None:
         self.name = name  # the path as given, or "<stdin>"
+        # (job id, failure) of the first failed or timed-out tasks: by job, then line.
+        self.failures = failures or []
         self.jobs = jobs  # job ids, in order of first appearance
         self.start = start  # seconds since the epoch (float64)
         self.end = end
@@ -60,13 +65,14 @@ def load(path: str) -> Results:
     batches: list[tuple[np.ndarray, ...]] = []
     jobs: dict[str, None] = {}
     workers: dict[str, int] = {}
+    failures = _FirstFailures(jobs)
     with _open(path) as f:
         first = 1  # the number of the batch's first line
         try:
             while lines := f.readlines(_BATCH_BYTES):
-                batch = _read_fast(lines, jobs, workers)
+                batch = _read_fast(lines, jobs, workers, failures)
                 if batch is None:
-                    batch = _read_slow(lines, first, name, jobs, workers)
+                    batch = _read_slow(lines, first, name, jobs, workers, failures)
                 batches.append(batch)
                 first += len(lines)
         except OSError as exc:
@@ -75,7 +81,40 @@ def load(path: str) -> Results:
         raise UsageError(f"{name}: holds no results"
                          + (" (only blank lines)" if first > 1 else " (the file is empty)"))
     start, end, queued, status, worker = (np.concatenate(column) for column in zip(*batches))
-    return Results(name, list(jobs), start, end, queued, status, worker, list(workers))
+    return Results(name, list(jobs), start, end, queued, status, worker, list(workers),
+                   failures.listed())
+
+
+class _FirstFailures:
+    """The failed and timed-out tasks of the lowest line numbers (jobs in the order they
+    first appear), whatever their order in the file."""
+
+    def __init__(self, jobs: dict[str, None], keep: int = MAX_LISTED_FAILURES) -> None:
+        self.jobs = jobs
+        self.keep = keep
+        self.kept: list[tuple[int, int, str, Failure]] = []  # (job rank, line, job id, ...)
+
+    def add(self, records: list[dict], codes, indices) -> None:
+        """Consider ``records[i]`` for each i in ``indices`` (failed or timed out, of
+        status code ``codes[i]``); the records are already checked as results."""
+        rank = {job: i for i, job in enumerate(self.jobs)}
+        kept = self.kept
+        for i in indices:
+            r = records[i]
+            line = r.get("line")
+            failure = Failure(
+                line if type(line) is int else 0, STATUSES[codes[i]],
+                r.get("exit_code") if type(r.get("exit_code")) is int else None,
+                r.get("signal") if type(r.get("signal")) is str else None,
+                float(r["end"]) - float(r["start"]),
+                r.get("command") if type(r.get("command")) is str else "",
+            )
+            kept.append((rank[r["job_id"]], failure.line, r["job_id"], failure))
+        kept.sort(key=itemgetter(0, 1))
+        del kept[self.keep:]
+
+    def listed(self) -> list[tuple[str, Failure]]:
+        return [(job, failure) for _, _, job, failure in self.kept]
 
 
 def _open(path: str) -> BinaryIO:
@@ -91,7 +130,8 @@ def _open(path: str) -> BinaryIO:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
 
 
-def _read_fast(lines: list[bytes], jobs: dict, workers: dict) -> tuple[np.ndarray, ...] | None:
+def _read_fast(lines: list[bytes], jobs: dict, workers: dict,
+               failures: _FirstFailures) -> tuple[np.ndarray, ...] | None:
     """The columns of a batch of lines, or None if any line is not a well-formed result
     (then ``_read_slow`` finds which). Whole-batch operations only: no loop per line in
     Python beyond the parsing itself."""
@@ -102,9 +142,10 @@ def _read_fast(lines: list[bytes], jobs: dict, workers: dict) -> tuple[np.ndarra
         return None
     if list(map(_end, parsed)) != list(map(len, texts)):  # something after the value
         return None
+    records = list(map(_value, parsed))
     try:
         rows = [(r["job_id"], r["status"], r["start"], r["end"], r.get("queued", 0),
-                 r.get("worker", "")) for r in map(_value, parsed)]
+                 r.get("worker", "")) for r in records]
     except (KeyError, TypeError, AttributeError):  # a field missing; not an object
         return None
     if not rows:
@@ -122,23 +163,35 @@ def _read_fast(lines: list[bytes], jobs: dict, workers: dict) -> tuple[np.ndarra
     if not np.isfinite(times).all():
         return None
     jobs.update(dict.fromkeys(job_ids))
-    return _columns(times[0], times[1], times[2], codes, names, workers)
+    columns = _columns(times[0], times[1], times[2], codes, names, workers)
+    _add_failures(failures, records, columns[3])
+    return columns
 
 
-def _read_slow(lines: list[bytes], first: int, name: str, jobs: dict,
-               workers: dict) -> tuple[np.ndarray, ...]:
+def _add_failures(failures: _FirstFailures, records: list[dict], codes: np.ndarray) -> None:
+    failed = np.flatnonzero((codes == _FAILED_CODES[0]) | (codes == _FAILED_CODES[1]))
+    if len(failed):
+        failures.add(records, codes, failed)
+
+
+def _read_slow(lines: list[bytes], first: int, name: str, jobs: dict, workers: dict,
+               failures: _FirstFailures) -> tuple[np.ndarray, ...]:
     """The columns of a batch of lines, checked line by line: UsageError for the first
     line that is not a result."""
     rows = []
+    records = []
     for number, line in enumerate(lines, first):
-        row = _parse_line(line, f"{name}:{number}")
-        if row is not None:
-            rows.append(row)
+        parsed = _parse_line(line, f"{name}:{number}")
+        if parsed is not None:
+            rows.append(parsed[0])
+            records.append(parsed[1])
     if not rows:
         return _columns([], [], [], [], [], workers)
     job_ids, codes, starts, ends, queued, names = zip(*rows)
     jobs.update(dict.fromkeys(job_ids))
-    return _columns(starts, ends, queued, codes, names, workers)
+    columns = _columns(starts, ends, queued, codes, names, workers)
+    _add_failures(failures, records, columns[3])
+    return columns
 
 
 def _columns(starts, ends, queued, codes, names, workers: dict) -> tuple[np.ndarray, ...]:
@@ -148,9 +201,9 @@ def _columns(starts, ends, queued, codes, names, workers: dict) -> tuple[np.ndar
             np.array([index(w, len(workers)) if w else -1 for w in names], dtype=np.int32))
 
 
-def _parse_line(line: bytes, where: str) -> tuple | None:
-    """(job_id, status code, start, end, queued, worker) of one line; None for a blank line;
-    UsageError saying what is wrong with it."""
+def _parse_line(line: bytes, where: str) -> tuple[tuple, dict] | None:
+    """(job_id, status code, start, end, queued, worker) of one line, and the line's record;
+    None for a blank line; UsageError saying what is wrong with it."""
     try:
         text = line.decode()
     except UnicodeDecodeError as exc:
@@ -170,7 +223,7 @@ def _parse_line(line: bytes, where: str) -> tuple | None:
                          f" {', '.join(STATUSES)}")
     return (job_id, _STATUS_CODE[status], _number(record, "start", where),
             _number(record, "end", where), _number(record, "queued", where, 0.0),
-            _string(record, "worker", where, ""))
+            _string(record, "worker", where, "")), record
 
 
 _MISSING = object()
@@ -226,31 +279,39 @@ class Report:
             ran = np.ones(len(status), dtype=bool)
         self.done = int(self.counts.sum() - self.counts[_CANCELLED])
         self.ends = results.end[ran]
+        # Of the tasks that ran (as ends), those that failed or timed out.
+        self.failed = np.isin(status[ran], _FAILED_CODES)
         self.first_start = float(results.start[ran].min())
         self.last_end = float(self.ends.max())
         self.span = max(self.last_end - self.first_start, 0.0)
-        self.durations = np.sort(self.ends - results.start[ran])
+        durations = self.ends - results.start[ran]
+        self.durations = np.sort(durations)
+        self.failed_durations = np.sort(durations[self.failed])
         queued = results.queued[ran]
         known = queued > 0
         self.latencies = np.sort(self.ends[known] - queued[known])
-        named = results.worker[ran]
-        named = named[named >= 0]
-        self.tasks_per_worker = np.bincount(named, minlength=len(results.workers))
+        worker = results.worker[ran]
+        named = worker >= 0
+        self.tasks_per_worker = np.bincount(worker[named], minlength=len(results.workers))
+        self.failed_per_worker = np.bincount(worker[named & self.failed],
+                                             minlength=len(results.workers))
 
     @property
     def label(self) -> str:
         """The job id(s) and the task count, as the charts' titles say them."""
         return f"{_name_jobs(self.results.jobs)}: {len(self.results):,} tasks"
 
-    def peak(self) -> int | None:
-        """The most tasks that ended within any one window of PEAK_WINDOW_SECONDS; None when
+    def peak(self) -> float | None:
+        """The highest throughput (tasks/s) over any stretch of at least PEAK_WINDOW_SECONDS:
+        the most tasks ending within one window, or the mean over the whole span when that
+        is higher (tasks bunched at both ends of a span a little over one window); None when
         the results span less than one window."""
         if self.span < PEAK_WINDOW_SECONDS:
             return None
         ends = np.sort(self.ends)
         # For each end, the tasks ending from it to a window later.
         within = np.searchsorted(ends, ends + PEAK_WINDOW_SECONDS) - np.arange(len(ends))
-        return int(within.max())
+        return max(int(within.max()) / PEAK_WINDOW_SECONDS, self.done / self.span)
 
     def to_dict(self) -> dict:
         def ms(seconds: np.ndarray, p: int) -> float | None:
@@ -272,8 +333,7 @@ class Report:
             "last_end": round(self.last_end, 6),
             "span_seconds": round(self.span, 6),
             "tasks_per_second": round(self.done / self.span, 1) if self.span else None,
-            "peak_tasks_per_second": (None if peak is None
-                                      else round(peak / PEAK_WINDOW_SECONDS, 1)),
+            "peak_tasks_per_second": None if peak is None else round(peak, 1),
             "latency_ms": {f"p{p}": ms(self.latencies, p) for p in (50, 95, 99)},
             "latency_known": len(self.latencies),
             "duration_ms": {
@@ -284,6 +344,9 @@ class Report:
             "workers": len(per_worker),
             "tasks_per_worker": ({"min": int(per_worker.min()), "max": int(per_worker.max())}
                                  if len(per_worker) else None),
+            "first_failures": [{"job_id": job, **failure._asdict(),
+                                "seconds": round(failure.seconds, 6)}
+                               for job, failure in self.results.failures],
         }
 
     def to_json(self) -> str:
@@ -302,7 +365,7 @@ class Report:
         rate, peak = d["tasks_per_second"], d["peak_tasks_per_second"]
         lines.append(
             f"  throughput {rate if rate is not None else 0:>10,.1f} tasks/s   "
-            + (f"peak {peak:,.0f} tasks/s (busiest {PEAK_WINDOW_SECONDS:g} s window)"
+            + (f"peak {peak:,.1f} tasks/s (busiest {PEAK_WINDOW_SECONDS:g} s or longer)"
                if peak is not None else f"(no peak: under {PEAK_WINDOW_SECONDS:g} s in all)")
         )
         lat = d["latency_ms"]
@@ -323,6 +386,12 @@ class Report:
                          f"  max {per['max']:,}")
         else:
             lines.append("  workers    not named in the results")
+        several = len(d["jobs"]) > 1
+        for job, failure in self.results.failures:
+            lines.append(f"  {job}: {failure}" if several else f"  {failure}")
+        unlisted = d["failed"] + d["timed_out"] - len(self.results.failures)
+        if unlisted > 0:
+            lines.append(f"  ... and {unlisted:,} more failed or timed out")
         return "\n".join(lines)
 
 
@@ -358,6 +427,9 @@ _HISTOGRAM_BINS = 60
 _LABELLED_WORKERS = 40  # up to this many workers, a bar each with its name; then a histogram
 _LOG_SCALE_RATIO = 100.0  # values spanning more than two decades are drawn on a log axis
 _DPI = 100
+_COLOUR = "tab:blue"
+_FAILED_COLOUR = "tab:red"
+_FAILED_LABEL = "failed or timed out"
 
 
 def check_plotting(png: str | None, plot_dir: str | None) -> None:
@@ -424,13 +496,15 @@ def _save(figure, path: str, option: str) -> str:
 
 class _Charts:
     """The charts of a report, each drawn on the axes it is given from a few thousand
-    numbers at most: the histograms and samples are taken with numpy beforehand."""
+    numbers at most: the histograms and samples are taken with numpy beforehand. Tasks that
+    failed or timed out are drawn in a colour of their own, over the others."""
 
     def __init__(self, report: Report) -> None:
         self.report = report
         # Seconds from the first start to each task's end.
         self.elapsed = np.clip(report.ends - report.first_start, 0.0, None)
         self.span = max(report.span, float(self.elapsed.max()), 1e-3)
+        self.any_failed = bool(report.failed.any())
 
     def charts(self) -> list[tuple[str, str, object]]:
         """(file name, title, draw) of each chart that the results have data for."""
@@ -448,23 +522,35 @@ class _Charts:
     def completed(self, axes) -> None:
         edges = np.linspace(0.0, self.span, _CURVE_POINTS + 1)
         counts, _ = np.histogram(self.elapsed, bins=edges)
-        axes.plot(edges, np.concatenate(([0], np.cumsum(counts))))
+        axes.plot(edges, np.concatenate(([0], np.cumsum(counts))), color=_COLOUR,
+                  label="all tasks")
+        if self.any_failed:
+            failed, _ = np.histogram(self.elapsed[self.report.failed], bins=edges)
+            axes.plot(edges, np.concatenate(([0], np.cumsum(failed))), color=_FAILED_COLOUR,
+                      label=_FAILED_LABEL)
+            axes.legend(loc="upper left")
         axes.set_xlim(0.0, self.span)
         axes.set_ylim(0, None)
         axes.set_xlabel("seconds since the first start")
         axes.set_ylabel("tasks completed")
-        _thousands(axes.yaxis)
+        _counts(axes.yaxis)
 
     def throughput(self, axes) -> None:
         width = _round_width(self.span / _THROUGHPUT_BINS)
         edges = np.arange(math.ceil(self.span / width) + 1) * width
-        counts, _ = np.histogram(np.minimum(self.elapsed, edges[-1]), bins=edges)
-        axes.stairs(counts / width, edges, fill=True, alpha=0.7)
+        elapsed = np.minimum(self.elapsed, edges[-1])
+        counts, _ = np.histogram(elapsed, bins=edges)
+        axes.stairs(counts / width, edges, fill=True, alpha=0.7, color=_COLOUR)
+        if self.any_failed:  # the failed part of each bar, at its foot
+            failed, _ = np.histogram(elapsed[self.report.failed], bins=edges)
+            axes.stairs(failed / width, edges, fill=True, color=_FAILED_COLOUR,
+                        label=_FAILED_LABEL)
         if self.report.span:
             mean = self.report.done / self.report.span
             axes.axhline(mean, color="black", linestyle="--", linewidth=1,
                          label=f"mean {mean:,.1f} tasks/s")
-            axes.legend(loc="lower center")
+        if self.report.span or self.any_failed:
+            axes.legend(loc="best")
         axes.set_xlim(0.0, edges[-1])
         axes.set_xlabel("seconds since the first start")
         axes.set_ylabel(f"tasks/s (bins of {width:g} s)")
@@ -475,12 +561,14 @@ class _Charts:
         values = (self.report.latencies if known else self.report.durations) * 1000.0
         n = len(values)
         ranks = np.unique(np.linspace(0, n - 1, min(n, _CURVE_POINTS)).astype(np.int64))
-        axes.plot(values[ranks], (ranks + 1) / n, drawstyle="steps-post")
-        for p in (50, 95, 99):
+        axes.plot(values[ranks], (ranks + 1) / n, drawstyle="steps-post", color=_COLOUR)
+        # The percentiles' values go in a legend: labels beside their lines would overlap
+        # where two percentiles are (nearly) the same.
+        for p, style in zip((50, 95, 99), (":", "--", "-.")):
             x = _percentile(values, p)
-            axes.axvline(x, color="grey", linestyle=":", linewidth=1)
-            axes.annotate(f"p{p} {_round_ms(x)} ms", (x, p / 100), xytext=(3, -12),
-                          textcoords="offset points", fontsize="small")
+            axes.axvline(x, color="grey", linestyle=style, linewidth=1,
+                         label=f"p{p} {_round_ms(x)} ms")
+        axes.legend(loc="lower right", fontsize="small")
         if _spans_decades(values):
             axes.set_xscale("log")
         axes.set_ylim(0.0, 1.0)
@@ -499,38 +587,48 @@ class _Charts:
                 label += f"; {_round_ms(edges[0])} ms or less in the first bar"
         else:
             counts, edges = np.histogram(values, bins=_HISTOGRAM_BINS)
-        axes.stairs(counts, edges, fill=True, alpha=0.7)
+        axes.stairs(counts, edges, fill=True, alpha=0.7, color=_COLOUR)
+        if self.any_failed:
+            failed, _ = np.histogram(
+                np.clip(self.report.failed_durations * 1000.0, edges[0], edges[-1]), bins=edges)
+            axes.stairs(failed, edges, fill=True, color=_FAILED_COLOUR, label=_FAILED_LABEL)
+            axes.legend(loc="upper right")
         axes.set_xlabel(label)
         axes.set_ylabel("tasks")
-        _thousands(axes.yaxis)
+        _counts(axes.yaxis)
 
     def workers(self, axes) -> None:
-        from matplotlib.ticker import MaxNLocator
-
         counts = self.report.tasks_per_worker
+        failed = self.report.failed_per_worker
         names = self.report.results.workers
         if len(counts) <= _LABELLED_WORKERS:
+            # Busiest first; workers of the same load by name.
             order = sorted(range(len(counts)), key=lambda i: (-counts[i], names[i]))
-            axes.bar(np.arange(len(counts)), counts[order])
-            axes.set_xticks(np.arange(len(counts)), [_cut(names[i]) for i in order],
+            x = np.arange(len(counts))
+            axes.bar(x, counts[order], color=_COLOUR)
+            if self.any_failed:
+                axes.bar(x, failed[order], color=_FAILED_COLOUR, label=_FAILED_LABEL)
+            axes.set_xticks(x, [_cut(names[i]) for i in order],
                             rotation=90 if len(counts) > 8 else 0, fontsize="small")
             axes.axhline(counts.mean(), color="black", linestyle="--", linewidth=1,
                          label=f"mean {counts.mean():,.1f}")
-            axes.legend(loc="lower right")
+            axes.set_ylim(0, max(int(counts.max()), 1) * 1.2)  # room for the legend
+            axes.legend(loc="upper right", ncols=2)
+            axes.set_xlabel("workers, busiest first")
             axes.set_ylabel("tasks")
         else:
             low, high = int(counts.min()), int(counts.max())
             bins = (np.arange(low, high + 2) - 0.5 if high - low < _HISTOGRAM_BINS
                     else _HISTOGRAM_BINS)  # a bar per count, while they are few
-            axes.hist(counts, bins=bins)
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.hist(counts, bins=bins, color=_COLOUR)
+            _counts(axes.xaxis)
             axes.set_xlabel("tasks per worker")
             axes.set_ylabel("workers")
             busiest, idlest = int(counts.argmax()), int(counts.argmin())
             axes.text(0.99, 0.97, f"{len(counts):,} workers\nbusiest {_cut(names[busiest])}:"
                       f" {counts[busiest]:,}\nidlest {_cut(names[idlest])}: {counts[idlest]:,}",
                       transform=axes.transAxes, ha="right", va="top", fontsize="small")
-        _thousands(axes.yaxis)
+        _counts(axes.yaxis)
 
 
 def _round_width(seconds: float) -> float:
@@ -547,6 +645,14 @@ def _round_ms(ms: float) -> str:
 def _spans_decades(sorted_values: np.ndarray) -> bool:
     positive = sorted_values[sorted_values > 0]
     return bool(len(positive)) and positive[-1] / positive[0] > _LOG_SCALE_RATIO
+
+
+def _counts(axis) -> None:
+    """Ticks at whole numbers on an axis of counts (no "1.25 tasks"), with thousands."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+    _thousands(axis)
 
 
 def _thousands(axis) -> None:

@@ -13,8 +13,11 @@ from collections import Counter
 from itertools import repeat
 from math import log
 from operator import itemgetter, sub
+from typing import NamedTuple
 
+from cloudkon.limits import MAX_LISTED_FAILURES
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, ResultBundle
+from cloudkon.workload import SLEEP_CACHE, sleep_ms
 
 # Bucket i holds values in [MIN * GROWTH**i, MIN * GROWTH**(i+1)); values below MIN count as MIN.
 _MIN = 1e-6  # one microsecond
@@ -76,7 +79,51 @@ class Histogram:
         return self.max
 
 
-_STATUS, _START, _END = itemgetter(2), itemgetter(5), itemgetter(6)  # fields of Result
+# Fields of Result.
+_COMMAND, _STATUS, _START, _END = itemgetter(1), itemgetter(2), itemgetter(5), itemgetter(6)
+
+
+class Failure(NamedTuple):
+    """A task that failed or timed out, as a summary lists it."""
+
+    line: int
+    status: str
+    exit_code: int | None
+    signal: str | None
+    seconds: float  # how long it ran
+    command: str
+
+    def __str__(self) -> str:
+        return describe_failure(*self)
+
+
+def describe_failure(line: int, status: str, exit_code: int | None, signal: str | None,
+                     seconds: float, command: str, width: int = 80) -> str:
+    """One line for a failed or timed-out task: its line, how it ended, its command
+    (e.g. ``failed: line 7 (exit 3): make test``)."""
+    if status == TIMED_OUT:
+        how = f"after {_seconds(seconds)}" + (f", {signal}" if signal else "")
+    elif signal:
+        how = signal
+    elif exit_code is not None:
+        how = f"exit {exit_code}"
+    else:
+        how = "could not start"
+    if len(command) > width:
+        command = command[:width - 3] + "..."
+    return f"{status.replace('_', ' ')}: line {line} ({how}): {command}"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:,.0f} s"
+
+
+def _sleep_ms(command: str) -> float | None:
+    """Milliseconds a ``sleep N`` task sleeps; None for any other command."""
+    try:
+        return sleep_ms(command)
+    except ValueError:  # never a task: a result of one cannot exist
+        return None
 
 
 class Summary:
@@ -89,15 +136,17 @@ class Summary:
         self.latency = Histogram()  # from the bundle entering the queue to the task's end
         self.busy_seconds = 0.0  # the tasks' own run time, added up
         self.tasks_read = 0  # tasks the workload held, once fully read
+        self.not_read = 0  # tasks of the file never read (the run was interrupted first)
+        self.not_read_at_least = False  # not_read is a lower bound: counting them stopped
         self.bad_lines = 0
-        self.sleep_tasks = 0
-        self.sleep_ms = 0.0
+        self._only_sleeps = True  # every result so far was of a `sleep N` task
+        self.slept_seconds = 0.0  # the time they slept: their durations, at most N ms each
         self.wall_seconds = 0.0
         self.interrupted = False
         self.incomplete = False  # collection gave up (--timeout) before every task had a result
-        self.failures: list[tuple[int, str, str]] = []  # (line, status, command) of the first few
+        self.failures: list[Failure] = []  # those of the lowest line numbers, in line order
 
-    def add(self, bundle: ResultBundle, keep_failures: int = 10) -> None:
+    def add(self, bundle: ResultBundle, keep_failures: int = MAX_LISTED_FAILURES) -> None:
         results = bundle.results
         column = list(map(_STATUS, results))
         succeeded = column.count(SUCCEEDED)
@@ -113,10 +162,39 @@ class Summary:
         ends = list(map(_END, results))
         self.latency.add_many(list(map(sub, ends, repeat(bundle.sent_at))))
         self.busy_seconds += sum(ends) - sum(map(_START, results))
+        self._add_sleeps(results, timed_out=succeeded + cancelled < len(column))
         if succeeded + cancelled < len(column):
-            for r in results:
-                if r[2] in (FAILED, TIMED_OUT) and len(self.failures) < keep_failures:
-                    self.failures.append((r[0], r[2], r[1]))
+            self._add_failures(results, keep_failures)
+
+    def _add_sleeps(self, results: list[tuple], timed_out: bool) -> None:
+        """Add the time the sleep tasks slept: N ms for one that succeeded (the executor
+        waits at least that long), its duration for one cut short by its time limit (when
+        ``timed_out`` says a result may be). Once a result is not a sleep, there is no
+        efficiency to report, and nothing to count."""
+        if not self._only_sleeps:
+            return
+        mss = list(map(SLEEP_CACHE.get, map(_COMMAND, results)))
+        if None in mss:  # not a sleep, or one not parsed in this process (a remote job)
+            mss = [_sleep_ms(r[1]) if ms is None else ms for r, ms in zip(results, mss)]
+            if None in mss:
+                self._only_sleeps = False
+                return
+        if not timed_out:  # each slept its N ms
+            self.slept_seconds += sum(mss) / 1000.0
+            return
+        for r, ms in zip(results, mss):
+            self.slept_seconds += min(ms / 1000.0, r[6] - r[5])
+
+    def _add_failures(self, results: list[tuple], keep: int) -> None:
+        """Keep the failures of the lowest line numbers, whatever order they finish in."""
+        failures = self.failures
+        highest = failures[-1].line if len(failures) >= keep else math.inf
+        fresh = [Failure(r[0], r[2], r[3], r[4], r[6] - r[5], r[1]) for r in results
+                 if r[2] in (FAILED, TIMED_OUT) and r[0] < highest]
+        if fresh:
+            failures.extend(fresh)
+            failures.sort()
+            del failures[keep:]
 
     @property
     def done(self) -> int:
@@ -129,13 +207,18 @@ class Summary:
                 and not self.interrupted and not self.incomplete)
 
     def efficiency(self) -> float | None:
-        """Ideal time / actual time for an all-sleep workload, as CloudKon reports it."""
-        if not self.tasks_read or self.sleep_tasks != self.tasks_read or not self.sleep_ms:
+        """Ideal time / actual time for an all-sleep workload, as CloudKon reports it: the
+        time the sleeps took (each at most its N ms: one cut short by --task-timeout counts
+        until then), spread over the workers, over the wall time. None unless every task of
+        the workload ran and was a sleep, with time to sleep."""
+        ran = self.done
+        if not ran or ran != self.tasks_read or not self._only_sleeps:
             return None
-        if self.interrupted or not self.wall_seconds:
+        if self.interrupted or self.incomplete or not self.wall_seconds or not self.workers:
             return None
-        ideal = self.sleep_ms / 1000.0 / self.workers
-        return ideal / self.wall_seconds
+        if not self.slept_seconds:
+            return None
+        return self.slept_seconds / self.workers / self.wall_seconds
 
     def to_dict(self) -> dict:
         def ms(h: Histogram, q: float) -> float | None:
@@ -147,13 +230,15 @@ class Summary:
         return {
             "job_id": self.job_id,
             "workers": self.workers,
-            "tasks": self.tasks_read,
+            "tasks": self.tasks_read + self.not_read,
             "done": self.done,
             "succeeded": self.counts[SUCCEEDED],
             "failed": self.counts[FAILED],
             "timed_out": self.counts[TIMED_OUT],
             "cancelled": self.counts[CANCELLED],
             "not_run": max(self.tasks_read - sum(self.counts.values()), 0),
+            "not_read": self.not_read,
+            "not_read_at_least": self.not_read_at_least,
             "bad_lines": self.bad_lines,
             "interrupted": self.interrupted,
             "incomplete": self.incomplete,
@@ -162,6 +247,8 @@ class Summary:
             "latency_ms": {f"p{p}": ms(self.latency, p / 100) for p in (50, 95, 99)},
             "mean_duration_ms": round(self.busy_seconds / n_ran * 1000.0, 3) if n_ran else None,
             "efficiency": None if eff is None else round(eff, 4),
+            "first_failures": [f._asdict() | {"seconds": round(f.seconds, 6)}
+                               for f in self.failures],
         }
 
     def to_json(self) -> str:
@@ -172,8 +259,10 @@ class Summary:
         state = ("interrupted" if d["interrupted"] else "incomplete" if d["incomplete"]
                  else "finished")
         lines = [f"job {d['job_id']}: {state}"]
+        plus = "+" if d["not_read_at_least"] else ""
+        tasks = f"{d['tasks']:,}{plus}"
         lines.append(
-            f"  tasks      {d['tasks']:>10,}   succeeded {d['succeeded']:,}  failed {d['failed']:,}"
+            f"  tasks      {tasks:>10}   succeeded {d['succeeded']:,}  failed {d['failed']:,}"
             f"  timed out {d['timed_out']:,}"
         )
         extra = []
@@ -182,7 +271,9 @@ class Summary:
         if d["cancelled"]:
             extra.append(f"cancelled {d['cancelled']:,}")
         if d["not_run"]:
-            extra.append(f"not started {d['not_run']:,}")
+            extra.append(f"not finished {d['not_run']:,}")
+        if d["not_read"] or plus:
+            extra.append(f"not read {d['not_read']:,}{plus}")
         if extra:
             lines.append("  " + " " * 26 + "  ".join(extra))
         rate = d["tasks_per_second"]
@@ -200,8 +291,8 @@ class Summary:
             lines.append(f"  mean task duration {d['mean_duration_ms']:.3f} ms")
         if d["efficiency"] is not None:
             lines.append(f"  efficiency {d['efficiency']:.1%}  (ideal time / actual time)")
-        for line, status, command in self.failures:
-            lines.append(f"  {status.replace('_', ' ')}: line {line}: {command[:80]}")
+        for failure in self.failures:
+            lines.append(f"  {failure}")
         shown = len(self.failures)
         bad = self.counts[FAILED] + self.counts[TIMED_OUT]
         if bad > shown:

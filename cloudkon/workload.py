@@ -10,23 +10,34 @@ the limit is skipped without being held.
 
 from __future__ import annotations
 
-import codecs
+import contextlib
 import logging
 import math
 import os
 import re
+import shutil
 import stat
-from collections.abc import Callable, Iterator
+import sys
+import tempfile
+from collections.abc import Callable, Generator, Iterator
 from typing import BinaryIO
 from typing import NamedTuple
 
 from cloudkon.errors import WorkloadError
-from cloudkon.limits import BINARY_SNIFF_BYTES, MAX_LINE_BYTES, SHELL_TASK_MS
+from cloudkon.limits import (
+    BINARY_ODD_BYTES_SHARE,
+    BINARY_SNIFF_BYTES,
+    MAX_LINE_BYTES,
+    SHELL_TASK_MS,
+)
 from cloudkon.model import Bundle, Task
 
 log = logging.getLogger(__name__)
 
 SLEEP = "sleep"
+STDIN = "-"  # the workload path that means stdin
+STDIN_NAME = "<stdin>"  # how messages name it
+_COPY_BYTES = 1 << 20
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII digits only: not "sleep ٣"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -61,6 +72,11 @@ def sleep_ms(command: str) -> float | None:
             SLEEP_CACHE.clear()
         SLEEP_CACHE[command] = ms
         return ms
+    if len(parts) == 2 and parts[1].startswith("-") and _DECIMAL.fullmatch(parts[1][1:]):
+        raise ValueError(f"'{SLEEP} {parts[1]}': a negative number of milliseconds; 'sleep N'"
+                         " takes N >= 0")
+    if len(parts) == 1:
+        raise ValueError("'sleep' without a number; 'sleep N' sleeps N milliseconds")
     raise ValueError(
         "'sleep N' is CloudKon's task that sleeps N milliseconds and takes one number;"
         " write '/bin/sleep ...' for the shell's sleep"
@@ -122,16 +138,23 @@ class Workload:
         try:
             with self._open() as f:
                 sample = f.read(BINARY_SNIFF_BYTES)
-                at_end = not f.read(1)
         except OSError as exc:
             raise WorkloadError(self.path, exc.strerror or str(exc)) from None
         if not sample:
             raise WorkloadError(self.path, "is empty: no tasks to run")
-        if _looks_binary(sample, at_end):
-            raise WorkloadError(
-                self.path,
-                "is not a text workload (binary data); a workload is UTF-8 text, one task per line",
-            )
+        reason = _binary_reason(sample)
+        if reason is not None:
+            raise WorkloadError(self.path, reason)
+
+    def line_count(self) -> int:
+        """An upper bound on the tasks of the file (its line count), read fast, for an ETA."""
+        n = 0
+        last = b"\n"
+        with self._open() as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+        return n + (last != b"\n")
 
     def _open(self) -> BinaryIO:
         if self._opener is not None:
@@ -150,7 +173,7 @@ class Workload:
         return self.bad_lines
 
     def bundles(self, job_id: str, size: int, budget_ms: float,
-                ramp: bool = False) -> Iterator[Bundle]:
+                ramp: bool = False) -> Generator[Bundle, None, None]:
         """Yield the tasks in bundles of at most ``size`` tasks and about ``budget_ms`` work.
 
         A sleep task costs its milliseconds; a shell command is assumed to cost
@@ -297,29 +320,54 @@ class Workload:
             self.on_bad_line(BadLine(self.path, line, reason))
 
 
-def _looks_binary(sample: bytes, at_end: bool) -> bool:
-    """True if most lines of the sample could not be tasks (NUL bytes, not UTF-8).
+Opener = Callable[[], BinaryIO]
 
-    One bad line among good ones is a bad line, reported as such; a file whose lines are
-    mostly bad is not a workload at all (an image, an archive, UTF-16 text).
+
+@contextlib.contextmanager
+def local_source(path: str, stdin: BinaryIO | None = None) -> Iterator[tuple[str, Opener | None]]:
+    """The name and opener of the workload at ``path`` (None: open the file itself).
+
+    ``-`` is stdin, copied to a temporary file first: a workload is read more than once
+    (looked at, checked with --strict, counted for the progress bar, then streamed), which
+    a pipe cannot be. The copy is removed on the way out.
     """
-    lines = sample.split(b"\n")
-    if not at_end and len(lines) > 1:
-        lines.pop()  # cut off mid-line by the sample's end
+    if path != STDIN:
+        yield path, None
+        return
+    source = sys.stdin.buffer if stdin is None else stdin
+    fd, spool = tempfile.mkstemp(prefix="cloudkon-stdin-", suffix=".txt")
     try:
-        sample.decode("utf-8")
-        if b"\0" not in sample:
-            return False
-    except UnicodeDecodeError:
-        pass
-    bad = 0
-    for raw in lines:
-        if b"\0" in raw:
-            bad += 1
-            continue
         try:
-            # final=False: a long first line may be cut inside a multi-byte character.
-            codecs.getincrementaldecoder("utf-8")().decode(raw, final=at_end)
-        except UnicodeDecodeError:
-            bad += 1
-    return bad > 0 and bad * 2 >= len(lines)
+            with open(fd, "wb") as f:
+                shutil.copyfileobj(source, f, _COPY_BYTES)
+        except OSError as exc:
+            raise WorkloadError(STDIN_NAME, f"could not be copied to {spool}:"
+                                            f" {exc.strerror or exc}") from None
+        yield STDIN_NAME, lambda: open(spool, "rb")  # noqa: SIM115 - the reader closes it
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool)
+
+
+# Bytes that no text holds: the C0 controls but tab, LF, VT, FF, CR and ESC (terminal
+# colours), and DEL.
+_ODD_CONTROLS = bytes(set(range(32)) - set(b"\t\n\v\f\r\x1b")) + b"\x7f"
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as surrogateescape decodes it
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _binary_reason(sample: bytes) -> str | None:
+    """Why the first bytes of a file show it is not text (None when they are text).
+
+    Decided by the content as a whole, the share of bytes that cannot be in text: a text
+    file with a NUL byte on one line and a line too long on another is text with two bad
+    lines, while an executable, an image, an archive or UTF-16 text is not a workload.
+    """
+    if sample.startswith(_UTF16_BOMS):
+        return "is UTF-16 text; a workload is UTF-8 (iconv -f UTF-16 -t UTF-8 converts it)"
+    odd = len(sample) - len(sample.translate(None, _ODD_CONTROLS))
+    if not sample.isascii():  # count the bytes that are not UTF-8
+        odd += len(_ESCAPED.findall(sample.decode("utf-8", "surrogateescape")))
+    if odd >= BINARY_ODD_BYTES_SHARE * len(sample):
+        return "is not a text workload (binary data); a workload is UTF-8 text, one task per line"
+    return None

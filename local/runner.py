@@ -10,7 +10,8 @@ with ``--workers`` bundle threads. Bodies and stored results travel as objects
 
 SIGINT and SIGTERM stop the run cleanly: the worker stops hard (running tasks are ended,
 nothing new starts, what it held is given back), and what finished, in completed bundles
-and in the lease store's partial results, is summarised.
+and in the lease store's partial results, is summarised, with the tasks never read from
+the rest of the file counted (for at most UNREAD_COUNT_SECONDS).
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 from cloudkon.backends import COMPLETED
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from cloudkon.codec import IN_PROCESS
 from cloudkon.config import RunConfig, WorkerConfig
 from cloudkon.errors import BadLinesError, WorkloadError
-from cloudkon.limits import SQS_MAX_VISIBILITY_SECONDS
+from cloudkon.limits import SQS_MAX_VISIBILITY_SECONDS, UNREAD_COUNT_SECONDS
 from cloudkon.model import Bundle, ResultBundle, bundle_key
 from cloudkon.summary import Summary
-from cloudkon.workload import BadLine, Workload
+from cloudkon.workload import BadLine, Opener, Workload
 from worker.daemon import Worker
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,13 @@ class LocalRunner:
         on_bad_line: Callable[[BadLine], None] | None = None,
         on_results: Callable[[ResultBundle], None] | None = None,
         on_total: Callable[[int], None] | None = None,
+        opener: Opener | None = None,
     ) -> None:
+        """``opener`` opens the workload (stdin's copy, say) instead of the file
+        ``config.workload``, which then only names it in messages."""
         self.config = config
-        self.workload = Workload(config.workload, on_bad_line=on_bad_line)
+        self._opener = opener
+        self.workload = Workload(config.workload, on_bad_line=on_bad_line, opener=opener)
         self.on_results = on_results
         self.on_total = on_total  # told the exact task count once the whole file is read
         self.summary = Summary(config.job_id, config.workers)
@@ -73,14 +78,17 @@ class LocalRunner:
             task_timeout=config.task_timeout, tail_bytes=config.tail_bytes,
         ), codec=IN_PROCESS)
         self._in_flight: dict[int, Bundle] = {}  # by seq: sent, no results yet
+        # The rest of the workload, once a signal stopped the run: counted, never run.
+        self._unread: Generator[Bundle, None, None] | None = None
 
     def check(self) -> None:
         """Raise WorkloadError unless the workload can run: a readable text file and, with
         ``strict``, every line a task (read through once, nothing run)."""
         cfg = self.config
-        Workload(cfg.workload).check()
+        Workload(cfg.workload, opener=self._opener).check()
         if cfg.strict:
-            checked = Workload(cfg.workload, on_bad_line=self.workload.on_bad_line)
+            checked = Workload(cfg.workload, on_bad_line=self.workload.on_bad_line,
+                               opener=self._opener)
             if checked.validate():
                 raise BadLinesError(cfg.workload, checked.bad_lines)
             if not checked.tasks:
@@ -106,6 +114,7 @@ class LocalRunner:
             self._recover_unfinished()
             self.summary.wall_seconds = time.monotonic() - started
             self._take_workload_counts()
+        self._count_unread()
         summary = self.summary
         if not summary.tasks_read and not summary.interrupted:
             reason = (f"no line is a task ({summary.bad_lines} bad line(s))"
@@ -115,7 +124,7 @@ class LocalRunner:
 
     def _submit_and_collect(self) -> None:
         cfg = self.config
-        bundles: Iterator[Bundle] | None = self.workload.bundles(
+        bundles: Generator[Bundle, None, None] | None = self.workload.bundles(
             cfg.job_id, cfg.bundle_size, cfg.bundle_ms)
         window = _BUNDLES_IN_FLIGHT_PER_WORKER * cfg.workers
         in_flight = self._in_flight
@@ -139,6 +148,7 @@ class LocalRunner:
             if self.signal_received is not None:
                 log.warning("stopping: ending running tasks, starting no more")
                 self.summary.interrupted = True
+                self._unread = bundles
                 self.worker.stop(hard=True, signum=self.signal_received)
                 return
             self._collect(wait_seconds=_POLL_SECONDS)
@@ -178,7 +188,28 @@ class LocalRunner:
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary
         s.tasks_read, s.bad_lines = w.tasks, w.bad_lines
-        s.sleep_tasks, s.sleep_ms = w.sleep_tasks, w.sleep_ms
+
+    def _count_unread(self) -> None:
+        """After a stop, read on through the rest of the file, running nothing and naming
+        no bad line, to count its tasks; stop counting after UNREAD_COUNT_SECONDS."""
+        bundles, self._unread = self._unread, None
+        if bundles is None:
+            return
+        workload = self.workload
+        read = workload.tasks
+        workload.on_bad_line = None  # lines never read are not reported
+        deadline = time.monotonic() + UNREAD_COUNT_SECONDS
+        try:
+            for _ in bundles:
+                if time.monotonic() >= deadline:
+                    self.summary.not_read_at_least = True
+                    break
+        except WorkloadError as exc:  # the file became unreadable: count what was read
+            log.debug("counting the tasks not read stopped: %s", exc)
+            self.summary.not_read_at_least = True
+        finally:
+            bundles.close()  # and so the file
+        self.summary.not_read = workload.tasks - read
 
     def _on_signal(self, signum, frame) -> None:
         # Only a flag: the client loop sees it within _POLL_SECONDS and acts.

@@ -73,15 +73,26 @@ def _command(*args: object) -> list[str]:
     return [sys.executable, "-m", "cloudkon", *map(str, args)]
 
 
+def _text(output: bytes) -> str:
+    """Output as text mode reads it: decoded, with universal newlines."""
+    return output.decode().replace("\r\n", "\n").replace("\r", "\n")
+
+
 @pytest.fixture
 def cloudkon(tmp_path):
     """Run `python -m cloudkon ARGS...` in the test's folder to its end; return the
-    CompletedProcess (text). The timeout only ends a hang."""
+    CompletedProcess (text). stdin is /dev/null unless ``input=`` gives what to write to
+    it (text, or bytes as they are). The timeout only ends a hang."""
 
     def run(*args: object, timeout: float = 120.0, **kwargs) -> subprocess.CompletedProcess:
         kwargs.setdefault("cwd", tmp_path)
-        return subprocess.run(_command(*args), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+        if "input" not in kwargs:
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
+        elif isinstance(kwargs["input"], str):
+            kwargs["input"] = kwargs["input"].encode()
+        proc = subprocess.run(_command(*args), capture_output=True, timeout=timeout, **kwargs)
+        proc.stdout, proc.stderr = _text(proc.stdout), _text(proc.stderr)
+        return proc
 
     return run
 

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -29,6 +30,29 @@ def records(path) -> dict[int, dict]:
         return {rec["line"]: rec for rec in map(json.loads, f)}
 
 
+# The command itself
+
+
+def test_bare_cloudkon_prints_its_help_on_stdout_and_exits_0(cloudkon):
+    proc = cloudkon()
+
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("Usage: cloudkon")
+    assert "error" not in proc.stdout
+    assert proc.stdout == cloudkon("--help").stdout  # the same help, whole
+
+
+def test_unknown_command_is_a_one_line_usage_error(cloudkon):
+    proc = cloudkon("rnu")
+
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("cloudkon: error: No such command 'rnu'")
+    assert "Did you mean 'run'?" in proc.stderr
+
+
 # Exit codes and the summary
 
 
@@ -43,17 +67,44 @@ def test_every_task_succeeding_exits_0(cloudkon, write_workload):
 
 
 @pytest.mark.parametrize(("task", "options", "shown_as"), [
-    ("exit 3", [], "failed"),
-    ("/bin/sleep 30", ["--task-timeout", "0.5"], "timed out"),
+    ("exit 3", [], r"failed: line 2 \(exit 3\): exit 3"),
+    ("kill -KILL $$", [], r"failed: line 2 \(SIGKILL\): kill -KILL \$\$"),
+    ("/bin/sleep 30", ["--task-timeout", "0.5"],
+     r"timed out: line 2 \(after 0\.5\d s, SIGTERM\): /bin/sleep 30"),
+    ("sleep 5000", ["--task-timeout", "0.5"], r"timed out: line 2 \(after 0\.5\d s\): sleep 5000"),
 ])
-def test_failed_or_timed_out_task_exits_1_and_the_summary_names_its_line(
+def test_failed_or_timed_out_task_exits_1_and_the_summary_says_how_its_line_ended(
         cloudkon, write_workload, task, options, shown_as):
     path = write_workload(f"echo first\n{task}\nsleep 1\n")
 
     proc = cloudkon("run", path, "--workers", "2", *options)
 
     assert proc.returncode == 1, proc.stderr
-    assert f"{shown_as}: line 2: {task}" in proc.stdout
+    assert re.fullmatch(f"  {shown_as}", proc.stdout.splitlines()[-1]), proc.stdout
+
+
+def test_failed_lines_are_listed_in_line_order_not_as_they_finish(cloudkon, write_workload):
+    # Line 1 fails last, line 12 first: the first ten lines are listed, in order.
+    lines = [f"/bin/sleep 0.{12 - n:02d}; exit {n}" for n in range(1, 13)]
+    path = write_workload("\n".join(lines) + "\n")
+
+    proc = cloudkon("run", path, "--workers", "12")
+
+    assert proc.returncode == 1, proc.stderr
+    listed = [line for line in proc.stdout.splitlines() if "failed: line" in line]
+    assert listed == [f"  failed: line {n} (exit {n}): {lines[n - 1]}" for n in range(1, 11)]
+    assert proc.stdout.splitlines()[-1] == "  ... and 2 more failed or timed out (see --output)"
+
+
+def test_efficiency_of_sleeps_cut_by_the_time_limit_is_not_above_100_percent(
+        cloudkon, write_workload):
+    proc = cloudkon("run", write_workload("sleep 5000\n"), "--workers", "1",
+                    "--task-timeout", "1", "--json")
+
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["timed_out"] == 1
+    assert 0.5 < summary["efficiency"] <= 1.0
 
 
 def test_task_timeout_makes_a_long_task_timed_out(cloudkon, write_workload, tmp_path):
@@ -111,6 +162,68 @@ def test_bad_input_exits_2_with_one_error_line_and_no_traceback(
         assert args[0] in proc.stderr
 
 
+# The workload from stdin: `cloudkon run -`
+
+
+def test_dash_reads_the_workload_from_stdin(cloudkon, tmp_path):
+    out = tmp_path / "results.jsonl"
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+
+    proc = cloudkon("run", "-", "--output", out, "--job-id", "piped", input="echo a\n# b\nexit 3\n",
+                    env={**os.environ, "TMPDIR": str(spool)})
+
+    assert proc.returncode == 1, proc.stderr
+    assert "  failed: line 3 (exit 3): exit 3" in proc.stdout.splitlines()
+    by_line = records(out)
+    assert sorted(by_line) == [1, 3] and by_line[1]["stdout"] == "a\n"
+    assert by_line[3]["task_id"] == "piped:3"
+    assert list(spool.iterdir()) == []  # stdin's copy is gone
+
+
+def test_dash_names_bad_lines_of_stdin_by_number(cloudkon):
+    proc = cloudkon("run", "-", input=b"echo a\necho caf\xe9\n")
+
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "cloudkon: warning: <stdin>:2: is not valid UTF-8 (byte 9); line skipped"]
+
+
+def test_dash_with_strict_checks_stdin_before_running_anything(cloudkon, tmp_path):
+    made = tmp_path / "made"
+
+    proc = cloudkon("run", "-", "--strict", input=f"touch {made}\nsleep 1s\n")
+
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "cloudkon: error: <stdin>: 1 bad line; nothing was run (--strict)")
+    assert "<stdin>:2:" in proc.stderr
+    assert not made.exists()
+
+
+@pytest.mark.parametrize(("stdin", "says"), [
+    pytest.param(b"", "<stdin>: is empty", id="empty"),
+    pytest.param(_binary(), "<stdin>: is not a text workload", id="binary"),
+])
+def test_dash_refuses_stdin_that_is_no_workload(cloudkon, stdin, says):
+    proc = cloudkon("run", "-", input=stdin)
+
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(f"cloudkon: error: {says}")
+    assert proc.stdout == ""
+
+
+def test_an_executable_is_refused_whole_as_binary(cloudkon):
+    elf = os.path.realpath(sys.executable)  # the Python interpreter: an ELF file
+
+    proc = cloudkon("run", elf)
+
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        (f"cloudkon: error: {elf}: is not a text workload (binary data); a workload is UTF-8"
+         " text, one task per line")]
+
+
 def test_results_on_stdout_piped_into_head_end_the_run_quietly(write_workload, tmp_path):
     path = write_workload("sleep 5\n" * 2000)  # long enough to still run when head exits
 
@@ -139,6 +252,22 @@ def _with_bad_middle_line(tmp_path, write_workload):
     return write_workload(content), made
 
 
+def test_a_nul_line_and_an_over_long_line_are_skipped_each_and_the_rest_runs(
+        cloudkon, write_workload, tmp_path):
+    made = tmp_path / "made"
+    path = write_workload(b"echo \x00\n" + b"echo " + b"x" * 140_000 + b"\n"
+                          + f"touch {made}\n".encode())
+
+    proc = cloudkon("run", path)
+
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"cloudkon: warning: {path}:1: contains a NUL byte; line skipped",
+        f"cloudkon: warning: {path}:2: longer than 131071 bytes; line skipped",
+    ]
+    assert made.exists()
+
+
 def test_bad_line_is_reported_with_file_and_line_and_the_rest_runs(
         cloudkon, write_workload, tmp_path):
     path, made = _with_bad_middle_line(tmp_path, write_workload)
@@ -157,10 +286,21 @@ def test_bad_line_with_strict_exits_2_and_runs_nothing(cloudkon, write_workload,
     proc = cloudkon("run", path, "--workers", "2", "--strict")
 
     assert proc.returncode == 2
-    assert f"{path}:3" in proc.stderr
-    assert proc.stderr.splitlines()[-1].startswith("cloudkon: error:")
-    assert "Traceback" not in proc.stderr
+    *named, last = proc.stderr.splitlines()
+    assert named == [f"cloudkon: warning: {path}:3: is not valid UTF-8 (byte 9)"]  # not "skipped"
+    assert last == f"cloudkon: error: {path}: 1 bad line; nothing was run (--strict)"
     assert not any(p.exists() for p in made)
+
+
+def test_negative_sleep_is_named_as_such(cloudkon, write_workload):
+    path = write_workload("sleep 5\nsleep -1\n")
+
+    proc = cloudkon("run", path)
+
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        (f"cloudkon: warning: {path}:2: 'sleep -1': a negative number of milliseconds;"
+         " 'sleep N' takes N >= 0; line skipped")]
 
 
 # What a run writes
@@ -273,6 +413,50 @@ def test_signal_stops_the_run_prints_an_interrupted_summary_and_ends_every_task(
     assert len(started) < 20  # the run stopped: not every task started
     for pid in started:
         wait_until(lambda pid=pid: process_gone(pid), what=f"task process {pid} gone")
+
+
+def test_an_interrupted_run_counts_the_tasks_it_never_read(
+        start_cloudkon, write_workload, tmp_path, wait_until):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    task = (f"/bin/sleep 30 & echo $! > {pids}/$CLOUDKON_LINE.tmp"
+            f" && mv {pids}/$CLOUDKON_LINE.tmp {pids}/$CLOUDKON_LINE; wait")
+    # 2,000 tasks, with comments and blank lines between them that are no tasks.
+    path = write_workload(f"{task}\n# a comment\n\n" * 2000)
+    proc = start_cloudkon("run", path, "--workers", "2", "--json", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(list(pids.glob("[0-9]*"))) >= 2, what="2 tasks running")
+
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=DEADLINE_SECONDS)
+
+    assert proc.returncode == 130
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    assert summary["tasks"] == 2000 and summary["not_read_at_least"] is False
+    assert summary["not_read"] > 1000  # the run read a few bundles ahead, no more
+    assert (summary["succeeded"] + summary["failed"] + summary["timed_out"]
+            + summary["cancelled"] + summary["not_run"] + summary["not_read"]) == 2000
+
+
+def test_an_interrupted_run_says_how_many_tasks_it_never_read(
+        start_cloudkon, write_workload, tmp_path, wait_until):
+    marker = tmp_path / "started"
+    path = write_workload(f"touch {marker}; /bin/sleep 30\n" + "echo later\n" * 500)
+    proc = start_cloudkon("run", path, "--workers", "1", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    wait_until(marker.exists, what="the first task running")
+
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=DEADLINE_SECONDS)
+
+    assert proc.returncode == 130
+    lines = stdout.splitlines()
+    assert lines[1].split()[:2] == ["tasks", "501"]
+    # The task ended by Ctrl-C and the few read ahead did not finish; the rest was not read.
+    counted = re.fullmatch(r" +not finished (\d+)  not read (\d+)", lines[2])
+    assert counted, lines
+    assert int(counted[1]) + int(counted[2]) == 501 and int(counted[2]) > 400
 
 
 # The progress bar

@@ -75,7 +75,8 @@ def test_latency_throughput_and_durations_come_from_the_recorded_times(cloudkon,
     assert summary["tasks"] == summary["succeeded"] == 100
     assert summary["span_seconds"] == pytest.approx(9.95, abs=1e-5)
     assert summary["tasks_per_second"] == pytest.approx(100 / 9.95, abs=0.05)
-    assert summary["peak_tasks_per_second"] == 10
+    # No one second holds more than 10 ends; the whole span, a little longer, holds more.
+    assert summary["peak_tasks_per_second"] == summary["tasks_per_second"] == 10.1
     # Nearest rank, as the run summary takes it: the 50th, 95th and 99th of 100.
     assert summary["latency_ms"] == pytest.approx({"p50": 4950.0, "p95": 9450.0, "p99": 9850.0},
                                                   abs=0.01)
@@ -92,7 +93,7 @@ def test_text_summary_states_the_same_numbers(cloudkon, known_results):
     lines = proc.stdout.splitlines()
     assert lines[0] == f"{known_results}: 100 results of job job-a"
     assert "  span            9.950 s" in proc.stdout
-    assert "throughput       10.1 tasks/s   peak 10 tasks/s" in proc.stdout
+    assert "throughput       10.1 tasks/s   peak 10.1 tasks/s" in proc.stdout
     assert "latency    p50 4950.000 ms  p95 9450.000 ms  p99 9850.000 ms" in proc.stdout
     assert "mean 50.000 ms  max 50.000 ms" in proc.stdout
     assert "workers             4   tasks per worker min 25  max 25" in proc.stdout
@@ -107,6 +108,57 @@ def test_peak_throughput_is_the_busiest_second_wherever_it_starts(cloudkon, tmp_
 
     assert summary["peak_tasks_per_second"] == 40
     assert summary["tasks_per_second"] == pytest.approx(41 / 2.5, abs=0.05)
+
+
+def test_peak_throughput_is_never_below_the_mean(cloudkon, tmp_path):
+    # Two bunches 1.1 s apart: no one-second window holds both.
+    ends = [0.1] * 20 + [1.2] * 20
+    path = tmp_path / "results.jsonl"
+    write_results(path, [record(i + 1, T0, T0 + end, queued=T0) for i, end in enumerate(ends)])
+
+    summary = report_json(cloudkon, path)
+
+    assert summary["tasks_per_second"] == pytest.approx(40 / 1.2, abs=0.05)
+    assert summary["peak_tasks_per_second"] == summary["tasks_per_second"]
+
+
+def test_text_report_lists_the_first_failed_tasks_as_run_does(cloudkon, write_workload):
+    lines = ["true", "exit 3", "kill -KILL $$", "/bin/sleep 5", "sleep 5000"] + [
+        f"exit {n}" for n in range(10, 22)]
+    workload = write_workload("\n".join(lines) + "\n")
+    run = cloudkon("run", workload, "--workers", "4", "--task-timeout", "0.5",
+                   "--output", "results.jsonl")
+    assert run.returncode == 1, run.stderr
+
+    proc = cloudkon("report", "results.jsonl")
+
+    assert proc.returncode == 0, proc.stderr
+    listed = [line for line in proc.stdout.splitlines()
+              if line.startswith(("  failed: ", "  timed out: ", "  ... and "))]
+    assert listed[0] == "  failed: line 2 (exit 3): exit 3"
+    assert listed[1] == "  failed: line 3 (SIGKILL): kill -KILL $$"
+    assert listed[2].startswith("  timed out: line 4 (after 0.5")
+    assert listed[-1] == "  ... and 6 more failed or timed out"
+    assert listed == run.stdout.splitlines()[-len(listed):-1] + [listed[-1]]
+    first = report_json(cloudkon, "results.jsonl")["first_failures"]
+    assert [(f["line"], f["status"], f["exit_code"], f["signal"]) for f in first[:4]] == [
+        (2, "failed", 3, None), (3, "failed", None, "SIGKILL"), (4, "timed_out", None, "SIGTERM"),
+        (5, "timed_out", None, None)]
+
+
+def test_report_of_several_jobs_names_the_job_of_each_failure(cloudkon, tmp_path):
+    path = tmp_path / "both.jsonl"
+    write_results(path, [record(2, T0, T0 + 1, job_id="job-b", status="failed"),
+                         record(9, T0, T0 + 1, job_id="job-a", status="failed"),
+                         record(1, T0, T0 + 1, job_id="job-b", status="failed")])
+
+    proc = cloudkon("report", path)
+
+    assert proc.stdout.splitlines()[-3:] == [
+        "  job-b: failed: line 1 (exit 1): sleep 1",
+        "  job-b: failed: line 2 (exit 1): sleep 2",
+        "  job-a: failed: line 9 (exit 1): sleep 9",
+    ]
 
 
 def test_results_without_queued_times_have_unknown_latency(cloudkon, tmp_path):
@@ -213,6 +265,88 @@ def test_plot_draws_every_chart_into_one_png(cloudkon, known_results, tmp_path):
 
     height, width = matplotlib.image.imread(png).shape[:2]
     assert width >= 800 and height >= 800  # five panels, readable
+
+
+FAILED_RED = (0xd6, 0x27, 0x28)  # matplotlib's tab:red
+
+
+def _has_colour(png, rgb) -> bool:
+    import matplotlib.image
+    import numpy as np
+
+    pixels = (matplotlib.image.imread(png)[..., :3] * 255).round()
+    return bool((np.abs(pixels - rgb).max(axis=-1) <= 2).any())
+
+
+@pytest.mark.parametrize("status", ["failed", "timed_out"])
+def test_plot_draws_failed_tasks_in_a_colour_of_their_own(cloudkon, tmp_path, status):
+    path = tmp_path / "results.jsonl"
+    write_results(path, [record(i, T0 + i / 10, T0 + i / 10 + 0.05, queued=T0,
+                                status=status if i % 5 == 0 else "succeeded")
+                         for i in range(1, 41)])
+    clean = tmp_path / "clean.jsonl"
+    write_results(clean, [record(i, T0 + i / 10, T0 + i / 10 + 0.05, queued=T0)
+                          for i in range(1, 41)])
+
+    assert cloudkon("report", path, "--plot-dir", "failing").returncode == 0
+    assert cloudkon("report", clean, "--plot-dir", "clean").returncode == 0
+
+    for chart in ("completed", "throughput", "durations", "workers"):
+        assert _has_colour(tmp_path / "failing" / f"{chart}.png", FAILED_RED), chart
+        assert not _has_colour(tmp_path / "clean" / f"{chart}.png", FAILED_RED), chart
+
+
+def _drawn(results_path):
+    """Each chart of a report drawn on axes of its own, by file name: what the PNGs show."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cloudkon import report
+
+    drawn = {}
+    for name, _, draw in report._Charts(report.Report(report.load(str(results_path)))).charts():
+        figure = Figure()
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        draw(axes)
+        figure.canvas.draw()
+        drawn[name] = axes
+    return drawn
+
+
+def test_a_small_run_has_whole_numbers_of_tasks_on_its_axes(tmp_path):
+    path = tmp_path / "results.jsonl"
+    write_results(path, [record(i, T0, T0 + 0.01 * i, queued=T0, worker=f"w-{i % 2}")
+                         for i in range(1, 4)])
+
+    drawn = _drawn(path)
+
+    for name in ("completed", "durations", "workers"):
+        labels = [t.get_text() for t in drawn[name].get_yticklabels() if t.get_text()]
+        assert labels and all(label.isdigit() for label in labels), (name, labels)
+
+
+def test_equal_percentiles_are_labelled_apart(tmp_path):
+    path = tmp_path / "results.jsonl"
+    write_results(path, [record(i, T0, T0 + 0.01, queued=T0) for i in range(1, 4)]
+                  + [record(4, T0, T0 + 0.3, queued=T0)])  # p95 = p99 = 300 ms
+
+    legend = _drawn(path)["latency_cdf"].get_legend()
+
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "p50 10 ms", "p95 300 ms", "p99 300 ms"]
+
+
+def test_worker_bars_are_sorted_busiest_first(tmp_path):
+    path = tmp_path / "results.jsonl"
+    loads = {"w-b": 2, "w-a": 5, "w-d": 1, "w-c": 2}
+    write_results(path, [record(i, T0, T0 + 0.01, queued=T0, worker=w)
+                         for w, n in loads.items() for i in range(n)])
+
+    axes = _drawn(path)["workers"]
+
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["w-a", "w-b", "w-c", "w-d"]
+    assert [round(bar.get_height()) for bar in axes.patches[:4]] == [5, 2, 2, 1]
 
 
 @pytest.mark.parametrize(("worker", "files"), [

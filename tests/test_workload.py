@@ -4,6 +4,8 @@ files that are no workload at all are reported."""
 from __future__ import annotations
 
 import gzip
+import random
+import re
 import struct
 import zlib
 
@@ -115,6 +117,17 @@ def test_sleep_n_is_n_milliseconds(command, ms):
 ])
 def test_sleep_that_is_not_sleep_n_is_an_error(command):
     with pytest.raises(ValueError):
+        sleep_ms(command)
+
+
+@pytest.mark.parametrize(("command", "says"), [
+    ("sleep -1", "'sleep -1': a negative number of milliseconds"),
+    ("sleep -0.5", "'sleep -0.5': a negative number of milliseconds"),
+    ("sleep", "'sleep' without a number"),
+    ("sleep 1s", "takes one number; write '/bin/sleep ...' for the shell's sleep"),
+])
+def test_a_bad_sleep_line_says_what_is_wrong_with_it(command, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
         sleep_ms(command)
 
 
@@ -342,6 +355,40 @@ def test_a_single_nul_line_among_good_lines_is_not_binary(write_workload):
 
 def test_a_single_invalid_utf8_line_among_good_lines_is_not_binary(write_workload):
     Workload(str(write_workload(b"echo a\n" * 10 + b"echo caf\xe9\n" + b"echo b\n" * 10))).check()
+
+
+def test_a_nul_line_and_an_over_long_line_are_two_bad_lines_not_a_binary_file(write_workload):
+    # The over-long line fills the rest of the first 64 KiB: among the whole lines looked
+    # at, half are bad; by content, the file is text.
+    path = write_workload(b"echo a\necho \x00b\n" + b"x" * 140_000 + b"\necho c\n")
+
+    Workload(str(path)).check()  # no error
+
+    assert read(path) == ([(1, "echo a"), (4, "echo c")], [2, 3])
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(b"\x7fELF\x02\x01\x01" + bytes(57) + bytes(range(256)) * 40, id="elf-like"),
+    pytest.param(random.Random(12).randbytes(100_000), id="random-bytes"),
+    pytest.param(b"\x00\n", id="one-nul-line"),
+])
+def test_data_that_is_mostly_not_text_is_binary(write_workload, content):
+    with pytest.raises(WorkloadError, match="binary data"):
+        Workload(str(write_workload(content))).check()
+
+
+def test_utf16_text_is_refused_with_how_to_convert_it(write_workload):
+    path = write_workload("sleep 0\necho hi\n".encode("utf-16"))
+
+    with pytest.raises(WorkloadError) as raised:
+        Workload(str(path)).check()
+
+    assert str(raised.value) == (f"{path}: is UTF-16 text; a workload is UTF-8"
+                                 " (iconv -f UTF-16 -t UTF-8 converts it)")
+
+
+def test_terminal_colours_and_form_feeds_are_text(write_workload):
+    Workload(str(write_workload("echo '\x1b[31mred\x1b[0m'\n\f\necho done\n" * 20))).check()
 
 
 def test_long_first_line_cut_inside_a_character_by_the_sniff_is_text(write_workload):

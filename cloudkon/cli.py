@@ -18,7 +18,7 @@ import sys
 import click
 
 from cloudkon import __version__, logs
-from cloudkon.config import DEFAULT_PREFIX, AwsConfig, RunConfig, WorkerConfig
+from cloudkon.config import DEFAULT_PREFIX, AwsConfig, RunConfig, SandboxConfig, WorkerConfig
 from cloudkon.errors import CloudKonError, OutputClosed, UsageError
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
@@ -33,6 +33,7 @@ from cloudkon.limits import (
     MAX_BUNDLE_TASKS,
     MAX_LOCAL_WORKERS,
     MAX_REPORTED_BAD_LINES,
+    SANDBOX_PORT,
     SQS_LONG_POLL_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
@@ -279,18 +280,29 @@ _BUCKET_SUFFIX = click.option(
 @click.option("--visibility-timeout", type=click.IntRange(1, SQS_MAX_VISIBILITY_SECONDS),
               default=DEFAULT_VISIBILITY_SECONDS, show_default=True, metavar="SECONDS",
               help="The input queue's default visibility timeout.")
+@click.option("--chalice-stage", metavar="STAGE", default="dev", show_default=True,
+              help="The stage of .chalice/config.json (in the current folder, if there) whose"
+                   " CLOUDKON_PREFIX and CLOUDKON_BUCKET are set to this deployment's.")
 def setup_command(prefix: str | None, region: str | None, endpoint_url: str | None,
-                  bucket_suffix: str | None, visibility_timeout: int) -> int:
+                  bucket_suffix: str | None, visibility_timeout: int, chalice_stage: str) -> int:
     """Create the AWS resources of PREFIX: queues, lease table, workload bucket.
 
     Creates only what is missing and sets the attributes of what exists, so running it
-    again is harmless. Prints each resource and what was done to it.
+    again is harmless. Prints each resource and what was done to it. In a Chalice project
+    (this repository), it also writes the prefix and the bucket into the stage's variables
+    in .chalice/config.json, for `chalice deploy`.
     """
-    from cloudkon.backends.resources import setup
+    from cloudkon.backends.resources import BUCKET_KIND, setup
+    from submitter.chalice_stage import fill_stage
 
-    for resource in setup(_aws_config(prefix, region, endpoint_url, bucket_suffix),
-                          visibility_timeout):
+    config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
+    done = setup(config, visibility_timeout)
+    for resource in done:
         click.echo(str(resource))
+    bucket = next(r.name for r in done if r.kind == BUCKET_KIND)
+    stage = fill_stage(os.getcwd(), config.prefix, bucket, chalice_stage)
+    if stage is not None:
+        click.echo(str(stage))
     return EXIT_OK
 
 
@@ -364,6 +376,34 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
     worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
                         create=not no_create)
     return worker.run()
+
+
+@cli.command("sandbox")
+@click.option("-w", "--workers", type=click.IntRange(0, 64), default=2, show_default=True,
+              help="`cloudkon worker` processes to start.")
+@click.option("-t", "--threads", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Threads of each worker.")
+@click.option("--port", type=click.IntRange(0, 65535), default=SANDBOX_PORT, show_default=True,
+              help="Port of the moto server on 127.0.0.1 (0: any free port).")
+@click.option("--prefix", envvar="CLOUDKON_PREFIX", default=DEFAULT_PREFIX, show_default=True,
+              help="The deployment's prefix [env: CLOUDKON_PREFIX].")
+@click.pass_obj
+def sandbox_command(verbose: int, workers: int, threads: int, port: int, prefix: str) -> int:
+    """Run the remote flavour on this machine, without an AWS account, until Ctrl-C.
+
+    Starts a moto server on 127.0.0.1 in place of AWS, makes the deployment there (as
+    `cloudkon setup`), delivers the bucket's upload events to the Lambda handler of app.py,
+    and starts WORKERS `cloudkon worker` processes. It prints the environment to export in
+    another terminal, where `cloudkon submit FILE --wait`, `collect` and the rest then work
+    as on AWS. Nothing reaches AWS. Ctrl-C (or SIGTERM) stops everything it started. Needs
+    a source checkout with the sandbox extra (./scripts/cloudkon sandbox installs it).
+    """
+    from cloudkon.sandbox import Sandbox
+
+    logs.configure(verbose, daemon=True)
+    config = SandboxConfig(prefix=_aws_config(prefix, None, None).prefix, workers=workers,
+                           threads=threads, port=port)
+    return Sandbox(config, out=lambda line: click.echo(line) or sys.stdout.flush()).run()
 
 
 # --- The remote flavour: submitting jobs and collecting their results -----------------------

@@ -125,7 +125,11 @@ class Collector:
             remaining = deadline - now()
             if remaining <= 0:
                 break
-            messages = self.outbox.receive(SQS_MAX_BATCH, min(SQS_LONG_POLL_SECONDS, remaining),
+            # While the manifest is not final, poll short: the results may all be in before
+            # it is read again.
+            wait = SQS_LONG_POLL_SECONDS if manifest is not None and manifest.final \
+                else MANIFEST_POLL_SECONDS
+            messages = self.outbox.receive(SQS_MAX_BATCH, min(wait, remaining),
                                            COLLECT_VISIBILITY_SECONDS)
             if self._take(messages):
                 last_mine = now()

@@ -27,6 +27,7 @@ from cloudkon.limits import (
 from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
 
 CREATED, EXISTS, UPDATED, DELETED, ABSENT = "created", "exists", "updated", "deleted", "absent"
+BUCKET_KIND = "workload bucket"
 _TABLE_READY_SECONDS = 180  # a new table takes seconds to become ACTIVE
 _TABLE_POLL_SECONDS = 2
 
@@ -109,11 +110,11 @@ def teardown(config: AwsConfig) -> list[Resource]:
     s3 = aws.s3_client(config)
     name = config.bucket(_account(config))
     if _bucket_state(s3, name) == ABSENT:
-        done.append(Resource("workload bucket", name, ABSENT))
+        done.append(Resource(BUCKET_KIND, name, ABSENT))
     else:
         removed = _empty_bucket(s3, name)
         call(f"delete bucket {name}", s3.delete_bucket, Bucket=name)
-        done.append(Resource("workload bucket", name, DELETED,
+        done.append(Resource(BUCKET_KIND, name, DELETED,
                              f"{removed} objects deleted" if removed else ""))
     return done
 
@@ -231,13 +232,13 @@ def _bucket_state(s3, name: str) -> str:
 
 def _ensure_bucket(s3, name: str) -> Resource:
     if _bucket_state(s3, name) == EXISTS:
-        return Resource("workload bucket", name, EXISTS)
+        return Resource(BUCKET_KIND, name, EXISTS)
     region = s3.meta.region_name
     params = {"Bucket": name}
     if region != "us-east-1":  # us-east-1 is the one region that refuses a LocationConstraint
         params["CreateBucketConfiguration"] = {"LocationConstraint": region}
     call(f"create bucket {name}", s3.create_bucket, **params)
-    return Resource("workload bucket", name, CREATED)
+    return Resource(BUCKET_KIND, name, CREATED)
 
 
 def _empty_bucket(s3, name: str) -> int:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -173,14 +174,16 @@ class Sandbox:
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-        host = self.config.host
+        host, port = self.config.host, self.config.port
         try:
-            self._server = make_server(host, self.config.port,
-                                       DomainDispatcherApplication(create_backend_app),
-                                       threaded=True, request_handler=MotoRequestHandler)
+            with socket.socket() as probe:  # werkzeug would print its own lines and exit
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
         except OSError as exc:
-            raise UsageError(f"sandbox: cannot listen on {host}:{self.config.port}"
+            raise UsageError(f"sandbox: cannot listen on {host}:{port}"
                              f" ({exc.strerror or exc}): pass another --port") from None
+        self._server = make_server(host, port, DomainDispatcherApplication(create_backend_app),
+                                   threaded=True, request_handler=MotoRequestHandler)
         port = self._server.server_address[1]
         self.endpoint_url = f"http://{host}:{port}"
         self._server_thread = threading.Thread(target=self._server.serve_forever,

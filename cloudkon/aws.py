@@ -160,7 +160,8 @@ def translate(exc: Exception, what: str) -> Exception:
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message") or ""
         if code in NOT_FOUND_CODES or exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
-            return NotSetUpError(f"{what}: it does not exist (run `cloudkon setup` to create it)")
+            return NotSetUpError(f"{what}: it does not exist (run `cloudkon setup` to create it)",
+                                 what)
         if code in _CREDENTIAL_CODES:
             return CredentialsError(f"{what}: AWS refused the credentials ({code}: {message})")
         gave_up = f" (gave up after {AWS_MAX_ATTEMPTS} attempts)" if is_transient(exc) else ""

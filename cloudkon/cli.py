@@ -263,6 +263,19 @@ def _aws_options(prefix_required: bool = False):
     return decorate
 
 
+@contextlib.contextmanager
+def _deployment_of(config: AwsConfig):
+    """A missing queue, table or bucket of ``config``'s prefix said as such: the prefix
+    has no deployment (or is mistyped), and the setup command that makes one."""
+    from cloudkon.backends.resources import not_set_up
+    from cloudkon.errors import NotSetUpError
+
+    try:
+        yield
+    except NotSetUpError as exc:
+        raise not_set_up(config, exc) from None
+
+
 def _aws_config(prefix: str | None, region: str | None, endpoint_url: str | None,
                 bucket_suffix: str | None = None) -> AwsConfig:
     return AwsConfig(prefix=prefix or DEFAULT_PREFIX, region=region or None,
@@ -457,7 +470,6 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
     splits it into bundles on PREFIX-input; with --direct this command does that itself.
     With --wait it then collects the results and prints the summary, as `cloudkon collect`.
     """
-    from submitter import client
     from submitter.deployment import Deployment
 
     if (output or as_json or timeout is not None) and not wait:
@@ -465,6 +477,16 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
     deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix), senders,
                             batch_size)
     job_id = check_job_id(job_id) if job_id else new_job_id("job")
+    with _deployment_of(deployment.config):
+        return _submit(deployment, workload, job_id, direct, wait, output, as_json, timeout,
+                       progress, bundle_size, bundle_ms)
+
+
+def _submit(deployment, workload: str, job_id: str, direct: bool, wait: bool,
+            output: str | None, as_json: bool, timeout: float | None, progress: bool | None,
+            bundle_size: int, bundle_ms: float) -> int:
+    from submitter import client
+
     if direct:
         manifest = client.send_direct(deployment, workload, job_id, bundle_size, bundle_ms)
         for line, reason in manifest.bad_lines:
@@ -499,7 +521,8 @@ def collect_command(prefix: str | None, region: str | None, endpoint_url: str | 
     from submitter.deployment import Deployment
 
     deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix))
-    return _collect_and_report(deployment, job_id, output, as_json, timeout, progress)
+    with _deployment_of(deployment.config):
+        return _collect_and_report(deployment, job_id, output, as_json, timeout, progress)
 
 
 def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bool,

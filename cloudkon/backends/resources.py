@@ -86,6 +86,21 @@ def check(config: AwsConfig) -> None:
     call(f"table {config.lease_table}", ddb.describe_table, TableName=config.lease_table)
 
 
+def setup_command(config: AwsConfig) -> str:
+    """The `cloudkon setup` command line that makes ``config``'s deployment (in the same
+    environment, so with the same region)."""
+    suffix = f" --bucket-suffix {config.bucket_suffix}" if config.bucket_suffix else ""
+    return f"cloudkon setup --prefix {config.prefix}{suffix}"
+
+
+def not_set_up(config: AwsConfig, exc: NotSetUpError) -> NotSetUpError:
+    """``exc`` (a resource of ``config``'s prefix is missing) as one line that names the
+    prefix, which may be mistyped, and the setup command that makes its deployment."""
+    what = exc.what or str(exc)
+    return NotSetUpError(f"{what}: it does not exist; is the prefix {config.prefix!r} right? To"
+                         f" make its deployment, run `{setup_command(config)}`", exc.what)
+
+
 def teardown(config: AwsConfig) -> list[Resource]:
     """Delete the prefix's queues, table and bucket (with its objects); absent ones are fine."""
     sqs = aws.sqs_client(config)

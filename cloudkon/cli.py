@@ -8,6 +8,7 @@ succeeded, 1 a task failed or timed out (or a line was bad), 2 usage and input e
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -534,9 +535,20 @@ def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bo
         collection = client.collect(deployment, job_id, timeout, on_results=sinks.on_results,
                                     on_total=sinks.on_total)
     summary = collection.summary
-    sinks.print_summary(summary, as_json)
-    if show_elapsed and collection.complete and not as_json:
-        click.echo(f"  submit to last result {summary.wall_seconds:.3f} s",
+    wait = collection.split_wait
+    if as_json:
+        doc = summary.to_dict()
+        if wait is not None:
+            doc["split_wait_seconds"] = round(wait, 6)
+        click.echo(json.dumps(doc), file=sinks.summary_file)
+    else:
+        sinks.print_summary(summary, as_json)
+        if wait is not None:
+            click.echo(f"  upload waited {wait:.3f} s for the split (not in the wall time)",
+                       file=sinks.summary_file)
+    if show_elapsed and collection.complete and not as_json \
+            and collection.submit_to_last is not None:
+        click.echo(f"  submit to last result {collection.submit_to_last:.3f} s",
                    file=sinks.summary_file)
     if collection.recovered:
         log.warning("job %s: %d results read back from the lease table (their command is"

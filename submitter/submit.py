@@ -49,7 +49,7 @@ def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox:
 
     A workload that cannot be used at all (empty, binary, no tasks) is recorded REJECTED
     with the reason, and nothing is sent."""
-    started = Manifest(job_id, SUBMITTING, workload.path, submitted_at)
+    started = Manifest(job_id, SUBMITTING, workload.path, submitted_at, split_at=time.time())
     manifests.start(started)
     try:
         workload.check()
@@ -63,7 +63,8 @@ def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox:
     manifest = started.done(tasks=report.tasks, bundles=report.bundles,
                             bad_line_count=report.bad_line_count,
                             bad_lines=[list(b) for b in report.bad_lines],
-                            last_line=report.last_line, skipped=report.skipped)
+                            last_line=report.last_line, skipped=report.skipped,
+                            sleep_tasks=workload.sleep_tasks, sleep_ms=workload.sleep_ms)
     manifests.save(manifest)
     return manifest
 

@@ -93,8 +93,7 @@ def test_sandbox_runs_submit_wait_through_s3_the_lambda_and_its_workers_and_ctrl
         # The other terminal: only what the sandbox printed, no AWS settings of its own.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CLOUDKON_"))}
         env.update(exported)
-        workload = write_workload("".join(f"sleep {n % 7}\n" for n in range(300))
-                                  + "echo through the sandbox\n")
+        workload = write_workload("".join(f"sleep {10 + n % 3}\n" for n in range(301)))
         proc = cloudkon("submit", workload, "--wait", "--output", tmp_path / "results.jsonl",
                         env=env, timeout=180)
         assert proc.returncode == 0, proc.stderr + sandbox.stderr
@@ -102,6 +101,12 @@ def test_sandbox_runs_submit_wait_through_s3_the_lambda_and_its_workers_and_ctrl
         job_id = proc.stdout.splitlines()[0]
         assert f"job {job_id}: finished" in proc.stdout
         assert "tasks             301   succeeded 301" in proc.stdout
+        # The summary of a remote job: both workers with their threads, the efficiency of a
+        # sleep workload, the wall time from the split's start with the upload's wait apart.
+        assert "tasks/s with 2 workers, 4 threads" in proc.stdout
+        assert re.search(r"^  efficiency \d+\.\d%", proc.stdout, re.M), proc.stdout
+        assert re.search(r"^  upload waited \d+\.\d{3} s for the split \(not in the wall"
+                         r" time\)$", proc.stdout, re.M), proc.stdout
         results = (tmp_path / "results.jsonl").read_text().splitlines()
         assert len(results) == 301
         assert f"job {job_id}: splitting s3://" in sandbox.stderr  # the Lambda's own log line

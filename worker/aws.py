@@ -10,6 +10,7 @@ from cloudkon import aws
 from cloudkon.backends import resources
 from cloudkon.backends.dynamodb import DynamoLeaseStore
 from cloudkon.backends.sqs import SqsBroker
+from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig, WorkerConfig
 from cloudkon.errors import NotSetUpError
 from worker.daemon import Worker
@@ -45,4 +46,4 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
     inbox = broker.queue(deployment.input_queue, dead_letter=deployment.dead_letter_queue)
     leases = DynamoLeaseStore(aws.dynamodb_client(deployment, connections),
                               deployment.lease_table)
-    return Worker(inbox, broker, leases, config)
+    return Worker(inbox, broker, leases, config, codec=WireCodec(worker_threads=config.threads))

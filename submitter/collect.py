@@ -253,8 +253,10 @@ class Collector:
                 continue
             self._resolved.add(seq)
             found += 1
-            # The replayed bundle's sent_at is unknown: latency counts from the submit.
-            self._add(ResultBundle(self.job_id, seq, results, manifest.submitted_at,
+            # The bundle's sent_at as the worker stored it, so that a second collect keeps
+            # the latencies of the first; from the submit where a worker stored none.
+            self._add(ResultBundle(self.job_id, seq, results,
+                                   claim.sent_at or manifest.submitted_at,
                                    claim.owner.split("/", 1)[0]))
         self.recovered += self.count - before
         log.info("job %s: looked up %d bundles in the lease store, %d completed, %d results"

@@ -4,6 +4,8 @@ the in-memory backends, the result messages as the workers' codec encodes them."
 
 from __future__ import annotations
 
+import pytest
+
 from cloudkon.backends.memory import MemoryBroker
 from cloudkon.codec import WireCodec
 from cloudkon.model import SUCCEEDED, ResultBundle
@@ -58,3 +60,33 @@ def test_workers_that_do_not_say_their_threads_are_counted_as_before():
     assert collection.split_wait is None  # split here (--direct): no upload waited
     assert collection.summary.threads == 0
     assert "tasks/s with 1 worker\n" in collection.summary.to_text() + "\n"
+
+
+def test_a_second_collect_reads_back_the_same_queued_times_and_latencies():
+    from cloudkon.backends.memory import MemoryLeaseStore
+    from cloudkon.codec import pack_results
+    from cloudkon.model import bundle_key
+
+    # The first collect took the results from the queue; the second finds them only in the
+    # lease store, where the worker stored them with the bundle's sent_at.
+    manifest = Manifest("job-q", SUBMITTED, "s3://b/workloads/job-q/w.txt", T0, tasks=2,
+                        bundles=1, last_line=2, split_at=T0 + 1.0)
+    bundle = _sleeps("job-q", 0, 1, "host:1", T0 + 101.0)
+    leases = MemoryLeaseStore()
+    key = bundle_key("job-q", 0)
+    leases.claim(key, "host:1/x-1", 60.0)
+    packed, _ = pack_results(bundle.results, leases.max_results_bytes)
+    assert leases.complete(key, "host:1/x-1", packed, bundle.sent_at)
+
+    broker = MemoryBroker()
+    broker.create("output")
+    manifests = MemoryManifests()
+    manifests.save(manifest)
+    records = []
+    collector = Collector("job-q", broker.queue("output"), manifests, leases,
+                          on_results=lambda b: records.extend(b.records()), quiet_seconds=0)
+    collection = collector.run(timeout=5)
+    assert collection.complete and collection.recovered == 2
+    assert [r["queued"] for r in records] == [T0 + 100.0, T0 + 100.0]
+    assert collection.summary.to_dict()["latency_ms"]["p50"] == \
+        pytest.approx(2000.0, rel=0.01)

@@ -468,7 +468,7 @@ class Worker:
             log.warning("bundle %s: output tails cut to %d characters so that the results fit"
                         " the lease store", key, max(max(len(r[7]), len(r[8])) for r in results),
                         extra=ids)
-        if not self.leases.complete(key, running.owner, packed):
+        if not self.leases.complete(key, running.owner, packed, bundle.sent_at):
             self.counts.add("lost")
             log.warning("bundle %s: lease lost to another worker before completion; results"
                         " dropped", key, extra=ids)

@@ -72,6 +72,8 @@ class Sandbox:
         self._server = None
         self._server_thread: threading.Thread | None = None
         self._events: threading.Thread | None = None
+        self._sqs = None  # the client and queue the S3 events come through
+        self._events_url = ""
         self._stopping = threading.Event()
         self._signal: int | None = None  # set by the signal handler
 

@@ -2,7 +2,9 @@
 
 An object created under ``workloads/JOB_ID/`` in the workload bucket is streamed, split into
 task bundles and sent to the input queue; the job's manifest goes to the lease table. The
-bucket and prefix are the stage's environment variables in ``.chalice/config.json``.
+bucket and prefix are the stage's environment variables in ``.chalice/config.json``
+(`cloudkon setup` writes them); the bucket matters only to ``chalice deploy`` and
+``chalice package``, which subscribe the handler to it.
 """
 
 import os
@@ -10,12 +12,14 @@ import os
 from chalice import Chalice
 
 from submitter.deployment import WORKLOADS_PREFIX
-from submitter.s3_lambda import on_upload, workload_bucket
+from submitter.s3_lambda import on_upload, subscribed_bucket
 
-app = Chalice(app_name="cloudkon")
+# The app's logger is named after it, and "cloudkon" is the package's: left to the Lambda
+# runtime's handler (and to `cloudkon sandbox`'s), not set to ERROR on stdout by Chalice.
+app = Chalice(app_name="cloudkon", configure_logs=False)
 
 
-@app.on_s3_event(bucket=workload_bucket(os.path.dirname(os.path.abspath(__file__))),
+@app.on_s3_event(bucket=subscribed_bucket(os.path.dirname(os.path.abspath(__file__))),
                  prefix=WORKLOADS_PREFIX, events=["s3:ObjectCreated:*"])
 def split_workload(event):
     """Split the uploaded workload into task bundles on the input queue."""

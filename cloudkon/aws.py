@@ -12,6 +12,7 @@ AWS_ENDPOINT_URL, the instance role) unless the configuration names them.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -77,6 +78,23 @@ _NO_CREDENTIALS = ("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY
                    " AWS_SECRET_ACCESS_KEY, or run where an IAM role provides them")
 
 
+_NO_REGION = ("no AWS region: pass --region, or set AWS_REGION or AWS_DEFAULT_REGION, or a"
+              " region in the AWS profile")
+# The region variables in the order the AWS SDKs and CLI read them: AWS_REGION (the SDKs,
+# and the Lambda runtime, which sets both) before AWS_DEFAULT_REGION (boto3's own, which
+# with the profile botocore resolves itself).
+_REGION_VARIABLES = ("AWS_REGION",)
+
+
+def region_name(config: AwsConfig) -> str | None:
+    """The region to use: the configuration's, else AWS_REGION; None leaves it to boto3
+    (AWS_DEFAULT_REGION, then the profile), so every AWS variable is read as the AWS CLI
+    reads it, by every command and by the Lambda."""
+    if config.region:
+        return config.region
+    return next((os.environ[v] for v in _REGION_VARIABLES if os.environ.get(v)), None)
+
+
 def error_code(exc: ClientError) -> str:
     """The AWS error code of a ClientError (the query-protocol code where SQS gives one)."""
     error = exc.response.get("Error", {})
@@ -137,12 +155,13 @@ def translate(exc: Exception, what: str) -> Exception:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
         return CredentialsError(_NO_CREDENTIALS)
     if isinstance(exc, NoRegionError):
-        return CredentialsError("no AWS region: pass --region or set AWS_REGION")
+        return CredentialsError(_NO_REGION)
     if isinstance(exc, ClientError):
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message") or ""
         if code in NOT_FOUND_CODES or exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
-            return NotSetUpError(f"{what}: it does not exist (run `cloudkon setup` to create it)")
+            return NotSetUpError(f"{what}: it does not exist (run `cloudkon setup` to create it)",
+                                 what)
         if code in _CREDENTIAL_CODES:
             return CredentialsError(f"{what}: AWS refused the credentials ({code}: {message})")
         gave_up = f" (gave up after {AWS_MAX_ATTEMPTS} attempts)" if is_transient(exc) else ""
@@ -160,7 +179,7 @@ def client(service: str, config: AwsConfig, max_connections: int = 10):
         max_pool_connections=max_connections,
     )
     try:
-        return boto3.session.Session(region_name=config.region).client(
+        return boto3.session.Session(region_name=region_name(config)).client(
             service, endpoint_url=config.endpoint_url, config=botocore_config)
     except NoRegionError as exc:
         raise translate(exc, service) from exc

@@ -8,6 +8,7 @@ succeeded, 1 a task failed or timed out (or a line was bad), 2 usage and input e
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ import sys
 import click
 
 from cloudkon import __version__, logs
-from cloudkon.config import DEFAULT_PREFIX, AwsConfig, RunConfig, WorkerConfig
+from cloudkon.config import DEFAULT_PREFIX, AwsConfig, RunConfig, SandboxConfig, WorkerConfig
 from cloudkon.errors import CloudKonError, OutputClosed, UsageError
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
@@ -32,6 +33,7 @@ from cloudkon.limits import (
     MAX_BUNDLE_TASKS,
     MAX_LOCAL_WORKERS,
     MAX_REPORTED_BAD_LINES,
+    SANDBOX_PORT,
     SQS_LONG_POLL_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
@@ -260,6 +262,19 @@ def _aws_options(prefix_required: bool = False):
     return decorate
 
 
+@contextlib.contextmanager
+def _deployment_of(config: AwsConfig):
+    """A missing queue, table or bucket of ``config``'s prefix said as such: the prefix
+    has no deployment (or is mistyped), and the setup command that makes one."""
+    from cloudkon.backends.resources import not_set_up
+    from cloudkon.errors import NotSetUpError
+
+    try:
+        yield
+    except NotSetUpError as exc:
+        raise not_set_up(config, exc) from None
+
+
 def _aws_config(prefix: str | None, region: str | None, endpoint_url: str | None,
                 bucket_suffix: str | None = None) -> AwsConfig:
     return AwsConfig(prefix=prefix or DEFAULT_PREFIX, region=region or None,
@@ -277,18 +292,29 @@ _BUCKET_SUFFIX = click.option(
 @click.option("--visibility-timeout", type=click.IntRange(1, SQS_MAX_VISIBILITY_SECONDS),
               default=DEFAULT_VISIBILITY_SECONDS, show_default=True, metavar="SECONDS",
               help="The input queue's default visibility timeout.")
+@click.option("--chalice-stage", metavar="STAGE", default="dev", show_default=True,
+              help="The stage of .chalice/config.json (in the current folder, if there) whose"
+                   " CLOUDKON_PREFIX and CLOUDKON_BUCKET are set to this deployment's.")
 def setup_command(prefix: str | None, region: str | None, endpoint_url: str | None,
-                  bucket_suffix: str | None, visibility_timeout: int) -> int:
+                  bucket_suffix: str | None, visibility_timeout: int, chalice_stage: str) -> int:
     """Create the AWS resources of PREFIX: queues, lease table, workload bucket.
 
     Creates only what is missing and sets the attributes of what exists, so running it
-    again is harmless. Prints each resource and what was done to it.
+    again is harmless. Prints each resource and what was done to it. In a Chalice project
+    (this repository), it also writes the prefix and the bucket into the stage's variables
+    in .chalice/config.json, for `chalice deploy`.
     """
-    from cloudkon.backends.resources import setup
+    from cloudkon.backends.resources import BUCKET_KIND, setup
+    from submitter.chalice_stage import fill_stage
 
-    for resource in setup(_aws_config(prefix, region, endpoint_url, bucket_suffix),
-                          visibility_timeout):
+    config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
+    done = setup(config, visibility_timeout)
+    for resource in done:
         click.echo(str(resource))
+    bucket = next(r.name for r in done if r.kind == BUCKET_KIND)
+    stage = fill_stage(os.getcwd(), config.prefix, bucket, chalice_stage)
+    if stage is not None:
+        click.echo(str(stage))
     return EXIT_OK
 
 
@@ -366,6 +392,34 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
     return worker.run()
 
 
+@cli.command("sandbox")
+@click.option("-w", "--workers", type=click.IntRange(0, 64), default=2, show_default=True,
+              help="`cloudkon worker` processes to start.")
+@click.option("-t", "--threads", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Threads of each worker.")
+@click.option("--port", type=click.IntRange(0, 65535), default=SANDBOX_PORT, show_default=True,
+              help="Port of the moto server on 127.0.0.1 (0: any free port).")
+@click.option("--prefix", envvar="CLOUDKON_PREFIX", default=DEFAULT_PREFIX, show_default=True,
+              help="The deployment's prefix [env: CLOUDKON_PREFIX].")
+@click.pass_obj
+def sandbox_command(verbose: int, workers: int, threads: int, port: int, prefix: str) -> int:
+    """Run the remote flavour on this machine, without an AWS account, until Ctrl-C.
+
+    Starts a moto server on 127.0.0.1 in place of AWS, makes the deployment there (as
+    `cloudkon setup`), delivers the bucket's upload events to the Lambda handler of app.py,
+    and starts WORKERS `cloudkon worker` processes. It prints the environment to export in
+    another terminal, where `cloudkon submit FILE --wait`, `collect` and the rest then work
+    as on AWS. Nothing reaches AWS. Ctrl-C (or SIGTERM) stops everything it started. Needs
+    a source checkout with the sandbox extra (./scripts/cloudkon sandbox installs it).
+    """
+    from cloudkon.sandbox import Sandbox
+
+    logs.configure(verbose, daemon=True)
+    config = SandboxConfig(prefix=_aws_config(prefix, None, None).prefix, workers=workers,
+                           threads=threads, port=port)
+    return Sandbox(config, out=lambda line: click.echo(line) or sys.stdout.flush()).run()
+
+
 # --- The remote flavour: submitting jobs and collecting their results -----------------------
 
 _COLLECT_OPTIONS = (
@@ -417,7 +471,6 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
     splits it into bundles on PREFIX-input; with --direct this command does that itself.
     With --wait it then collects the results and prints the summary, as `cloudkon collect`.
     """
-    from submitter import client
     from submitter.deployment import Deployment
 
     if (output or as_json or timeout is not None) and not wait:
@@ -425,6 +478,16 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
     deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix), senders,
                             batch_size)
     job_id = check_job_id(job_id) if job_id else new_job_id("job")
+    with _deployment_of(deployment.config):
+        return _submit(deployment, workload, job_id, direct, wait, output, as_json, timeout,
+                       progress, bundle_size, bundle_ms)
+
+
+def _submit(deployment, workload: str, job_id: str, direct: bool, wait: bool,
+            output: str | None, as_json: bool, timeout: float | None, progress: bool | None,
+            bundle_size: int, bundle_ms: float) -> int:
+    from submitter import client
+
     if direct:
         manifest = client.send_direct(deployment, workload, job_id, bundle_size, bundle_ms)
         for line, reason in manifest.bad_lines:
@@ -459,7 +522,8 @@ def collect_command(prefix: str | None, region: str | None, endpoint_url: str | 
     from submitter.deployment import Deployment
 
     deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix))
-    return _collect_and_report(deployment, job_id, output, as_json, timeout, progress)
+    with _deployment_of(deployment.config):
+        return _collect_and_report(deployment, job_id, output, as_json, timeout, progress)
 
 
 def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bool,
@@ -471,9 +535,20 @@ def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bo
         collection = client.collect(deployment, job_id, timeout, on_results=sinks.on_results,
                                     on_total=sinks.on_total)
     summary = collection.summary
-    sinks.print_summary(summary, as_json)
-    if show_elapsed and collection.complete and not as_json:
-        click.echo(f"  submit to last result {summary.wall_seconds:.3f} s",
+    wait = collection.split_wait
+    if as_json:
+        doc = summary.to_dict()
+        if wait is not None:
+            doc["split_wait_seconds"] = round(wait, 6)
+        click.echo(json.dumps(doc), file=sinks.summary_file)
+    else:
+        sinks.print_summary(summary, as_json)
+        if wait is not None:
+            click.echo(f"  upload waited {wait:.3f} s for the split (not in the wall time)",
+                       file=sinks.summary_file)
+    if show_elapsed and collection.complete and not as_json \
+            and collection.submit_to_last is not None:
+        click.echo(f"  submit to last result {collection.submit_to_last:.3f} s",
                    file=sinks.summary_file)
     if collection.recovered:
         log.warning("job %s: %d results read back from the lease table (their command is"

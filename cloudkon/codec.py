@@ -79,11 +79,14 @@ def decode_bundle(body: str | bytes) -> tuple[Bundle, str]:
 
 def encode_results(bundle: ResultBundle) -> str:
     """The body of a message carrying a bundle's results."""
-    return _dumps({
+    doc = {
         "v": VERSION, "kind": RESULTS, "job": bundle.job_id, "seq": bundle.seq,
         "worker": bundle.worker, "sent_at": bundle.sent_at,
         "results": _columns(bundle.results, with_commands=True),
-    })
+    }
+    if bundle.threads:
+        doc["threads"] = bundle.threads
+    return _dumps(doc)
 
 
 def decode_results(body: str | bytes) -> ResultBundle:
@@ -94,8 +97,11 @@ def decode_results(body: str | bytes) -> ResultBundle:
     worker = doc.get("worker", "")
     if not isinstance(worker, str):
         raise CodecError("'worker' must be a string")
+    threads = doc.get("threads", 0)
+    if not _is_int(threads) or threads < 0:
+        raise CodecError("'threads' must be a non-negative integer")
     results = _rows(doc.get("results"), commands=None)
-    return ResultBundle(job_id, seq, results, _time(doc, "sent_at"), worker)
+    return ResultBundle(job_id, seq, results, _time(doc, "sent_at"), worker, threads)
 
 
 def results_bodies(bundle: ResultBundle,
@@ -108,7 +114,8 @@ def results_bodies(bundle: ResultBundle,
     half = len(bundle.results) // 2
     parts = []
     for chunk in (bundle.results[:half], bundle.results[half:]):
-        part = ResultBundle(bundle.job_id, bundle.seq, chunk, bundle.sent_at, bundle.worker)
+        part = ResultBundle(bundle.job_id, bundle.seq, chunk, bundle.sent_at, bundle.worker,
+                            bundle.threads)
         parts += results_bodies(part, max_bytes)
     return parts
 
@@ -262,11 +269,21 @@ def _is_number(value: object) -> bool:
 
 class WireCodec:
     """Bodies and stored results as they cross SQS and DynamoDB: the JSON and packed
-    columns above. The worker loop reaches the codec only through this interface."""
+    columns above. The worker loop reaches the codec only through this interface.
+    ``worker_threads``, if given, is said in every results message (the collector's
+    summary counts the threads of the workers)."""
+
+    def __init__(self, worker_threads: int = 0) -> None:
+        self.worker_threads = worker_threads
+
+    def results_bodies(self, bundle: ResultBundle) -> list[str]:
+        if self.worker_threads and not bundle.threads:
+            bundle = ResultBundle(bundle.job_id, bundle.seq, bundle.results, bundle.sent_at,
+                                  bundle.worker, self.worker_threads)
+        return results_bodies(bundle)
 
     encode_bundle = staticmethod(encode_bundle)
     decode_bundle = staticmethod(decode_bundle)
-    results_bodies = staticmethod(results_bodies)
     decode_results = staticmethod(decode_results)
     pack_results = staticmethod(pack_results)
     unpack_results = staticmethod(unpack_results)

@@ -16,6 +16,8 @@ from cloudkon.limits import (
     DEFAULT_TASK_TIMEOUT,
     DEFAULT_VISIBILITY_SECONDS,
     HEARTBEATS_PER_VISIBILITY,
+    SANDBOX_PORT,
+    SANDBOX_REGION,
     SQS_LONG_POLL_SECONDS,
 )
 
@@ -92,3 +94,15 @@ class WorkerConfig:
     @property
     def heartbeat_seconds(self) -> float:
         return self.visibility_seconds / HEARTBEATS_PER_VISIBILITY
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """What `cloudkon sandbox` brings up on this machine."""
+
+    prefix: str = DEFAULT_PREFIX
+    workers: int = 2  # `cloudkon worker` processes
+    threads: int = 4  # of each worker
+    port: int = SANDBOX_PORT  # of the moto server on 127.0.0.1; 0: any free port
+    host: str = "127.0.0.1"
+    region: str = SANDBOX_REGION

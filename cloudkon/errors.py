@@ -66,6 +66,10 @@ class AwsError(CloudKonError):
 class NotSetUpError(UsageError):
     """A queue, table or bucket the command needs does not exist (`cloudkon setup`)."""
 
+    def __init__(self, message: str, what: str = "") -> None:
+        super().__init__(message)
+        self.what = what  # the call or resource that found it missing ("queue x-input")
+
 
 class CredentialsError(UsageError):
     """boto3 found no AWS credentials, or no region to use."""

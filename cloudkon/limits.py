@@ -141,3 +141,17 @@ MAX_BUNDLE_TASKS = 10000
 # at once. On AWS one call takes 10-50 ms, so a few in parallel send a million-task
 # workload's bundles in seconds.
 DEFAULT_SENDERS = 4
+
+# A worker whose input queue answers "does not exist" for this long (deleted by `cloudkon
+# teardown`, or by hand) exits 2. Not at the first answer: SQS may say so for a moment
+# while a queue of the same name is being recreated (AWS asks for 60 s between the two).
+QUEUE_GONE_EXIT_SECONDS = 15.0
+
+# `cloudkon sandbox`: the port of its moto server on 127.0.0.1 (LocalStack's 4566 and
+# moto's own 5000 are left to them), the region it names, and the seconds its workers get
+# to exit after Ctrl-C before they are killed.
+SANDBOX_PORT = 4575
+SANDBOX_REGION = "us-east-1"  # the one region whose buckets take no LocationConstraint
+SANDBOX_STOP_SECONDS = 15.0
+# How long one receive of the sandbox's S3 events waits: bounds how late it sees Ctrl-C.
+SANDBOX_EVENT_POLL_SECONDS = 1

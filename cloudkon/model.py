@@ -117,15 +117,16 @@ class Bundle:
 class ResultBundle:
     """The results of one bundle's tasks (tuples laid out as Result), in the order they ran."""
 
-    __slots__ = ("job_id", "seq", "results", "sent_at", "worker")
+    __slots__ = ("job_id", "seq", "results", "sent_at", "worker", "threads")
 
     def __init__(self, job_id: str, seq: int, results: list[tuple], sent_at: float,
-                 worker: str = "") -> None:
+                 worker: str = "", threads: int = 0) -> None:
         self.job_id = job_id
         self.seq = seq
         self.results = results
         self.sent_at = sent_at  # copied from the task bundle: latency = result end - sent_at
         self.worker = worker  # who ran the bundle
+        self.threads = threads  # the bundle threads of that worker; 0 if not said
 
     def records(self) -> list[dict]:
         """The results as results-file records."""

@@ -132,6 +132,7 @@ class Summary:
     def __init__(self, job_id: str, workers: int) -> None:
         self.job_id = job_id
         self.workers = workers
+        self.threads = 0  # of the workers together, when they are processes of several threads
         self.counts = {SUCCEEDED: 0, FAILED: 0, TIMED_OUT: 0, CANCELLED: 0}
         self.latency = Histogram()  # from the bundle entering the queue to the task's end
         self.busy_seconds = 0.0  # the tasks' own run time, added up
@@ -218,7 +219,7 @@ class Summary:
             return None
         if not self.slept_seconds:
             return None
-        return self.slept_seconds / self.workers / self.wall_seconds
+        return self.slept_seconds / (self.threads or self.workers) / self.wall_seconds
 
     def to_dict(self) -> dict:
         def ms(h: Histogram, q: float) -> float | None:
@@ -227,9 +228,11 @@ class Summary:
 
         eff = self.efficiency()
         n_ran = self.done
+        threads = {"threads": self.threads} if self.threads else {}
         return {
             "job_id": self.job_id,
             "workers": self.workers,
+            **threads,
             "tasks": self.tasks_read + self.not_read,
             "done": self.done,
             "succeeded": self.counts[SUCCEEDED],
@@ -281,6 +284,7 @@ class Summary:
             f"  wall time  {d['wall_seconds']:>10.3f} s   throughput "
             f"{rate if rate is not None else 0:,.1f} tasks/s with {d['workers']}"
             f" worker{'' if d['workers'] == 1 else 's'}"
+            + (f", {self.threads} threads" if self.threads else "")
         )
         lat = d["latency_ms"]
         if lat["p50"] is not None:

@@ -60,6 +60,16 @@ class Collection:
     missing_count: int  # tasks without a result; -1 if unknown (manifest not final)
     missing: list[str]  # ids of the first few missing tasks (empty if they cannot be named)
     recovered: int  # results read back from the lease store
+    submit_to_last: float | None = None  # seconds from the submit to the last result
+
+    @property
+    def split_wait(self) -> float | None:
+        """How long the uploaded workload waited before the split started (the Lambda's
+        start), left out of the wall time; None for a job not split from an upload."""
+        m = self.manifest
+        if m is None or not m.split_at or not m.source.startswith("s3://"):
+            return None
+        return max(m.split_at - m.submitted_at, 0.0)
 
     def shortfall(self, timeout: float) -> str:
         """What a collection that gave up after ``timeout`` seconds lacks, in one line."""
@@ -101,10 +111,11 @@ class Collector:
         self.count = 0  # tasks with a result
         self._seqs: set[int] = set()  # bundles with a result received from the queue
         self._resolved: set[int] = set()  # bundles read back COMPLETED from the lease store
-        self._workers: set[str] = set()
+        self._workers: dict[str, int] = {}  # worker id -> its threads (0: not said)
         self._others: dict[str, float] = {}  # message id of another job -> when first seen
         self._last_end = 0.0
         self.recovered = 0
+        self.submit_to_last: float | None = None  # from the submit to the last result
 
     def run(self, timeout: float | None = None) -> Collection:
         now = time.monotonic
@@ -125,7 +136,11 @@ class Collector:
             remaining = deadline - now()
             if remaining <= 0:
                 break
-            messages = self.outbox.receive(SQS_MAX_BATCH, min(SQS_LONG_POLL_SECONDS, remaining),
+            # While the manifest is not final, poll short: the results may all be in before
+            # it is read again.
+            wait = SQS_LONG_POLL_SECONDS if manifest is not None and manifest.final \
+                else MANIFEST_POLL_SECONDS
+            messages = self.outbox.receive(SQS_MAX_BATCH, min(wait, remaining),
                                            COLLECT_VISIBILITY_SECONDS)
             if self._take(messages):
                 last_mine = now()
@@ -208,9 +223,10 @@ class Collector:
             return
         self.count += len(fresh)
         if bundle.worker:
-            self._workers.add(bundle.worker)
+            self._workers[bundle.worker] = max(bundle.threads, self._workers.get(bundle.worker, 0))
         self._last_end = max(self._last_end, max(r[6] for r in fresh))
-        fresh_bundle = ResultBundle(bundle.job_id, bundle.seq, fresh, bundle.sent_at, bundle.worker)
+        fresh_bundle = ResultBundle(bundle.job_id, bundle.seq, fresh, bundle.sent_at, bundle.worker,
+                                    bundle.threads)
         self.summary.add(fresh_bundle)
         if self.on_results is not None:
             self.on_results(fresh_bundle)
@@ -236,8 +252,10 @@ class Collector:
                 continue
             self._resolved.add(seq)
             found += 1
-            # The replayed bundle's sent_at is unknown: latency counts from the submit.
-            self._add(ResultBundle(self.job_id, seq, results, manifest.submitted_at,
+            # The bundle's sent_at as the worker stored it, so that a second collect keeps
+            # the latencies of the first; from the submit where a worker stored none.
+            self._add(ResultBundle(self.job_id, seq, results,
+                                   claim.sent_at or manifest.submitted_at,
                                    claim.owner.split("/", 1)[0]))
         self.recovered += self.count - before
         log.info("job %s: looked up %d bundles in the lease store, %d completed, %d results"
@@ -248,11 +266,16 @@ class Collector:
     def _finish(self, manifest: Manifest | None) -> Collection:
         s = self.summary
         s.workers = len(self._workers)
+        if all(self._workers.values()):  # every worker said how many threads it has
+            s.threads = sum(self._workers.values())
         if manifest is not None and self._last_end:
-            s.wall_seconds = max(self._last_end - manifest.submitted_at, 0.0)
+            # From the split's start: how long the upload waited for the Lambda is apart.
+            s.wall_seconds = max(self._last_end - (manifest.split_at or manifest.submitted_at),
+                                 0.0)
+            self.submit_to_last = max(self._last_end - manifest.submitted_at, 0.0)
         if manifest is None or not manifest.final:
             s.incomplete = True
-            return Collection(s, manifest, False, -1, [], self.recovered)
+            return Collection(s, manifest, False, -1, [], self.recovered, self.submit_to_last)
         missing_count = max(manifest.tasks - self.count, 0)
         named = []
         if missing_count and manifest.skipped is not None:
@@ -261,7 +284,8 @@ class Collector:
                 if len(named) >= MAX_NAMED_MISSING:
                     break
         s.incomplete = missing_count > 0
-        return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered)
+        return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered,
+                          self.submit_to_last)
 
     def _missing_lines(self, manifest: Manifest) -> Iterator[int]:
         skipped = iter(manifest.skipped or ())

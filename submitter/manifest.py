@@ -42,6 +42,7 @@ class Manifest:
     last_line: int = 0  # the last line that is a task
     skipped: list[list[int]] | None = field(default_factory=list)  # non-task runs; None: unknown
     error: str = ""  # why the job was REJECTED
+    split_at: float = 0.0  # when the splitter started (the Lambda's start for an upload)
 
     @property
     def final(self) -> bool:

@@ -49,7 +49,7 @@ def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox:
 
     A workload that cannot be used at all (empty, binary, no tasks) is recorded REJECTED
     with the reason, and nothing is sent."""
-    started = Manifest(job_id, SUBMITTING, workload.path, submitted_at)
+    started = Manifest(job_id, SUBMITTING, workload.path, submitted_at, split_at=time.time())
     manifests.start(started)
     try:
         workload.check()

@@ -101,3 +101,39 @@ def test_usage_errors_are_one_line_and_exit_2(cloudkon, args, message):
     proc = cloudkon(*args, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _region_env(tmp_path, moto_server, **region: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", **region)
+    return env
+
+
+def test_the_region_is_read_from_aws_region_or_aws_default_region(aws_config, cloudkon,
+                                                                  tmp_path, moto_server):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        proc = cloudkon("setup", "--prefix", aws_config.prefix, timeout=60,
+                        env=_region_env(tmp_path, moto_server, **{name: "us-east-1"}))
+        assert proc.returncode == 0, (name, proc.stderr)
+
+
+def test_no_region_names_every_place_a_region_is_read_from(aws_config, cloudkon, tmp_path,
+                                                           moto_server):
+    proc = cloudkon("setup", "--prefix", aws_config.prefix, timeout=60,
+                    env=_region_env(tmp_path, moto_server))
+    assert (proc.returncode, proc.stderr) == (2, (
+        "cloudkon: error: no AWS region: pass --region, or set AWS_REGION or AWS_DEFAULT_REGION,"
+        " or a region in the AWS profile\n"))
+
+
+def test_the_lambda_reads_aws_region_as_the_cli_does(monkeypatch):
+    from cloudkon import aws
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert aws.sqs_client(AwsConfig(prefix="p")).meta.region_name == "eu-west-1"
+    assert aws.sqs_client(AwsConfig(prefix="p", region="us-east-2")).meta.region_name \
+        == "us-east-2"

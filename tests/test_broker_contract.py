@@ -277,3 +277,10 @@ def test_keys_are_independent(leases):
     store, _ = leases
     assert store.claim("job#0", "a", LEASE).outcome == CLAIMED
     assert store.claim("job#1", "b", LEASE).outcome == CLAIMED
+
+
+def test_a_completed_key_keeps_when_its_bundle_was_queued(leases):
+    store, _ = leases
+    store.claim("job#0", "a", LEASE)
+    assert store.complete("job#0", "a", b"r", 1_800_000_000.25)
+    assert store.lookup("job#0").sent_at == 1_800_000_000.25

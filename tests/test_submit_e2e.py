@@ -178,12 +178,18 @@ def test_collect_names_what_is_wrong_in_one_line(remote, cloudkon, write_workloa
         (("collect", *_aws(remote), "job-20990101T000000-abcdef"),
          "cloudkon: error: job job-20990101T000000-abcdef does not exist (no manifest, no upload)"),
         (("collect", "--prefix", "tnosuch", "job-x"),
-         "cloudkon: error: queue tnosuch-output: it does not exist (run `cloudkon setup` to create it)"),
+         "cloudkon: error: queue tnosuch-output: it does not exist; is the prefix 'tnosuch' right?"
+         " To make its deployment, run `cloudkon setup --prefix tnosuch`"),
         (("submit", "--prefix", "tnosuch", "--direct", workload),
-         "cloudkon: error: queue tnosuch-input: it does not exist (run `cloudkon setup` to create it)"),
+         "cloudkon: error: queue tnosuch-input: it does not exist; is the prefix 'tnosuch' right?"
+         " To make its deployment, run `cloudkon setup --prefix tnosuch`"),
         (("submit", "--prefix", remote.prefix, "--bucket-suffix", "nosuch", workload),
          f"cloudkon: error: upload {workload} to bucket {remote.prefix}-workloads-nosuch: it does"
-         " not exist (run `cloudkon setup` to create it)"),
+         f" not exist; is the prefix '{remote.prefix}' right? To make its deployment, run"
+         f" `cloudkon setup --prefix {remote.prefix} --bucket-suffix nosuch`"),
+        (("submit", "--prefix", "tnosuch", workload),
+         "cloudkon: error: queue tnosuch-input: it does not exist; is the prefix 'tnosuch' right?"
+         " To make its deployment, run `cloudkon setup --prefix tnosuch`"),
         (("submit", *_aws(remote), write_workload(b"", name="empty.txt")),
          f"cloudkon: error: {tmp_path / 'empty.txt'}: is empty: no tasks to run"),
         (("submit", *_aws(remote), "--direct", write_workload(b"\x00\x01\x02" * 100, name="b.bin")),

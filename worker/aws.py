@@ -10,7 +10,9 @@ from cloudkon import aws
 from cloudkon.backends import resources
 from cloudkon.backends.dynamodb import DynamoLeaseStore
 from cloudkon.backends.sqs import SqsBroker
+from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig, WorkerConfig
+from cloudkon.errors import NotSetUpError
 from worker.daemon import Worker
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,20 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
     if create:
         for resource in resources.setup(deployment, config.visibility_seconds, bucket=False,
                                         update=False):
-            if resource.state != resources.EXISTS:
+            if resource.state == resources.CREATED:
+                log.warning("%s %s did not exist: created, as for a new deployment of prefix %r"
+                            " (mistyped? --no-create refuses instead)", resource.kind,
+                            resource.name, deployment.prefix)
+            elif resource.state != resources.EXISTS:
                 log.info("%s", resource)
     else:
-        resources.check(deployment)
+        try:
+            resources.check(deployment)
+        except NotSetUpError as exc:
+            raise resources.not_set_up(deployment, exc) from None
     connections = config.threads + _EXTRA_CONNECTIONS
     broker = SqsBroker(aws.sqs_client(deployment, connections), batch_size)
     inbox = broker.queue(deployment.input_queue, dead_letter=deployment.dead_letter_queue)
     leases = DynamoLeaseStore(aws.dynamodb_client(deployment, connections),
                               deployment.lease_table)
-    return Worker(inbox, broker, leases, config)
+    return Worker(inbox, broker, leases, config, codec=WireCodec(worker_threads=config.threads))

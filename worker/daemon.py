@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from cloudkon.backends import BUSY, COMPLETED, Broker, LeaseStore, Message, MessageQueue
 from cloudkon.codec import WIRE, WireCodec
 from cloudkon.config import WorkerConfig
-from cloudkon.errors import CloudKonError, CodecError
+from cloudkon.errors import CloudKonError, CodecError, NotSetUpError
 from cloudkon.executor import Executor, signal_name
 from cloudkon.limits import (
     AWS_ERROR_PAUSE_SECONDS,
     LEASE_SHARE_OF_VISIBILITY,
+    QUEUE_GONE_EXIT_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
 )
@@ -57,6 +58,7 @@ _TICK = 0.1  # seconds between the main thread's looks at its flags
 _GIVE_BACK_SECONDS = 10.0  # after a hard stop, how long bundle threads get to give back
 _END = None  # tells a bundle thread to exit
 _LEAD = object()  # tells an idle bundle thread that nobody is receiving: it may now
+EXIT_QUEUE_GONE = 2  # the input queue was deleted under the worker (as for --no-create)
 
 
 @dataclass
@@ -129,6 +131,8 @@ class Worker:
         self._followers = 0  # idle threads waiting on the handoff (under _slots)
         self._outboxes: dict[str, MessageQueue] = {}  # results queues by name
         self._threads: list[threading.Thread] = []
+        self._gone_since: float | None = None  # since when receives find no input queue
+        self._gone: NotSetUpError | None = None  # why the worker stops to exit 2
 
     # --- control ---------------------------------------------------------------------------
 
@@ -216,6 +220,10 @@ class Worker:
             self._handoff.put(_END)
         self._give_back_leftovers()
         self._log_liveness("stopped")
+        if self._gone is not None:
+            log.error("%s, for %.0f s: exiting (was the deployment torn down?)", self._gone,
+                      QUEUE_GONE_EXIT_SECONDS)
+            return EXIT_QUEUE_GONE
         if self._hard_signal is not None:
             return 128 + self._hard_signal
         return 0
@@ -300,14 +308,16 @@ class Worker:
                 messages = self.inbox.receive(min(max(free, 1), SQS_MAX_BATCH),
                                               cfg.wait_seconds, cfg.visibility_seconds)
         except CloudKonError as exc:
-            log.error("receiving from %s failed: %s; trying again in %.0f s",
-                      self.inbox.name, exc, AWS_ERROR_PAUSE_SECONDS)
+            if not self._queue_gone(exc):
+                log.error("receiving from %s failed: %s; trying again in %.0f s",
+                          self.inbox.name, exc, AWS_ERROR_PAUSE_SECONDS)
             self._receiving.release()
             self._draining.wait(AWS_ERROR_PAUSE_SECONDS)
             return None
         except BaseException:
             self._receiving.release()
             raise
+        self._gone_since = None
         if messages:
             self.counts.add("received", len(messages))
             if self._stopping():
@@ -326,6 +336,24 @@ class Worker:
         if lead:
             self._handoff.put(_LEAD)
         return messages[0] if messages else None
+
+    def _queue_gone(self, exc: CloudKonError) -> bool:
+        """True if a receive failed because the input queue does not exist; said once, and
+        once it has not existed for QUEUE_GONE_EXIT_SECONDS, the worker stops (exit 2)."""
+        if not isinstance(exc, NotSetUpError):
+            return False
+        now = time.monotonic()
+        with self._slots:
+            first = self._gone_since is None
+            if first:
+                self._gone_since = now
+            elif now - self._gone_since >= QUEUE_GONE_EXIT_SECONDS and self._gone is None:
+                self._gone = exc
+                self.stop(hard=True)
+        if first:
+            log.warning("%s; exiting in %.0f s unless it comes back", exc,
+                        QUEUE_GONE_EXIT_SECONDS)
+        return True
 
     def _give_back(self, messages: list[Message], why: str) -> None:
         try:
@@ -443,7 +471,7 @@ class Worker:
             log.warning("bundle %s: output tails cut to %d characters so that the results fit"
                         " the lease store", key, max(max(len(r[7]), len(r[8])) for r in results),
                         extra=ids)
-        if not self.leases.complete(key, running.owner, packed):
+        if not self.leases.complete(key, running.owner, packed, bundle.sent_at):
             self.counts.add("lost")
             log.warning("bundle %s: lease lost to another worker before completion; results"
                         " dropped", key, extra=ids)

@@ -91,6 +91,7 @@ class Claim(NamedTuple):
     lease_expires: float  # seconds since the epoch
     results: bytes | None  # stored results: all when COMPLETED, else those finished so far
     attempt: int  # how many claims the key has had, this one included when CLAIMED
+    sent_at: float = 0.0  # when the completed bundle was queued (its sent_at); 0: unknown
 
 
 class LeaseStore(Protocol):
@@ -108,8 +109,9 @@ class LeaseStore(Protocol):
         """Extend ``owner``'s live lease to ``lease_seconds`` from now, storing ``results``
         if given; False if ``owner`` no longer holds the key."""
 
-    def complete(self, key: str, owner: str, results: bytes) -> bool:
-        """Mark the key COMPLETED with its results if ``owner`` holds it (again: idempotent);
+    def complete(self, key: str, owner: str, results: bytes, sent_at: float = 0.0) -> bool:
+        """Mark the key COMPLETED with its results, and the bundle's ``sent_at`` (so that
+        results read back keep their latency), if ``owner`` holds it (again: idempotent);
         False if someone else does."""
 
     def release(self, key: str, owner: str, results: bytes | None = None) -> None:

@@ -76,10 +76,12 @@ class DynamoLeaseStore:
         return self._if_owner(f"heartbeat of bundle {key}", key, owner, update, values, results,
                               in_progress=True)
 
-    def complete(self, key: str, owner: str, results: bytes) -> bool:
+    def complete(self, key: str, owner: str, results: bytes, sent_at: float = 0.0) -> bool:
         now = self.clock()
-        update = "SET #status = :completed, expires_at = :ttl, completed_at = :now"
-        values = {":completed": {"S": COMPLETED}, ":ttl": self._ttl(now), ":now": _number(now)}
+        update = ("SET #status = :completed, expires_at = :ttl, completed_at = :now,"
+                  " sent_at = :sent")
+        values = {":completed": {"S": COMPLETED}, ":ttl": self._ttl(now), ":now": _number(now),
+                  ":sent": _number(sent_at)}
         # Conditional on the owner alone: a retry of a completion that did land succeeds.
         return self._if_owner(f"complete bundle {key}", key, owner, update, values, results,
                               in_progress=False)
@@ -133,4 +135,5 @@ def _claim(item: dict, outcome: str) -> Claim:
     return Claim(outcome, item.get("owner", {}).get("S", ""),
                  float(item.get("lease_expires", {}).get("N", "0")),
                  bytes(results) if results is not None else None,
-                 int(item.get("attempts", {}).get("N", "0")))
+                 int(item.get("attempts", {}).get("N", "0")),
+                 float(item.get("sent_at", {}).get("N", "0")))

@@ -192,6 +192,7 @@ class _Lease:
     lease_expires: float
     results: bytes | None
     attempt: int
+    sent_at: float = 0.0
 
 
 class MemoryLeaseStore:
@@ -231,13 +232,14 @@ class MemoryLeaseStore:
                 lease.results = self._checked(results)
             return True
 
-    def complete(self, key: str, owner: str, results: bytes) -> bool:
+    def complete(self, key: str, owner: str, results: bytes, sent_at: float = 0.0) -> bool:
         with self._lock:
             lease = self._leases.get(key)
             if lease is None or lease.owner != owner:
                 return False
             lease.status = COMPLETED
             lease.results = self._checked(results)
+            lease.sent_at = sent_at
             return True
 
     def release(self, key: str, owner: str, results: bytes | None = None) -> None:
@@ -254,7 +256,7 @@ class MemoryLeaseStore:
             if lease is None:
                 return None
             return Claim(lease.status, lease.owner, lease.lease_expires, lease.results,
-                         lease.attempt)
+                         lease.attempt, lease.sent_at)
 
     # For the local flavour: not part of the lease-store interface.
     def forget(self, key: str) -> None:

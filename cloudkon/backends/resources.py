@@ -27,6 +27,7 @@ from cloudkon.limits import (
 from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
 
 CREATED, EXISTS, UPDATED, DELETED, ABSENT = "created", "exists", "updated", "deleted", "absent"
+BUCKET_KIND = "workload bucket"
 _TABLE_READY_SECONDS = 180  # a new table takes seconds to become ACTIVE
 _TABLE_POLL_SECONDS = 2
 
@@ -85,6 +86,21 @@ def check(config: AwsConfig) -> None:
     call(f"table {config.lease_table}", ddb.describe_table, TableName=config.lease_table)
 
 
+def setup_command(config: AwsConfig) -> str:
+    """The `cloudkon setup` command line that makes ``config``'s deployment (in the same
+    environment, so with the same region)."""
+    suffix = f" --bucket-suffix {config.bucket_suffix}" if config.bucket_suffix else ""
+    return f"cloudkon setup --prefix {config.prefix}{suffix}"
+
+
+def not_set_up(config: AwsConfig, exc: NotSetUpError) -> NotSetUpError:
+    """``exc`` (a resource of ``config``'s prefix is missing) as one line that names the
+    prefix, which may be mistyped, and the setup command that makes its deployment."""
+    what = exc.what or str(exc)
+    return NotSetUpError(f"{what}: it does not exist; is the prefix {config.prefix!r} right? To"
+                         f" make its deployment, run `{setup_command(config)}`", exc.what)
+
+
 def teardown(config: AwsConfig) -> list[Resource]:
     """Delete the prefix's queues, table and bucket (with its objects); absent ones are fine."""
     sqs = aws.sqs_client(config)
@@ -109,11 +125,11 @@ def teardown(config: AwsConfig) -> list[Resource]:
     s3 = aws.s3_client(config)
     name = config.bucket(_account(config))
     if _bucket_state(s3, name) == ABSENT:
-        done.append(Resource("workload bucket", name, ABSENT))
+        done.append(Resource(BUCKET_KIND, name, ABSENT))
     else:
         removed = _empty_bucket(s3, name)
         call(f"delete bucket {name}", s3.delete_bucket, Bucket=name)
-        done.append(Resource("workload bucket", name, DELETED,
+        done.append(Resource(BUCKET_KIND, name, DELETED,
                              f"{removed} objects deleted" if removed else ""))
     return done
 
@@ -231,13 +247,13 @@ def _bucket_state(s3, name: str) -> str:
 
 def _ensure_bucket(s3, name: str) -> Resource:
     if _bucket_state(s3, name) == EXISTS:
-        return Resource("workload bucket", name, EXISTS)
+        return Resource(BUCKET_KIND, name, EXISTS)
     region = s3.meta.region_name
     params = {"Bucket": name}
     if region != "us-east-1":  # us-east-1 is the one region that refuses a LocationConstraint
         params["CreateBucketConfiguration"] = {"LocationConstraint": region}
     call(f"create bucket {name}", s3.create_bucket, **params)
-    return Resource("workload bucket", name, CREATED)
+    return Resource(BUCKET_KIND, name, CREATED)
 
 
 def _empty_bucket(s3, name: str) -> int:

@@ -37,8 +37,7 @@ def test_an_uploaded_job_counts_from_its_split_and_names_workers_and_threads():
     # Uploaded at T0, split 100 s later (a Lambda that came late), run by two workers of
     # 4 threads each, one bundle on each of 4 threads of each worker: 16 s of sleeps in 2 s.
     manifest = Manifest("job-s", SUBMITTED, "s3://b/workloads/job-s/w.txt", T0, tasks=16,
-                        bundles=8, last_line=16, split_at=T0 + 100.0, sleep_tasks=16,
-                        sleep_ms=16_000.0)
+                        bundles=8, last_line=16, split_at=T0 + 100.0)
     bundles = [(_sleeps("job-s", seq, 2 * seq + 1, f"host-{seq % 2}:1", T0 + 100.0), 4)
                for seq in range(8)]
     collection = _collect(manifest, bundles)

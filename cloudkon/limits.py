@@ -128,3 +128,12 @@ MAX_BUNDLE_TASKS = 10000
 # at once. On AWS one call takes 10-50 ms, so a few in parallel send a million-task
 # workload's bundles in seconds.
 DEFAULT_SENDERS = 4
+
+# How long a worker trusts what it last read of a job's state (cancelled or not) before
+# reading it again: at most one read per job this often, and never longer than a
+# heartbeat interval, so a cancel reaches running bundles at their next heartbeat.
+JOB_STATE_CACHE_SECONDS = 5.0
+
+# The most attempts a job may have (`cloudkon retry` adds one each time): attempt numbers
+# are kept one byte per line while collecting.
+MAX_JOB_ATTEMPTS = 255

@@ -20,13 +20,24 @@ import time
 from collections.abc import Callable
 
 from cloudkon.aws import call
-from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS, Claim
+from cloudkon.backends import (
+    BUSY,
+    CLAIMED,
+    COMPLETED,
+    IN_PROGRESS,
+    JOB_ACTIVE,
+    JOB_CANCELLED,
+    Claim,
+)
 from cloudkon.limits import LEASE_RESULTS_MAX_BYTES, SQS_MAX_RETENTION_SECONDS
+from cloudkon.model import job_key
 
 _CHECK_FAILED = ("ConditionalCheckFailedException",)
 _NAMES = {"#status": "status", "#owner": "owner"}
 KEY = "pk"
 TTL_ATTRIBUTE = "expires_at"
+# Set on a job's record (its manifest item, key JOB#manifest) by `cloudkon cancel`.
+CANCELLED_ATTRIBUTE = "cancelled_at"
 
 
 class DynamoLeaseStore:
@@ -91,6 +102,13 @@ class DynamoLeaseStore:
     def lookup(self, key: str) -> Claim | None:
         item = self._get(key)
         return _claim(item, item["status"]["S"]) if item else None
+
+    def job_state(self, job_id: str) -> str:
+        # Eventually consistent (half the price): workers cache the answer for seconds anyway.
+        item = call(f"read the record of job {job_id}", self.client.get_item,
+                    TableName=self.table, Key={KEY: {"S": job_key(job_id)}},
+                    ProjectionExpression=CANCELLED_ATTRIBUTE).get("Item")
+        return JOB_CANCELLED if item and CANCELLED_ATTRIBUTE in item else JOB_ACTIVE
 
     def _get(self, key: str) -> dict | None:
         return call(f"look up bundle {key}", self.client.get_item, TableName=self.table,

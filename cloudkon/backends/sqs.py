@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 # or MessageNotInflight).
 _NOT_HELD = ("ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
              "AWS.SimpleQueueService.MessageNotInflight")
-_REASON_ATTRIBUTE = "cloudkon-dead-letter-reason"
-_SOURCE_ATTRIBUTE = "cloudkon-source-message-id"
+REASON_ATTRIBUTE = "cloudkon-dead-letter-reason"
+SOURCE_ATTRIBUTE = "cloudkon-source-message-id"
+RECEIVES_ATTRIBUTE = "cloudkon-receive-count"  # receives on the input queue, this one included
 _MAX_ATTRIBUTE_CHARS = 1024
 
 
@@ -151,9 +152,11 @@ class SqsQueue:
         call(f"send message {message.id} to the dead-letter queue of {self.name}",
              self.client.send_message, QueueUrl=self.dead_letter_url, MessageBody=message.body,
              MessageAttributes={
-                 _REASON_ATTRIBUTE: {"DataType": "String",
-                                     "StringValue": reason[:_MAX_ATTRIBUTE_CHARS] or "?"},
-                 _SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": message.id},
+                 REASON_ATTRIBUTE: {"DataType": "String",
+                                    "StringValue": reason[:_MAX_ATTRIBUTE_CHARS] or "?"},
+                 SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": message.id},
+                 RECEIVES_ATTRIBUTE: {"DataType": "Number",
+                                      "StringValue": str(message.receive_count)},
              })
         self.delete(message)
 

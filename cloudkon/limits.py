@@ -72,6 +72,9 @@ SQS_MAX_VISIBILITY_SECONDS = 43200
 # that any late duplicate of a bundle is still recognised.
 SQS_MAX_RETENTION_SECONDS = 1209600
 
+# Keys in one BatchGetItem call (and at most 16 MB of items in its answer).
+DYNAMODB_MAX_BATCH_GET = 100
+
 # A DynamoDB item is at most 400 KB, attribute names and values included.
 DYNAMODB_MAX_ITEM_BYTES = 400 * 1024
 

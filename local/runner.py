@@ -28,6 +28,7 @@ from cloudkon.config import RunConfig, WorkerConfig
 from cloudkon.errors import BadLinesError, WorkloadError
 from cloudkon.limits import SQS_MAX_VISIBILITY_SECONDS
 from cloudkon.model import Bundle, ResultBundle, bundle_key
+from cloudkon.results import Resumed
 from cloudkon.summary import Summary
 from cloudkon.workload import BadLine, Workload
 from worker.daemon import Worker
@@ -53,9 +54,14 @@ class LocalRunner:
         on_bad_line: Callable[[BadLine], None] | None = None,
         on_results: Callable[[ResultBundle], None] | None = None,
         on_total: Callable[[int], None] | None = None,
+        resume: Resumed | None = None,
     ) -> None:
+        """With ``resume`` (GNU parallel's --resume), the lines that already have a result
+        there are not run; their results count in the summary."""
         self.config = config
-        self.workload = Workload(config.workload, on_bad_line=on_bad_line)
+        self.resume = resume
+        self.workload = Workload(config.workload, on_bad_line=on_bad_line,
+                                 skip=resume.lines if resume is not None else None)
         self.on_results = on_results
         self.on_total = on_total  # told the exact task count once the whole file is read
         self.summary = Summary(config.job_id, config.workers)
@@ -89,6 +95,8 @@ class LocalRunner:
         """Run the workload to its end (or until a signal) and return the summary;
         WorkloadError if it held no task at all."""
         started = time.monotonic()
+        for bundle in self.resume.bundles if self.resume is not None else ():
+            self.summary.add(bundle)
         handlers = self._install_signal_handlers()
         self.worker.start()
         try:
@@ -173,7 +181,7 @@ class LocalRunner:
 
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary
-        s.tasks_read, s.bad_lines = w.tasks, w.bad_lines
+        s.tasks_read, s.bad_lines = w.tasks + w.skipped, w.bad_lines
         s.sleep_tasks, s.sleep_ms = w.sleep_tasks, w.sleep_ms
 
     def _on_signal(self, signum, frame) -> None:

@@ -29,7 +29,11 @@ from cloudkon.backends import (
     JOB_CANCELLED,
     Claim,
 )
-from cloudkon.limits import LEASE_RESULTS_MAX_BYTES, SQS_MAX_RETENTION_SECONDS
+from cloudkon.limits import (
+    DYNAMODB_MAX_BATCH_GET,
+    LEASE_RESULTS_MAX_BYTES,
+    SQS_MAX_RETENTION_SECONDS,
+)
 from cloudkon.model import job_key
 
 _CHECK_FAILED = ("ConditionalCheckFailedException",)
@@ -102,6 +106,23 @@ class DynamoLeaseStore:
     def lookup(self, key: str) -> Claim | None:
         item = self._get(key)
         return _claim(item, item["status"]["S"]) if item else None
+
+    # For readers (`cloudkon status`, `retry`): not part of the lease-store interface.
+    def lookup_many(self, keys: list[str]) -> dict[str, Claim]:
+        """The records of those ``keys`` that exist (eventually consistent), read with
+        BatchGetItem, 100 keys a call; keys DynamoDB leaves unprocessed are asked again."""
+        found: dict[str, Claim] = {}
+        for start in range(0, len(keys), DYNAMODB_MAX_BATCH_GET):
+            pending = {self.table: {"Keys": [{KEY: {"S": k}}
+                                             for k in keys[start:start + DYNAMODB_MAX_BATCH_GET]]}}
+            while pending:
+                response = call(f"read {len(pending[self.table]['Keys'])} leases of table"
+                                f" {self.table}", self.client.batch_get_item,
+                                RequestItems=pending)
+                for item in response.get("Responses", {}).get(self.table, ()):
+                    found[item[KEY]["S"]] = _claim(item, item["status"]["S"])
+                pending = response.get("UnprocessedKeys") or {}
+        return found
 
     def job_state(self, job_id: str) -> str:
         # Eventually consistent (half the price): workers cache the answer for seconds anyway.

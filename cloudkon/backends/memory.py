@@ -239,6 +239,10 @@ class MemoryLeaseStore:
             return Claim(lease.status, lease.owner, lease.lease_expires, lease.results,
                          lease.attempt)
 
+    def lookup_many(self, keys: list[str]) -> dict[str, Claim]:
+        """The records of those ``keys`` that exist (as the DynamoDB store's)."""
+        return {k: c for k in keys if (c := self.lookup(k)) is not None}
+
     def job_state(self, job_id: str) -> str:
         with self._lock:
             return JOB_CANCELLED if job_id in self._cancelled else JOB_ACTIVE

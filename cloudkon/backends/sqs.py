@@ -146,6 +146,24 @@ class SqsQueue:
             codes = sorted({f.get("Code", "?") for f in failed}) or ["no answer"]
             raise _EntriesFailed(f"{len(pending)} entries failed ({', '.join(codes)})")
 
+    # For `cloudkon status` and `cloudkon dlq`: not part of the queue interface.
+    def depth(self) -> tuple[int, int]:
+        """(visible, in flight) messages, as SQS counts them (approximately)."""
+        attrs = call(f"queue {self.name}", self.client.get_queue_attributes, QueueUrl=self.url,
+                     AttributeNames=["ApproximateNumberOfMessages",
+                                     "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return (int(attrs["ApproximateNumberOfMessages"]),
+                int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+    def peek(self, visibility_seconds: int, wait_seconds: int = 1) -> list[dict]:
+        """Receive up to a batch of messages with all their attributes (the raw SQS
+        entries), to be given back or deleted by receipt handle."""
+        return call(f"receive from queue {self.name}", self.client.receive_message,
+                    QueueUrl=self.url, MaxNumberOfMessages=self.batch_size,
+                    WaitTimeSeconds=wait_seconds, VisibilityTimeout=visibility_seconds,
+                    MessageAttributeNames=["All"],
+                    MessageSystemAttributeNames=["All"]).get("Messages", [])
+
     def dead_letter(self, message: Message, reason: str) -> None:
         if self.dead_letter_url is None:
             raise NotSetUpError(f"queue {self.name} has no dead-letter queue")

@@ -66,7 +66,10 @@ def collect(deployment: Deployment, job_id: str, timeout: float | None,
     """Collect the results of ``job_id`` until every task has one, the job is cancelled,
     ``timeout`` passes or the user interrupts; ``already`` are results collected before
     (a results file resumed), which count and are not collected again."""
-    outbox = deployment.output_queue
+    try:
+        outbox = deployment.output_queue
+    except KeyboardInterrupt:
+        return Collector.interrupted(job_id)
     collector = Collector(job_id, outbox, deployment.manifests, deployment.leases,
                           on_results=on_results, on_total=on_total,
                           exists=lambda: uploaded(deployment, job_id), already=already,

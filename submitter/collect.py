@@ -128,15 +128,24 @@ class Collector:
     def run(self, timeout: float | None = None) -> Collection:
         """Collect until every task has a result, the job is cancelled, ``timeout`` passes
         or the user interrupts (KeyboardInterrupt); return how it ended."""
-        record = self.manifests.load_record(self.job_id)
-        if record is None and not (self.exists is not None and self.exists()):
-            raise JobNotFoundError(f"job {self.job_id} does not exist (no manifest, no upload)")
-        self.record = record
+        self.record = None
         try:
+            record = self.manifests.load_record(self.job_id)
+            if record is None and not (self.exists is not None and self.exists()):
+                raise JobNotFoundError(f"job {self.job_id} does not exist (no manifest, no"
+                                       " upload)")
+            self.record = record
             self._collect(timeout)
         except KeyboardInterrupt:
             self.summary.interrupted = True
         return self._finish(None if self.record is None else self.record.manifest)
+
+    @classmethod
+    def interrupted(cls, job_id: str) -> Collection:
+        """The collection of a job interrupted before it could start."""
+        summary = Summary(job_id, 0)
+        summary.interrupted = True
+        return Collection(summary, None, False, -1, [], 0, interrupted=True)
 
     def _collect(self, timeout: float | None) -> None:
         now = time.monotonic

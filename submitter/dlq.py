@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from cloudkon.backends import Message
-from cloudkon.backends.sqs import RECEIVES_ATTRIBUTE, REASON_ATTRIBUTE
+from cloudkon.backends.sqs import RECEIVES_ATTRIBUTE, REASON_ATTRIBUTE, SOURCE_ATTRIBUTE
 from cloudkon.codec import decode_bundle
 from cloudkon.errors import CodecError, UsageError
 from cloudkon.model import bundle_key
@@ -42,6 +42,7 @@ class DeadLetter:
     bundle: int | None = None
     attempt: int = 1
     tasks: list[tuple[int, str]] | None = None
+    source_id: str = ""  # its id on the input queue, when a worker moved it (a new message)
 
     @property
     def key(self) -> str:
@@ -50,7 +51,7 @@ class DeadLetter:
     def to_dict(self, with_tasks: bool = False) -> dict:
         d = {"id": self.id, "job_id": self.job_id or None, "bundle": self.bundle,
              "attempt": self.attempt, "reason": self.reason,
-             "receive_count": self.receive_count,
+             "receive_count": self.receive_count, "source_id": self.source_id or None,
              "tasks": len(self.tasks) if self.tasks is not None else None}
         if with_tasks:
             d["task_list"] = ([{"line": line, "command": command} for line, command in self.tasks]
@@ -142,7 +143,7 @@ def _dead_letter(entry: dict) -> DeadLetter:
     else:  # moved by SQS: its count went on here, where our own receive counted one more
         receives = max(int(entry.get("Attributes", {}).get("ApproximateReceiveCount", 1)) - 1, 0)
     letter = DeadLetter(entry["MessageId"], entry["Body"], entry["ReceiptHandle"], reason,
-                        receives)
+                        receives, source_id=attrs.get(SOURCE_ATTRIBUTE, {}).get("StringValue", ""))
     try:
         bundle, _ = decode_bundle(entry["Body"])
     except CodecError:

@@ -154,6 +154,10 @@ class Collector:
         announced = self._announce(manifest)
         started = manifest_read = last_mine = state_read = now()
         last_recovery = None
+        if self.record is not None and self.record.retries and self.leases is not None:
+            # The earlier attempts' results were most likely collected before the retry:
+            # read them back now rather than after a quiet spell on the queue.
+            self._recover(manifest)
         recovery_interval = RECOVERY_INTERVAL_SECONDS
         warned = False
         while True:

@@ -15,7 +15,6 @@ from benchmarks.conftest import with_before
 from benchmarks.harness import (
     BASELINES,
     PYTHON,
-    REPO,
     SLEEP0_TASKS,
     check_baseline_output,
     check_cloudkon_summary,

@@ -12,8 +12,10 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
+import threading
 
 import click
 
@@ -133,17 +135,27 @@ def cli(ctx: click.Context, verbose: int) -> None:
               show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar on stderr. Default: only when stderr is a terminal.")
+@click.option("--resume", metavar="FILE",
+              help="Run only the tasks without a result in the results file FILE (a"
+                   " cancelled one counts as none) and append to it; the job id is FILE's.")
 def run(workload: str, workers: int, output: str | None, as_json: bool, task_timeout: float,
         strict: bool, job_id: str | None, bundle_size: int, bundle_ms: float, tail_bytes: int,
-        progress: bool | None) -> int:
+        progress: bool | None, resume: str | None) -> int:
     """Run the tasks of WORKLOAD ('-' for stdin) on local worker threads and summarise.
 
     Exit code: 0 all tasks succeeded; 1 a task failed or timed out, or a line was bad;
     2 usage or input error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
+    from cloudkon.results import read_for_resume
     from cloudkon.workload import local_source
     from local.runner import LocalRunner
 
+    resumed = None
+    if resume is not None:
+        if output is not None and output != resume:
+            raise click.UsageError("--resume FILE appends to FILE: leave out --output")
+        resumed = read_for_resume(resume, check_job_id(job_id) if job_id else None)
+        job_id, output = resumed.job_id or job_id, resume
     job_id = new_job_id("local") if job_id is None else check_job_id(job_id)
     with local_source(workload) as (name, opener):
         config = RunConfig(
@@ -151,9 +163,12 @@ def run(workload: str, workers: int, output: str | None, as_json: bool, task_tim
             bundle_size=bundle_size, bundle_ms=bundle_ms, tail_bytes=tail_bytes, strict=strict,
         )
         reporter = _BadLineReporter(name, strict)
-        runner = LocalRunner(config, on_bad_line=reporter, opener=opener)
+        runner = LocalRunner(config, on_bad_line=reporter, opener=opener, resume=resumed)
         runner.check()
-        with _Sinks(output, progress, runner.workload.line_count) as sinks:
+        if resumed is not None:
+            click.echo(f"cloudkon: {resume}: {len(resumed.lines):,} tasks have a result"
+                       " already; running the others", err=True)
+        with _Sinks(output, progress, runner.workload.line_count, resumed) as sinks:
             runner.on_results, runner.on_total = sinks.on_results, sinks.on_total
             summary = runner.run()
     reporter.finish()
@@ -187,11 +202,12 @@ class _Sinks:
     """Where results go as they come in (a results file, a progress bar) and where the
     summary is printed; ``on_results`` and ``on_total`` are None when nothing listens."""
 
-    def __init__(self, output: str | None, progress: bool | None, total=None) -> None:
+    def __init__(self, output: str | None, progress: bool | None, total=None,
+                 resume=None) -> None:
         from cloudkon.results import ResultsWriter
 
         self.summary_file = sys.stderr if output == "-" else sys.stdout
-        self.writer = ResultsWriter(output) if output else None
+        self.writer = ResultsWriter(output, resume) if output else None
         self.bar = None
         if sys.stderr.isatty() if progress is None else progress:
             from tqdm import tqdm
@@ -515,25 +531,37 @@ def collect_command(prefix: str | None, region: str | None, endpoint_url: str | 
     """Collect the results of job JOB_ID and print the summary, as `cloudkon run` does.
 
     Results of other jobs on the shared output queue are left to their own collectors.
-    Results another collector took are read back from the lease table. Exit code: 0 every
-    task succeeded; 1 a task failed or timed out, or --timeout passed first; 2 usage errors
-    (no such job, a rejected workload, missing AWS resources or credentials).
+    Results another collector took are read back from the lease table. With -o FILE and
+    FILE already holding results of the job, they are kept and only the missing tasks are
+    added. Ctrl-C (or SIGTERM) prints the summary so far and the command that picks the
+    job up; the job keeps running. Exit code: 0 every task succeeded; 1 a task failed or
+    timed out, the job is cancelled, or --timeout passed first; 2 usage errors (no such
+    job, a rejected workload, missing AWS resources or credentials); 130/143 interrupted.
     """
     from submitter.deployment import Deployment
 
     deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix))
     with _deployment_of(deployment.config):
-        return _collect_and_report(deployment, job_id, output, as_json, timeout, progress)
+        return _collect_and_report(deployment, job_id, output, as_json, timeout, progress,
+                                   resume=True)
 
 
 def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bool,
                         timeout: float | None, progress: bool | None,
-                        show_elapsed: bool = False) -> int:
+                        show_elapsed: bool = False, resume: bool = False) -> int:
+    from cloudkon.results import read_for_resume
     from submitter import client
 
-    with _Sinks(output, progress) as sinks:
+    resumed = None
+    if resume and output and output != "-" and os.path.exists(output):
+        resumed = read_for_resume(output, job_id)
+        click.echo(f"cloudkon: {output}: {len(resumed.lines):,} results of job {job_id} there"
+                   " already; adding the missing ones", err=True)
+    signals = _InterruptOnSigterm()
+    with signals, _Sinks(output, progress, resume=resumed) as sinks:
         collection = client.collect(deployment, job_id, timeout, on_results=sinks.on_results,
-                                    on_total=sinks.on_total)
+                                    on_total=sinks.on_total,
+                                    already=resumed.bundles if resumed else None)
     summary = collection.summary
     wait = collection.split_wait
     if as_json:
@@ -551,12 +579,297 @@ def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bo
         click.echo(f"  submit to last result {collection.submit_to_last:.3f} s",
                    file=sinks.summary_file)
     if collection.recovered:
-        log.warning("job %s: %d results read back from the lease table (their command is"
-                    " not recorded there)", job_id, collection.recovered)
+        log.warning("job %s: %d results read back from the lease table", job_id,
+                    collection.recovered)
+    if collection.interrupted:
+        signum = signals.signum or signal.SIGINT
+        click.echo(f"cloudkon: {_signal_word(signum)}: job {job_id} keeps running on the"
+                   f" workers; pick up its results with:\n  "
+                   f"{_resume_command(deployment.config, job_id, output)}", err=True)
+        return 128 + signum
+    if collection.cancelled:
+        _error(f"job {job_id} is cancelled: {collection.missing_count:,} of"
+               f" {summary.tasks_read:,} tasks have no result")
+        return EXIT_FAILED
     if not collection.complete:
         _error(collection.shortfall(timeout))
         return EXIT_FAILED
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+class _InterruptOnSigterm:
+    """While collecting, SIGTERM interrupts as Ctrl-C does (Python raises KeyboardInterrupt
+    for SIGINT): the collector stops where it is and the summary so far is printed. The
+    handler notes the signal and raises; nothing else runs in it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal)
+                              for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in (self._previous or {}).items():
+            signal.signal(sig, handler)
+
+
+def _signal_word(signum: int) -> str:
+    return "interrupted" if signum == signal.SIGINT else "terminated"
+
+
+def _resume_command(config: AwsConfig, job_id: str, output: str | None) -> str:
+    """The `cloudkon collect` command that picks the job up where this one stopped."""
+    words = ["cloudkon", "collect", job_id]
+    if config.prefix != DEFAULT_PREFIX:
+        words += ["--prefix", config.prefix]
+    if config.region:
+        words += ["--region", config.region]
+    if config.endpoint_url:
+        words += ["--endpoint-url", config.endpoint_url]
+    if config.bucket_suffix:
+        words += ["--bucket-suffix", config.bucket_suffix]
+    if output and output != "-":
+        words += ["-o", output]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# --- Operating jobs: status, listing, cancel, retry, dead letters -----------------------------
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _deployment(prefix, region, endpoint_url, bucket_suffix=None):
+    from submitter.deployment import Deployment
+
+    return Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix))
+
+
+@cli.command("status")
+@_aws_options()
+@_BUCKET_SUFFIX
+@click.argument("job_id", metavar="[JOB_ID]", required=False)
+@click.option("--watch", is_flag=True, help="Redraw the job's progress in place until it ends.")
+@_JSON
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Without JOB_ID: look at the last N jobs submitted for those not finished.")
+def status_command(prefix, region, endpoint_url, bucket_suffix, job_id: str | None,
+                   watch: bool, as_json: bool, limit: int) -> int:
+    """Show a job's progress (tasks done, failed, running, waiting; rate, ETA, workers),
+    read from its record and its bundles' leases without consuming anything.
+
+    Without JOB_ID: the queues (visible, in flight, dead letters) and the jobs not
+    finished. Exit code: 0 ok; 1 the job is not healthy (a task failed or timed out, it
+    was cancelled, its split failed; without JOB_ID: dead letters wait or an unfinished
+    job is not healthy); 2 usage errors (no such job).
+    """
+    import json
+
+    from submitter import client, jobs
+
+    deployment = _deployment(prefix, region, endpoint_url, bucket_suffix)
+    if job_id is None:
+        if watch:
+            raise click.UsageError("--watch needs a JOB_ID")
+        depths = jobs.queue_depths(deployment)
+        running = [p for p in jobs.list_jobs(deployment.manifests, deployment.leases, limit)
+                   if not p.finished]
+        if as_json:
+            click.echo(json.dumps({"queues": [vars(d) for d in depths],
+                                   "jobs": [p.to_dict() for p in running]}))
+        else:
+            for d in depths:
+                click.echo(f"{d.role + ' queue':<19} {d.name:<40} visible {d.visible:,}"
+                           f"  in flight {d.in_flight:,}")
+            click.echo(f"jobs not finished: {len(running)}")
+            for p in running:
+                click.echo("  " + p.line())
+        dead = next(d for d in depths if d.role == "dead letters")
+        healthy = all(p.healthy for p in running) and not (dead.visible or dead.in_flight)
+        return EXIT_OK if healthy else EXIT_FAILED
+    reader = jobs.ProgressReader(check_job_id(job_id), deployment.manifests, deployment.leases,
+                                 exists=lambda: client.uploaded(deployment, job_id))
+    if watch:
+        progress = jobs.watch(reader, _Redraw(as_json))
+    else:
+        progress = reader.read()
+    if as_json:
+        if not watch:
+            click.echo(json.dumps(progress.to_dict()))
+    else:
+        click.echo(progress.to_text())
+    return EXIT_OK if progress.healthy else EXIT_FAILED
+
+
+class _Redraw:
+    """Draws each reading of `status --watch`: in place on a terminal, a line per change
+    otherwise; JSON lines with --json."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.tty = sys.stdout.isatty()
+        self.last = ""
+
+    def __call__(self, progress) -> None:
+        import json
+
+        if self.as_json:
+            click.echo(json.dumps(progress.to_dict()))
+            return
+        line = progress.line()
+        if self.tty:
+            width = max(len(self.last), len(line))
+            click.echo("\r" + line.ljust(width) + ("\n" if progress.finished else ""), nl=False)
+        elif line != self.last:
+            click.echo(line)
+        self.last = line
+
+
+@cli.command("jobs")
+@_aws_options()
+@_JSON
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="List the last N jobs submitted (0: all).")
+def jobs_command(prefix, region, endpoint_url, as_json: bool, limit: int) -> int:
+    """List jobs, oldest first: id, submitted, state (splitting, running, done, cancelled,
+    failed split), tasks done / total. One Scan of the lease table for the job records,
+    then each job's leases by key."""
+    import json
+
+    from submitter import jobs
+
+    deployment = _deployment(prefix, region, endpoint_url)
+    listed = jobs.list_jobs(deployment.manifests, deployment.leases, limit or None)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in listed]))
+        return EXIT_OK
+    click.echo(f"{'JOB':<36} {'SUBMITTED':<23} {'STATE':<12} {'DONE/TOTAL':>21}  FAILED")
+    for p in listed:
+        submitted = jobs.when_text(p.submitted_at) if p.submitted_at else "-"
+        click.echo(f"{p.job_id:<36} {submitted:<23} {p.state:<12}"
+                   f" {f'{p.done:,}/{p.tasks:,}':>21}  {p.failed + p.timed_out:,}")
+    return EXIT_OK
+
+
+@cli.command("cancel")
+@_aws_options()
+@click.argument("job_id", metavar="JOB_ID")
+def cancel_command(prefix, region, endpoint_url, job_id: str) -> int:
+    """Cancel job JOB_ID: workers delete its bundles when they receive them, without running
+    them, and end its running tasks at their next heartbeat; `collect` and `status` then
+    say cancelled. Exit code: 0; 2 no such job."""
+    from submitter import jobs
+
+    deployment = _deployment(prefix, region, endpoint_url)
+    outcome = jobs.cancel(deployment.manifests, deployment.leases, check_job_id(job_id))
+    if outcome == "cancelled":
+        click.echo(f"job {job_id}: cancelled; workers delete its waiting bundles and end its"
+                   " running tasks at their next heartbeat")
+    elif outcome == "finished":
+        click.echo(f"job {job_id}: already finished; nothing to cancel")
+    else:
+        click.echo(f"job {job_id}: already cancelled")
+    return EXIT_OK
+
+
+@cli.command("retry")
+@_aws_options()
+@_BUCKET_SUFFIX
+@click.argument("job_id", metavar="JOB_ID")
+@click.option("--failed", is_flag=True, help="Retry the failed tasks (the default).")
+@click.option("--timed-out", is_flag=True, help="Retry the timed-out tasks too.")
+@click.option("--workload", metavar="FILE",
+              help="Read the commands from FILE instead of the job's workload (needed for a"
+                   " job submitted with --direct from another machine).")
+def retry_command(prefix, region, endpoint_url, bucket_suffix, job_id: str, failed: bool,
+                  timed_out: bool, workload: str | None) -> int:
+    """Submit the failed tasks of finished job JOB_ID again (with --timed-out, the timed-out
+    ones too), as a new attempt of the same job with the same task ids; `collect JOB_ID`
+    then returns the latest attempt of each task. Exit code: 0 (also when nothing failed);
+    2 usage errors (no such job, a job still running or cancelled)."""
+    from cloudkon.model import FAILED, TIMED_OUT
+    from submitter import jobs
+
+    deployment = _deployment(prefix, region, endpoint_url, bucket_suffix)
+    statuses = (FAILED, TIMED_OUT) if timed_out else (FAILED,)
+    done = jobs.retry(deployment, check_job_id(job_id), statuses, workload)
+    what = " or ".join(s.replace("_", " ") for s in statuses)
+    if done is None:
+        click.echo(f"job {job_id}: no task {what}; nothing to retry")
+        return EXIT_OK
+    click.echo(f"job {job_id}: attempt {done.attempt}: sent {done.tasks:,} {what} tasks in"
+               f" {done.bundles:,} bundles to queue {deployment.config.input_queue}")
+    click.echo(f"  collect with: {_resume_command(deployment.config, job_id, None)}")
+    return EXIT_OK
+
+
+@cli.group("dlq")
+def dlq_group() -> None:
+    """The dead-letter queue (PREFIX-input-dlq): list, show and redrive its messages."""
+
+
+@dlq_group.command("list")
+@_aws_options()
+@_JSON
+def dlq_list_command(prefix, region, endpoint_url, as_json: bool) -> int:
+    """List the dead letters: id, job, bundle, reason, receive count. They stay in the queue
+    (received for a moment and given back)."""
+    import json
+
+    from submitter.dlq import DeadLetters
+
+    letters = DeadLetters(_deployment(prefix, region, endpoint_url)).list()
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in letters]))
+    else:
+        click.echo(f"{len(letters)} dead letters")
+        for d in letters:
+            click.echo(d.line())
+    return EXIT_OK
+
+
+@dlq_group.command("show")
+@_aws_options()
+@click.argument("message_id", metavar="MESSAGE_ID")
+@_JSON
+def dlq_show_command(prefix, region, endpoint_url, message_id: str, as_json: bool) -> int:
+    """Print a dead letter and its tasks (line, then command), or its body if it is not a
+    bundle. Exit code: 0; 2 no such message."""
+    import json
+
+    from submitter.dlq import DeadLetters
+
+    letter = DeadLetters(_deployment(prefix, region, endpoint_url)).show(message_id)
+    click.echo(json.dumps(letter.to_dict(with_tasks=True)) if as_json else letter.to_text())
+    return EXIT_OK
+
+
+@dlq_group.command("redrive")
+@_aws_options()
+@click.argument("message_ids", metavar="[MESSAGE_ID]...", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Redrive every dead letter.")
+def dlq_redrive_command(prefix, region, endpoint_url, message_ids: tuple[str, ...],
+                        everything: bool) -> int:
+    """Put dead letters back on the input queue, where workers run them: those named, or
+    with --all every one. Exit code: 0; 2 a message that is not there (nothing is moved)."""
+    from submitter.dlq import DeadLetters
+
+    if everything == bool(message_ids):
+        raise click.UsageError("name the messages to redrive, or pass --all (not both)")
+    deployment = _deployment(prefix, region, endpoint_url)
+    moved = DeadLetters(deployment).redrive(None if everything else list(message_ids))
+    for d in moved:
+        click.echo(f"redrove {d.id} ({'job ' + d.job_id + ' bundle ' + str(d.bundle) if d.tasks is not None else 'not a bundle'})"
+                   f" to queue {deployment.config.input_queue}")
+    click.echo(f"{len(moved)} messages redriven")
+    return EXIT_OK
 
 
 # --- Reading a results file back ------------------------------------------------------------

@@ -15,6 +15,11 @@ after ``t0``), which keeps a bundle of hundreds of results a few KiB::
      "command": [...], "status": [...], "exit": [...], "signal": [...],
      "start_us": [...], "dur_us": [...], "stdout": [...], "stderr": [...]}}
 
+A bundle of a retry (``cloudkon retry``, attempt 2 and later) is version 2 and carries
+``"attempt": N``, as do its results; attempt-1 messages are version 1, without it. A
+worker that reads only version 1 dead-letters a retry's bundle instead of running it under
+the first attempt's lease key.
+
 Stored results (the lease store's copy, for replay and takeover) are the same columns
 without the commands, which the bundle holds, compressed with zlib. Anything that does
 not decode and validate raises :class:`~cloudkon.errors.CodecError`.
@@ -32,6 +37,8 @@ from cloudkon.limits import MAX_BUNDLE_TASKS, SQS_DEFAULT_MAX_MESSAGE_BYTES
 from cloudkon.model import STATUSES, Bundle, ResultBundle
 
 VERSION = 1
+RETRY_VERSION = 2  # a message of attempt 2 or later: it carries "attempt"
+_VERSIONS = (VERSION, RETRY_VERSION)
 TASKS = "tasks"
 RESULTS = "results"
 _MAX_ID_CHARS = 256  # job ids, worker ids
@@ -45,10 +52,23 @@ _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=Fa
 def encode_bundle(bundle: Bundle, reply_to: str) -> str:
     """The body of a message carrying ``bundle``; results are to go to ``reply_to``."""
     return _dumps({
-        "v": VERSION, "kind": TASKS, "job": bundle.job_id, "seq": bundle.seq,
+        **_version(bundle.attempt), "kind": TASKS, "job": bundle.job_id, "seq": bundle.seq,
         "reply_to": reply_to, "sent_at": bundle.sent_at,
         "tasks": [[line, command] for line, command in bundle.tasks],
     })
+
+
+def _version(attempt: int) -> dict:
+    return {"v": VERSION} if attempt <= 1 else {"v": RETRY_VERSION, "attempt": attempt}
+
+
+def _attempt(doc: dict) -> int:
+    if doc["v"] == VERSION:
+        return 1
+    value = doc.get("attempt")
+    if not _is_int(value) or value < 2:
+        raise CodecError("'attempt' must be an integer >= 2 in a version 2 message")
+    return value
 
 
 def decode_bundle(body: str | bytes) -> tuple[Bundle, str]:
@@ -58,6 +78,7 @@ def decode_bundle(body: str | bytes) -> tuple[Bundle, str]:
     seq = _count(doc, "seq")
     reply_to = _string(doc, "reply_to", _MAX_REPLY_TO_CHARS)
     sent_at = _time(doc, "sent_at")
+    attempt = _attempt(doc)
     tasks = doc.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise CodecError("'tasks' must be a non-empty list of [line, command]")
@@ -74,13 +95,13 @@ def decode_bundle(body: str | bytes) -> tuple[Bundle, str]:
             raise CodecError(f"'tasks' names line {item[0]} twice")
         seen.add(item[0])
         checked.append((item[0], item[1]))
-    return Bundle(job_id, seq, checked, sent_at), reply_to
+    return Bundle(job_id, seq, checked, sent_at, attempt), reply_to
 
 
 def encode_results(bundle: ResultBundle) -> str:
     """The body of a message carrying a bundle's results."""
     doc = {
-        "v": VERSION, "kind": RESULTS, "job": bundle.job_id, "seq": bundle.seq,
+        **_version(bundle.attempt), "kind": RESULTS, "job": bundle.job_id, "seq": bundle.seq,
         "worker": bundle.worker, "sent_at": bundle.sent_at,
         "results": _columns(bundle.results, with_commands=True),
     }
@@ -101,7 +122,8 @@ def decode_results(body: str | bytes) -> ResultBundle:
     if not _is_int(threads) or threads < 0:
         raise CodecError("'threads' must be a non-negative integer")
     results = _rows(doc.get("results"), commands=None)
-    return ResultBundle(job_id, seq, results, _time(doc, "sent_at"), worker, threads)
+    return ResultBundle(job_id, seq, results, _time(doc, "sent_at"), worker, threads,
+                        _attempt(doc))
 
 
 def results_bodies(bundle: ResultBundle,
@@ -115,7 +137,7 @@ def results_bodies(bundle: ResultBundle,
     parts = []
     for chunk in (bundle.results[:half], bundle.results[half:]):
         part = ResultBundle(bundle.job_id, bundle.seq, chunk, bundle.sent_at, bundle.worker,
-                            bundle.threads)
+                            bundle.threads, bundle.attempt)
         parts += results_bodies(part, max_bytes)
     return parts
 
@@ -230,8 +252,9 @@ def _load(body: str | bytes, kind: str) -> dict:
         raise CodecError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CodecError("not a JSON object")
-    if doc.get("v") != VERSION:
-        raise CodecError(f"unknown version {doc.get('v')!r}; this worker reads version {VERSION}")
+    if doc.get("v") not in _VERSIONS or isinstance(doc.get("v"), bool):
+        raise CodecError(f"unknown version {doc.get('v')!r}; this worker reads versions"
+                         f" {VERSION} and {RETRY_VERSION}")
     if doc.get("kind") != kind:
         raise CodecError(f"kind is {doc.get('kind')!r}, expected {kind!r}")
     return doc
@@ -279,7 +302,7 @@ class WireCodec:
     def results_bodies(self, bundle: ResultBundle) -> list[str]:
         if self.worker_threads and not bundle.threads:
             bundle = ResultBundle(bundle.job_id, bundle.seq, bundle.results, bundle.sent_at,
-                                  bundle.worker, self.worker_threads)
+                                  bundle.worker, self.worker_threads, bundle.attempt)
         return results_bodies(bundle)
 
     encode_bundle = staticmethod(encode_bundle)

@@ -33,14 +33,16 @@ _DRAIN_SECONDS = 0.1
 
 
 class Executor:
-    """Runs tasks; safe to share between threads. ``cancel()`` ends every running task."""
+    """Runs tasks; safe to share between threads. ``cancel()`` ends every running task,
+    ``cancel_job(job_id)`` those of one job."""
 
     def __init__(self, timeout: float | None, tail_bytes: int = DEFAULT_TAIL_BYTES) -> None:
         self.timeout = timeout if timeout else None  # 0 or None: no time limit
         self.tail_bytes = tail_bytes
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._running: set[int] = set()  # pids (= process group ids) of running tasks
+        self._running: dict[int, str] = {}  # pid (= process group id) -> job id, running tasks
+        self._cancelled_jobs: set[str] = set()
         # Encoded once: Popen would encode every variable again for every task.
         self._env: dict[bytes, bytes] = dict(os.environb)
         # What a command started without the shell gets: what the shell would pass on.
@@ -56,6 +58,18 @@ class Executor:
         with self._lock:  # held while signalling: a pid leaves the set before it is reaped
             for pid in self._running:
                 _kill_group(pid, signal.SIGKILL)
+
+    def cancel_job(self, job_id: str) -> None:
+        """Stop the running tasks of job ``job_id`` now (SIGKILL to their process groups);
+        a task of the job ended so, or started later, is ``cancelled`` (not a result)."""
+        with self._lock:
+            self._cancelled_jobs.add(job_id)
+            for pid, job in self._running.items():
+                if job == job_id:
+                    _kill_group(pid, signal.SIGKILL)
+
+    def _ended(self, job_id: str) -> bool:
+        return self._cancelled.is_set() or job_id in self._cancelled_jobs
 
     def run_bundle(self, job_id: str, tasks: list[tuple[int, str]], results: list[tuple],
                    stop: Callable[[], bool]) -> bool:
@@ -86,26 +100,30 @@ class Executor:
         """Run one task to its end; return its result as a tuple laid out as Result."""
         ms = sleep_ms(command)
         if ms is not None:
-            return self._sleep(line, command, ms)
+            return self._sleep(job_id, line, command, ms)
         return self._shell(job_id, line, command)
 
-    def _sleep(self, line: int, command: str, ms: float) -> tuple:
+    def _sleep(self, job_id: str, line: int, command: str, ms: float) -> tuple:
         start = time.time()
         status = SUCCEEDED
         if ms:
             seconds = ms / 1000.0
             if self.timeout is not None and seconds > self.timeout:
                 seconds, status = self.timeout, TIMED_OUT
-            if self._cancelled.wait(seconds):
-                status = CANCELLED
-        elif self._cancelled.is_set():
+            # In slices, so that a cancel of the job (no event of its own) is seen too.
+            until = time.monotonic() + seconds
+            while (left := until - time.monotonic()) > 0:
+                if self._cancelled.wait(min(left, _POLL_SECONDS)) or self._ended(job_id):
+                    status = CANCELLED
+                    break
+        elif self._ended(job_id):
             status = CANCELLED
         return (line, command, status, 0 if status == SUCCEEDED else None, None,
                 start, time.time(), "", "")
 
     def _shell(self, job_id: str, line: int, command: str) -> tuple:
         start = time.time()
-        if self._cancelled.is_set():
+        if self._ended(job_id):
             return (line, command, CANCELLED, None, None, start, start, "", "")
         ids = {b"CLOUDKON_JOB_ID": job_id.encode(),
                b"CLOUDKON_TASK_ID": task_id(job_id, line).encode(),
@@ -127,14 +145,14 @@ class Executor:
                         f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
         pid = proc.pid
         with self._lock:
-            self._running.add(pid)
-        if self._cancelled.is_set():  # cancel() came while it started, and missed it
+            self._running[pid] = job_id
+        if self._ended(job_id):  # a cancel came while it started, and missed it
             _kill_group(pid, signal.SIGKILL)
         try:
             stdout, stderr, timed_out = self._wait(pid, proc.stdout, proc.stderr)
         finally:
             with self._lock:
-                self._running.discard(pid)
+                self._running.pop(pid, None)
             # Reaped only now, after leaving _running: cancel() never signals a reused pid.
             code, core_dumped = _reap(proc)
         end = time.time()
@@ -148,7 +166,7 @@ class Executor:
             code = None
         if timed_out:
             status = TIMED_OUT
-        elif self._cancelled.is_set() and code != 0:
+        elif self._ended(job_id) and code != 0:
             status = CANCELLED
         else:
             status = SUCCEEDED if code == 0 else FAILED

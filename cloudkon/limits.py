@@ -85,6 +85,9 @@ SQS_MAX_VISIBILITY_SECONDS = 43200
 # that any late duplicate of a bundle is still recognised.
 SQS_MAX_RETENTION_SECONDS = 1209600
 
+# Keys in one BatchGetItem call (and at most 16 MB of items in its answer).
+DYNAMODB_MAX_BATCH_GET = 100
+
 # A DynamoDB item is at most 400 KB, attribute names and values included.
 DYNAMODB_MAX_ITEM_BYTES = 400 * 1024
 
@@ -155,3 +158,12 @@ SANDBOX_REGION = "us-east-1"  # the one region whose buckets take no LocationCon
 SANDBOX_STOP_SECONDS = 15.0
 # How long one receive of the sandbox's S3 events waits: bounds how late it sees Ctrl-C.
 SANDBOX_EVENT_POLL_SECONDS = 1
+
+# How long a worker trusts what it last read of a job's state (cancelled or not) before
+# reading it again: at most one read per job this often, and never longer than a
+# heartbeat interval, so a cancel reaches running bundles at their next heartbeat.
+JOB_STATE_CACHE_SECONDS = 5.0
+
+# The most attempts a job may have (`cloudkon retry` adds one each time): attempt numbers
+# are kept one byte per line while collecting.
+MAX_JOB_ATTEMPTS = 255

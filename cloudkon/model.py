@@ -48,10 +48,18 @@ def new_job_id(prefix: str = "job") -> str:
     return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
 
 
-def bundle_key(job_id: str, seq: int) -> str:
-    """The lease key of bundle ``seq`` of job ``job_id``: the same for every copy of it,
-    whoever sent it (docs/design.md, section 4, "Keys")."""
-    return f"{job_id}#{seq}"
+def bundle_key(job_id: str, seq: int, attempt: int = 1) -> str:
+    """The lease key of bundle ``seq`` of attempt ``attempt`` of job ``job_id``: the same
+    for every copy of it, whoever sent it (docs/design.md, section 4, "Keys"). The first
+    attempt's keys are ``JOB#SEQ``; a retry's are ``JOB#aN#SEQ``, so they never meet the
+    first attempt's COMPLETED leases."""
+    return f"{job_id}#{seq}" if attempt <= 1 else f"{job_id}#a{attempt}#{seq}"
+
+
+def job_key(job_id: str) -> str:
+    """The key of the job's record (its manifest) in the lease table: it cannot be a
+    bundle key, which ends in a number."""
+    return f"{job_id}#manifest"
 
 
 class Task(NamedTuple):
@@ -101,14 +109,15 @@ class Result(NamedTuple):
 class Bundle:
     """Tasks of one job that travel through a queue together: (line, command) tuples."""
 
-    __slots__ = ("job_id", "seq", "tasks", "sent_at")
+    __slots__ = ("job_id", "seq", "tasks", "sent_at", "attempt")
 
     def __init__(self, job_id: str, seq: int, tasks: list[tuple[int, str]],
-                 sent_at: float = 0.0) -> None:
+                 sent_at: float = 0.0, attempt: int = 1) -> None:
         self.job_id = job_id
-        self.seq = seq  # the bundle's number within its job, from 0
+        self.seq = seq  # the bundle's number within its job's attempt, from 0
         self.tasks = tasks
         self.sent_at = sent_at  # when it was put on the input queue (time.time())
+        self.attempt = attempt  # 1, or the retry (cloudkon retry) that sent it
 
     def __repr__(self) -> str:
         return f"Bundle({self.job_id!r}, seq={self.seq}, tasks={len(self.tasks)})"
@@ -117,18 +126,23 @@ class Bundle:
 class ResultBundle:
     """The results of one bundle's tasks (tuples laid out as Result), in the order they ran."""
 
-    __slots__ = ("job_id", "seq", "results", "sent_at", "worker", "threads")
+    __slots__ = ("job_id", "seq", "results", "sent_at", "worker", "threads", "attempt")
 
     def __init__(self, job_id: str, seq: int, results: list[tuple], sent_at: float,
-                 worker: str = "", threads: int = 0) -> None:
+                 worker: str = "", threads: int = 0, attempt: int = 1) -> None:
         self.job_id = job_id
         self.seq = seq
         self.results = results
         self.sent_at = sent_at  # copied from the task bundle: latency = result end - sent_at
         self.worker = worker  # who ran the bundle
         self.threads = threads  # the bundle threads of that worker; 0 if not said
+        self.attempt = attempt  # copied from the task bundle
 
     def records(self) -> list[dict]:
-        """The results as results-file records."""
+        """The results as results-file records (with ``attempt`` when it is a retry's)."""
         make, job_id, worker, queued = Result._make, self.job_id, self.worker, self.sent_at
-        return [make(r).to_record(job_id, worker, queued) for r in self.results]
+        records = [make(r).to_record(job_id, worker, queued) for r in self.results]
+        if self.attempt > 1:
+            for record in records:
+                record["attempt"] = self.attempt
+        return records

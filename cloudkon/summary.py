@@ -145,6 +145,7 @@ class Summary:
         self.wall_seconds = 0.0
         self.interrupted = False
         self.incomplete = False  # collection gave up (--timeout) before every task had a result
+        self.job_cancelled = False  # the job was cancelled (`cloudkon cancel`)
         self.failures: list[Failure] = []  # those of the lowest line numbers, in line order
 
     def add(self, bundle: ResultBundle, keep_failures: int = MAX_LISTED_FAILURES) -> None:
@@ -205,7 +206,7 @@ class Summary:
     def ok(self) -> bool:
         """True when every line of the workload became a task that succeeded."""
         return (self.counts[SUCCEEDED] == self.tasks_read and not self.bad_lines
-                and not self.interrupted and not self.incomplete)
+                and not self.interrupted and not self.incomplete and not self.job_cancelled)
 
     def efficiency(self) -> float | None:
         """Ideal time / actual time for an all-sleep workload, as CloudKon reports it: the
@@ -245,6 +246,7 @@ class Summary:
             "bad_lines": self.bad_lines,
             "interrupted": self.interrupted,
             "incomplete": self.incomplete,
+            "job_cancelled": self.job_cancelled,
             "wall_seconds": round(self.wall_seconds, 6),
             "tasks_per_second": round(self.done / self.wall_seconds, 1) if self.wall_seconds else None,
             "latency_ms": {f"p{p}": ms(self.latency, p / 100) for p in (50, 95, 99)},
@@ -259,8 +261,8 @@ class Summary:
 
     def to_text(self) -> str:
         d = self.to_dict()
-        state = ("interrupted" if d["interrupted"] else "incomplete" if d["incomplete"]
-                 else "finished")
+        state = ("interrupted" if d["interrupted"] else "cancelled" if d["job_cancelled"]
+                 else "incomplete" if d["incomplete"] else "finished")
         lines = [f"job {d['job_id']}: {state}"]
         plus = "+" if d["not_read_at_least"] else ""
         tasks = f"{d['tasks']:,}{plus}"

@@ -19,7 +19,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Container, Generator, Iterator
 from typing import BinaryIO
 from typing import NamedTuple
 
@@ -104,11 +104,16 @@ class Workload:
         on_bad_line: Callable[[BadLine], None] | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
         opener: Callable[[], BinaryIO] | None = None,
+        skip: Container[int] | None = None,
     ) -> None:
         """``path`` names the workload in messages; ``opener``, if given, opens it as a binary
-        stream (an S3 object's body, say) instead of the local file at ``path``."""
+        stream (an S3 object's body, say) instead of the local file at ``path``. Lines
+        whose numbers are in ``skip`` are passed over as if blank (they already have a
+        result: ``run --resume``; or are not retried: ``cloudkon retry``)."""
         self.path = path
         self._opener = opener
+        self.skip = skip
+        self.skipped = 0  # lines passed over because they are in ``skip``
         self.on_bad_line = on_bad_line
         self.max_line_bytes = max_line_bytes
         self.tasks = 0
@@ -192,7 +197,14 @@ class Workload:
         append = tasks.append
         cost = total_sleep = 0.0
         seq = 0
+        skip = self.skip
+        self.skipped = 0
         for first, lines in self._blocks():
+            if skip is not None:
+                # Blank lines are no tasks: the loop below stays as fast as without a skip.
+                kept = [("" if n in skip else text) for n, text in enumerate(lines, first)]
+                self.skipped += sum(1 for a, b in zip(kept, lines) if a is not b)
+                lines = kept
             n = first - 1
             for text in lines:
                 n += 1

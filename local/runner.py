@@ -29,6 +29,7 @@ from cloudkon.config import RunConfig, WorkerConfig
 from cloudkon.errors import BadLinesError, WorkloadError
 from cloudkon.limits import SQS_MAX_VISIBILITY_SECONDS, UNREAD_COUNT_SECONDS
 from cloudkon.model import Bundle, ResultBundle, bundle_key
+from cloudkon.results import Resumed
 from cloudkon.summary import Summary
 from cloudkon.workload import BadLine, Opener, Workload
 from worker.daemon import Worker
@@ -56,12 +57,17 @@ class LocalRunner:
         on_results: Callable[[ResultBundle], None] | None = None,
         on_total: Callable[[int], None] | None = None,
         opener: Opener | None = None,
+        resume: Resumed | None = None,
     ) -> None:
         """``opener`` opens the workload (stdin's copy, say) instead of the file
-        ``config.workload``, which then only names it in messages."""
+        ``config.workload``, which then only names it in messages. With ``resume`` (GNU
+        parallel's --resume), the lines that already have a result there are not run;
+        their results count in the summary."""
         self.config = config
         self._opener = opener
-        self.workload = Workload(config.workload, on_bad_line=on_bad_line, opener=opener)
+        self.resume = resume
+        self.workload = Workload(config.workload, on_bad_line=on_bad_line, opener=opener,
+                                 skip=resume.lines if resume is not None else None)
         self.on_results = on_results
         self.on_total = on_total  # told the exact task count once the whole file is read
         self.summary = Summary(config.job_id, config.workers)
@@ -98,6 +104,8 @@ class LocalRunner:
         """Run the workload to its end (or until a signal) and return the summary;
         WorkloadError if it held no task at all."""
         started = time.monotonic()
+        for bundle in self.resume.bundles if self.resume is not None else ():
+            self.summary.add(bundle)
         handlers = self._install_signal_handlers()
         self.worker.start()
         try:
@@ -187,7 +195,7 @@ class LocalRunner:
 
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary
-        s.tasks_read, s.bad_lines = w.tasks, w.bad_lines
+        s.tasks_read, s.bad_lines = w.tasks + w.skipped, w.bad_lines
 
     def _count_unread(self) -> None:
         """After a stop, read on through the rest of the file, running nothing and naming
@@ -196,7 +204,7 @@ class LocalRunner:
         if bundles is None:
             return
         workload = self.workload
-        read = workload.tasks
+        read, skipped = workload.tasks, workload.skipped
         workload.on_bad_line = None  # lines never read are not reported
         deadline = time.monotonic() + UNREAD_COUNT_SECONDS
         try:
@@ -210,6 +218,7 @@ class LocalRunner:
         finally:
             bundles.close()  # and so the file
         self.summary.not_read = workload.tasks - read
+        self.summary.tasks_read += workload.skipped - skipped  # resumed: their results count
 
     def _on_signal(self, signum, frame) -> None:
         # Only a flag: the client loop sees it within _POLL_SECONDS and acts.

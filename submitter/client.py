@@ -61,16 +61,34 @@ def send_direct(deployment: Deployment, path: str, job_id: str,
 
 def collect(deployment: Deployment, job_id: str, timeout: float | None,
             on_results: Callable[[ResultBundle], None] | None = None,
-            on_total: Callable[[int], None] | None = None) -> Collection:
-    """Collect the results of ``job_id`` until every task has one or ``timeout`` passes."""
-    outbox = deployment.output_queue
+            on_total: Callable[[int], None] | None = None,
+            already: list[ResultBundle] | None = None) -> Collection:
+    """Collect the results of ``job_id`` until every task has one, the job is cancelled,
+    ``timeout`` passes or the user interrupts; ``already`` are results collected before
+    (a results file resumed), which count and are not collected again."""
+    try:
+        outbox = deployment.output_queue
+    except KeyboardInterrupt:
+        return Collector.interrupted(job_id)
     collector = Collector(job_id, outbox, deployment.manifests, deployment.leases,
                           on_results=on_results, on_total=on_total,
-                          exists=lambda: _uploaded(deployment, job_id))
+                          exists=lambda: uploaded(deployment, job_id), already=already,
+                          commands=lambda lines: workload_commands(deployment, job_id, lines))
     return collector.run(timeout)
 
 
-def _uploaded(deployment: Deployment, job_id: str) -> bool:
+def workload_commands(deployment: Deployment, job_id: str, lines: set[int]) -> dict[int, str]:
+    """The commands on ``lines`` of the job's workload (read from S3, or from the file it
+    was submitted from when it is on this machine); UsageError if it cannot be read."""
+    from submitter.jobs import NotIn, job_workload
+
+    manifest = deployment.manifests.load(job_id)
+    if manifest is None:
+        return {}
+    return dict(job_workload(deployment, manifest.source, NotIn(lines)))
+
+
+def uploaded(deployment: Deployment, job_id: str) -> bool:
     """True if a workload of ``job_id`` is in the bucket (uploaded, not split yet)."""
     bucket = deployment.bucket
     try:

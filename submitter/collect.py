@@ -8,6 +8,11 @@ twice. The collector stops when the job's manifest is final and every task has a
 or at its deadline. When the queue has had nothing of the job for a while, the results of
 bundles it has not seen are read back from the lease store, where the workers recorded
 them before sending: a previous collector that took them and died loses nothing.
+
+A job retried (`cloudkon retry`) has several attempts: for each task, only the result of
+the latest attempt that ran it counts, and an earlier attempt's result of a retried task
+is dropped. A job cancelled while collecting (`cloudkon cancel`) ends the collection with
+what has arrived. An interrupted collection (Ctrl-C, SIGTERM) ends with what it has too.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 
 from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
 from cloudkon.codec import decode_results, unpack_results
-from cloudkon.errors import CodecError, JobNotFoundError, WorkloadError
+from cloudkon.errors import CloudKonError, CodecError, JobNotFoundError, WorkloadError
 from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
 from cloudkon.model import ResultBundle, bundle_key, task_id
 from cloudkon.summary import Summary
@@ -48,6 +53,10 @@ OTHERS_DELAY_SECONDS = SQS_LONG_POLL_SECONDS
 SPLIT_WARNING_SECONDS = 20.0
 # How many missing task ids a timed-out collection names.
 MAX_NAMED_MISSING = 20
+# While collecting a split job, how often its record is read again to see a cancel.
+JOB_STATE_POLL_SECONDS = 5.0
+# After a cancel is seen, how long the collector still takes what is on the queue.
+CANCEL_SWEEP_SECONDS = 2
 
 
 @dataclass
@@ -61,6 +70,8 @@ class Collection:
     missing: list[str]  # ids of the first few missing tasks (empty if they cannot be named)
     recovered: int  # results read back from the lease store
     submit_to_last: float | None = None  # seconds from the submit to the last result
+    cancelled: bool = False  # the job was cancelled
+    interrupted: bool = False  # Ctrl-C or SIGTERM ended the collection
 
     @property
     def split_wait(self) -> float | None:
@@ -94,10 +105,15 @@ class Collector:
                  on_results: Callable[[ResultBundle], None] | None = None,
                  on_total: Callable[[int], None] | None = None,
                  exists: Callable[[], bool] | None = None,
-                 quiet_seconds: float = RECOVERY_QUIET_SECONDS) -> None:
+                 quiet_seconds: float = RECOVERY_QUIET_SECONDS,
+                 already: list[ResultBundle] | None = None,
+                 commands: Callable[[set[int]], dict[int, str]] | None = None) -> None:
         """``exists`` tells whether the job was submitted though it has no manifest yet (its
         workload uploaded, not split yet); without it, no manifest means no such job.
-        After ``quiet_seconds`` without a result of the job, the lease store is read."""
+        After ``quiet_seconds`` without a result of the job, the lease store is read.
+        ``already`` holds results an earlier collection wrote (a results file resumed):
+        they count, and are not handed on again. ``commands`` gives the commands of lines
+        (from the workload), for results read back from the lease store, which lack them."""
         self.job_id = job_id
         self.outbox = outbox
         self.manifests = manifests
@@ -109,8 +125,11 @@ class Collector:
         self.summary = Summary(job_id, 0)
         self._seen = bytearray()  # _seen[line] == 1 once the task on that line has a result
         self.count = 0  # tasks with a result
-        self._seqs: set[int] = set()  # bundles with a result received from the queue
-        self._resolved: set[int] = set()  # bundles read back COMPLETED from the lease store
+        self._seqs: set[tuple[int, int]] = set()  # (attempt, bundle) with a result received
+        self._resolved: set[tuple[int, int]] = set()  # read back COMPLETED from the lease store
+        self._latest = bytearray()  # line -> the attempt whose result counts (0: the first)
+        self._already = already or []
+        self.commands = commands
         self._workers: dict[str, int] = {}  # worker id -> its threads (0: not said)
         self._others: dict[str, float] = {}  # message id of another job -> when first seen
         self._last_end = 0.0
@@ -118,20 +137,47 @@ class Collector:
         self.submit_to_last: float | None = None  # from the submit to the last result
 
     def run(self, timeout: float | None = None) -> Collection:
+        """Collect until every task has a result, the job is cancelled, ``timeout`` passes
+        or the user interrupts (KeyboardInterrupt); return how it ended."""
+        self.record = None
+        try:
+            record = self.manifests.load_record(self.job_id)
+            if record is None and not (self.exists is not None and self.exists()):
+                raise JobNotFoundError(f"job {self.job_id} does not exist (no manifest, no"
+                                       " upload)")
+            self.record = record
+            self._collect(timeout)
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+        return self._finish(None if self.record is None else self.record.manifest)
+
+    @classmethod
+    def interrupted(cls, job_id: str) -> Collection:
+        """The collection of a job interrupted before it could start."""
+        summary = Summary(job_id, 0)
+        summary.interrupted = True
+        return Collection(summary, None, False, -1, [], 0, interrupted=True)
+
+    def _collect(self, timeout: float | None) -> None:
         now = time.monotonic
         deadline = now() + timeout if timeout is not None else float("inf")
-        manifest = self.manifests.load(self.job_id)
-        if manifest is None and not (self.exists is not None and self.exists()):
-            raise JobNotFoundError(f"job {self.job_id} does not exist (no manifest, no upload)")
+        manifest = None if self.record is None else self.record.manifest
         announced = self._announce(manifest)
-        started = manifest_read = last_mine = now()
+        started = manifest_read = last_mine = state_read = now()
         last_recovery = None
+        if self.record is not None and self.record.retries and self.leases is not None:
+            # The earlier attempts' results were most likely collected before the retry:
+            # read them back now rather than after a quiet spell on the queue.
+            self._recover(manifest)
         recovery_interval = RECOVERY_INTERVAL_SECONDS
         warned = False
         while True:
             if manifest is not None and manifest.status == REJECTED:
                 raise WorkloadError(manifest.source, manifest.error)
             if manifest is not None and manifest.final and self.count >= manifest.tasks:
+                break
+            if self.record is not None and self.record.cancelled:
+                self._sweep_cancelled(manifest)
                 break
             remaining = deadline - now()
             if remaining <= 0:
@@ -152,8 +198,14 @@ class Collector:
                     recovery_interval = (RECOVERY_INTERVAL_SECONDS if found else
                                          min(recovery_interval * 2, MAX_RECOVERY_INTERVAL_SECONDS))
                 last_recovery = now()
+            if manifest is not None and manifest.final and now() - state_read >= JOB_STATE_POLL_SECONDS:
+                state_read = now()
+                record = self.manifests.load_record(self.job_id)
+                if record is not None and record.cancelled:
+                    self.record = record
             if (manifest is None or not manifest.final) and now() - manifest_read >= MANIFEST_POLL_SECONDS:
-                manifest = self.manifests.load(self.job_id)
+                self.record = self.manifests.load_record(self.job_id)
+                manifest = None if self.record is None else self.record.manifest
                 manifest_read = now()
                 if not announced:
                     announced = self._announce(manifest)
@@ -162,11 +214,27 @@ class Collector:
                     log.warning("job %s: its upload has not been split after %.0f s; is the"
                                 " Lambda deployed (`chalice deploy`)? Its log says why not",
                                 self.job_id, now() - started, extra={"job_id": self.job_id})
-        return self._finish(manifest)
+
+    def _sweep_cancelled(self, manifest: Manifest | None) -> None:
+        """The job is cancelled: take what is on the queue now and what the lease store
+        holds, then stop."""
+        self.summary.job_cancelled = True
+        log.warning("job %s is cancelled: taking the results that are there, then stopping",
+                    self.job_id, extra={"job_id": self.job_id})
+        while self._take(self.outbox.receive(SQS_MAX_BATCH, CANCEL_SWEEP_SECONDS,
+                                             COLLECT_VISIBILITY_SECONDS)):
+            pass
+        if manifest is not None and manifest.final and self.leases is not None:
+            self._recover(manifest)
 
     def _announce(self, manifest: Manifest | None) -> bool:
         if manifest is None or not manifest.final:
             return False
+        if self.record is not None:
+            self._latest = self.record.latest_attempts()
+        for bundle in self._already:
+            self._add(bundle, hand_on=False)
+        self._already = []
         self.summary.tasks_read = manifest.tasks
         self.summary.bad_lines = manifest.bad_line_count
         for line, reason in manifest.bad_lines:
@@ -205,18 +273,21 @@ class Collector:
             self.outbox.delete(m)
         return bool(mine)
 
-    def _add(self, bundle: ResultBundle) -> None:
-        """Count and hand on the results not seen before."""
-        seen = self._seen
+    def _add(self, bundle: ResultBundle, hand_on: bool = True) -> None:
+        """Count and hand on the results not seen before, of the attempt that counts."""
+        seen, latest, attempt = self._seen, self._latest, bundle.attempt
         fresh = []
         for r in bundle.results:
             line = r[0]
+            if line < len(latest) and latest[line] > attempt:
+                continue  # an earlier attempt's result of a task retried since
             if line >= len(seen):
                 seen.extend(bytes(max(line + 1 - len(seen), len(seen))))
             if not seen[line]:
                 seen[line] = 1
                 fresh.append(r)
-        self._seqs.add(bundle.seq)
+        if hand_on:
+            self._seqs.add((attempt, bundle.seq))
         if not fresh:
             log.debug("job %s: bundle %d's results came again; dropped", self.job_id,
                       bundle.seq, extra={"job_id": self.job_id, "bundle": bundle.seq})
@@ -226,9 +297,9 @@ class Collector:
             self._workers[bundle.worker] = max(bundle.threads, self._workers.get(bundle.worker, 0))
         self._last_end = max(self._last_end, max(r[6] for r in fresh))
         fresh_bundle = ResultBundle(bundle.job_id, bundle.seq, fresh, bundle.sent_at, bundle.worker,
-                                    bundle.threads)
+                                    bundle.threads, attempt)
         self.summary.add(fresh_bundle)
-        if self.on_results is not None:
+        if self.on_results is not None and hand_on:
             self.on_results(fresh_bundle)
 
     def _recover(self, manifest: Manifest) -> int:
@@ -237,11 +308,15 @@ class Collector:
         missing); return how many results that added."""
         looked = found = 0
         before = self.count
-        unresolved = [seq for seq in range(manifest.bundles) if seq not in self._resolved]
-        unseen = [seq for seq in unresolved if seq not in self._seqs]
-        for seq in unseen or unresolved:
+        attempts = (self.record.attempts() if self.record is not None
+                    else [(1, manifest.bundles)])
+        bundles = [(attempt, seq) for attempt, n in attempts for seq in range(n)]
+        unresolved = [b for b in bundles if b not in self._resolved]
+        unseen = [b for b in unresolved if b not in self._seqs]
+        read = []
+        for attempt, seq in unseen or unresolved:
             looked += 1
-            claim = self.leases.lookup(bundle_key(self.job_id, seq))
+            claim = self.leases.lookup(bundle_key(self.job_id, seq, attempt))
             if claim is None or claim.outcome != COMPLETED or not claim.results:
                 continue
             try:
@@ -250,32 +325,51 @@ class Collector:
                 log.warning("job %s: bundle %d's stored results do not unpack: %s", self.job_id,
                             seq, exc, extra={"job_id": self.job_id, "bundle": seq})
                 continue
-            self._resolved.add(seq)
+            self._resolved.add((attempt, seq))
             found += 1
             # The bundle's sent_at as the worker stored it, so that a second collect keeps
             # the latencies of the first; from the submit where a worker stored none.
-            self._add(ResultBundle(self.job_id, seq, results,
-                                   claim.sent_at or manifest.submitted_at,
-                                   claim.owner.split("/", 1)[0]))
+            read.append(ResultBundle(self.job_id, seq, results,
+                                     claim.sent_at or manifest.submitted_at,
+                                     claim.owner.split("/", 1)[0], attempt=attempt))
+        if read and self.commands is not None:
+            self._fill_commands(read)
+        for bundle in read:
+            self._add(bundle)
         self.recovered += self.count - before
         log.info("job %s: looked up %d bundles in the lease store, %d completed, %d results"
                  " read back", self.job_id, looked, found, self.count - before,
                  extra={"job_id": self.job_id})
         return self.count - before
 
+    def _fill_commands(self, bundles: list[ResultBundle]) -> None:
+        """Give results read back from the lease store their commands, from the workload."""
+        lines = {r[0] for b in bundles for r in b.results}
+        try:
+            commands = self.commands(lines)
+        except CloudKonError as exc:
+            log.warning("job %s: the commands of results read back from the lease table stay"
+                        " empty: %s", self.job_id, exc, extra={"job_id": self.job_id})
+            return
+        for b in bundles:
+            b.results = [(r[0], commands.get(r[0], r[1])) + tuple(r[2:]) for r in b.results]
+
     def _finish(self, manifest: Manifest | None) -> Collection:
         s = self.summary
         s.workers = len(self._workers)
         if all(self._workers.values()):  # every worker said how many threads it has
             s.threads = sum(self._workers.values())
+        cancelled = s.job_cancelled
+        interrupted = s.interrupted
         if manifest is not None and self._last_end:
             # From the split's start: how long the upload waited for the Lambda is apart.
             s.wall_seconds = max(self._last_end - (manifest.split_at or manifest.submitted_at),
                                  0.0)
             self.submit_to_last = max(self._last_end - manifest.submitted_at, 0.0)
         if manifest is None or not manifest.final:
-            s.incomplete = True
-            return Collection(s, manifest, False, -1, [], self.recovered, self.submit_to_last)
+            s.incomplete = not interrupted
+            return Collection(s, manifest, False, -1, [], self.recovered, self.submit_to_last,
+                              cancelled, interrupted)
         missing_count = max(manifest.tasks - self.count, 0)
         named = []
         if missing_count and manifest.skipped is not None:
@@ -283,9 +377,9 @@ class Collector:
                 named.append(task_id(self.job_id, line))
                 if len(named) >= MAX_NAMED_MISSING:
                     break
-        s.incomplete = missing_count > 0
+        s.incomplete = missing_count > 0 and not interrupted and not cancelled
         return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered,
-                          self.submit_to_last)
+                          self.submit_to_last, cancelled, interrupted)
 
     def _missing_lines(self, manifest: Manifest) -> Iterator[int]:
         skipped = iter(manifest.skipped or ())

@@ -5,6 +5,11 @@ it starts (SUBMITTING, so that a collector knows the job exists) and when every 
 sent (SUBMITTED, with the task count the collector waits for), or REJECTED with the reason
 when the workload cannot be used at all (empty, binary). It is an item of the lease table,
 keyed ``JOB_ID#manifest``, which no bundle key can be (those end in ``#`` and a number).
+
+The same item is the job's record for operating it: ``cancelled_at`` once `cloudkon
+cancel` marked it (workers read it through ``LeaseStore.job_state``), and ``retries``,
+the attempts `cloudkon retry` added, each with the lines it runs again. Both are
+attributes beside the manifest, so that a splitter saving the manifest leaves them be.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from dataclasses import asdict, dataclass, field, replace
 from botocore.exceptions import ClientError
 
 from cloudkon.aws import call
-from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
-from cloudkon.errors import CodecError
+from cloudkon.backends.dynamodb import CANCELLED_ATTRIBUTE, KEY, TTL_ATTRIBUTE
+from cloudkon.errors import CodecError, UsageError
 from cloudkon.limits import SQS_MAX_RETENTION_SECONDS
+from cloudkon.model import job_key
 
 SUBMITTING = "SUBMITTING"
 SUBMITTED = "SUBMITTED"
@@ -68,7 +74,69 @@ class Manifest:
 
 
 def manifest_key(job_id: str) -> str:
-    return f"{job_id}#manifest"
+    return job_key(job_id)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """One attempt `cloudkon retry` added: the lines it runs again, as runs [first, last]."""
+
+    attempt: int  # 2, 3, ...
+    lines: list[list[int]]
+    tasks: int
+    bundles: int
+    submitted_at: float
+    statuses: list[str] = field(default_factory=list)  # what it retried: failed, timed_out
+
+    def __contains__(self, line: int) -> bool:
+        return any(first <= line <= last for first, last in self.lines)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's manifest with what operating it added: a cancel, retries."""
+
+    manifest: Manifest
+    cancelled_at: float | None = None
+    retries: tuple[Retry, ...] = ()
+
+    @property
+    def job_id(self) -> str:
+        return self.manifest.job_id
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelled_at is not None
+
+    def attempts(self) -> list[tuple[int, int]]:
+        """(attempt, bundles) of every attempt, the first one's included."""
+        return [(1, self.manifest.bundles)] + [(r.attempt, r.bundles) for r in self.retries]
+
+    def latest_attempts(self) -> bytearray:
+        """For each line (the index), the attempt whose result counts: 0 or 1 for the first."""
+        latest = bytearray(self.manifest.last_line + 1)
+        for retry in self.retries:
+            for first, last in retry.lines:
+                latest[first:last + 1] = bytes([retry.attempt]) * (last + 1 - first)
+        return latest
+
+
+def _retries_from_json(text: str) -> tuple[Retry, ...]:
+    try:
+        return tuple(Retry(**doc) for doc in json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise CodecError(f"not a list of job retries: {exc}") from None
+
+
+def _retries_to_json(retries: tuple[Retry, ...]) -> str:
+    return json.dumps([asdict(r) for r in retries], separators=(",", ":"))
+
+
+# Lines of one retry are kept as runs in the job's record, which is a DynamoDB item of at
+# most 400 KB: this many runs of [first, last] leave room for the manifest beside them.
+MAX_RETRY_RUNS = 20_000
+RETRIES_ATTRIBUTE = "retries"
+RETRY_COUNT_ATTRIBUTE = "retry_count"
 
 
 class DynamoManifests:
@@ -90,17 +158,76 @@ class DynamoManifests:
             pass  # recorded before, by an earlier delivery of the same upload
 
     def save(self, manifest: Manifest) -> None:
-        """Record the manifest, replacing what the job had."""
-        call(f"table {self.table} (manifest of job {manifest.job_id})", self.client.put_item,
-             TableName=self.table, Item=self._item(manifest))
+        """Record the manifest, replacing the job's manifest (and keeping a cancel or
+        retries recorded beside it)."""
+        item = self._item(manifest)
+        call(f"table {self.table} (manifest of job {manifest.job_id})", self.client.update_item,
+             TableName=self.table, Key={KEY: item[KEY]},
+             UpdateExpression="SET #status = :status, manifest = :manifest, expires_at = :ttl",
+             ExpressionAttributeNames={"#status": "status"},
+             ExpressionAttributeValues={":status": item["status"], ":manifest": item["manifest"],
+                                        ":ttl": item[TTL_ATTRIBUTE]})
 
     def load(self, job_id: str) -> Manifest | None:
         """The job's manifest, or None if it has none (yet)."""
-        item = call(f"table {self.table} (manifest of job {job_id})", self.client.get_item, TableName=self.table,
-                    Key={KEY: {"S": manifest_key(job_id)}}, ConsistentRead=True).get("Item")
-        if item is None or "manifest" not in item:
+        record = self.load_record(job_id)
+        return None if record is None else record.manifest
+
+    def load_record(self, job_id: str) -> JobRecord | None:
+        """The job's record (manifest, cancel, retries), or None if it has none (yet)."""
+        item = call(f"table {self.table} (manifest of job {job_id})", self.client.get_item,
+                    TableName=self.table, Key={KEY: {"S": manifest_key(job_id)}},
+                    ConsistentRead=True).get("Item")
+        return _record(item)
+
+    def records(self) -> list[JobRecord]:
+        """Every job's record in the table, oldest first: one Scan, filtered to records."""
+        found = []
+        params = {"TableName": self.table, "FilterExpression": "attribute_exists(manifest)"}
+        while True:
+            page = call(f"table {self.table} (list jobs)", self.client.scan, **params)
+            found += [r for r in map(_record, page.get("Items", ())) if r is not None]
+            if "LastEvaluatedKey" not in page:
+                break
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(found, key=lambda r: (r.manifest.submitted_at, r.job_id))
+
+    def cancel(self, job_id: str) -> bool | None:
+        """Mark the job cancelled; True if this did, False if it was already, None if the
+        job has no record."""
+        try:
+            response = call(
+                f"table {self.table} (cancel job {job_id})", self.client.update_item,
+                expected=("ConditionalCheckFailedException",), TableName=self.table,
+                Key={KEY: {"S": manifest_key(job_id)}},
+                UpdateExpression=f"SET {CANCELLED_ATTRIBUTE} ="
+                                 f" if_not_exists({CANCELLED_ATTRIBUTE}, :now)",
+                ConditionExpression=f"attribute_exists({KEY})",
+                ExpressionAttributeValues={":now": {"N": f"{time.time():.6f}"}},
+                ReturnValues="UPDATED_OLD")
+        except ClientError:
             return None
-        return Manifest.from_json(item["manifest"]["S"])
+        return CANCELLED_ATTRIBUTE not in response.get("Attributes", {})
+
+    def add_retry(self, record: JobRecord, retry: Retry) -> None:
+        """Record ``retry`` after the retries ``record`` holds; UsageError if another retry
+        was recorded in between."""
+        retries = record.retries + (retry,)
+        try:
+            call(f"table {self.table} (retry of job {record.job_id})", self.client.update_item,
+                 expected=("ConditionalCheckFailedException",), TableName=self.table,
+                 Key={KEY: {"S": manifest_key(record.job_id)}},
+                 UpdateExpression=f"SET {RETRIES_ATTRIBUTE} = :retries,"
+                                  f" {RETRY_COUNT_ATTRIBUTE} = :count",
+                 ConditionExpression=f"attribute_exists({KEY}) AND"
+                                     f" (attribute_not_exists({RETRY_COUNT_ATTRIBUTE})"
+                                     f" OR {RETRY_COUNT_ATTRIBUTE} = :before)",
+                 ExpressionAttributeValues={":retries": {"S": _retries_to_json(retries)},
+                                            ":count": {"N": str(len(retries))},
+                                            ":before": {"N": str(len(record.retries))}})
+        except ClientError:
+            raise UsageError(f"job {record.job_id}: another retry was recorded at the same"
+                             " time; run `cloudkon status` and retry again if need be") from None
 
     def _item(self, manifest: Manifest) -> dict:
         return {
@@ -111,21 +238,60 @@ class DynamoManifests:
         }
 
 
+def _record(item: dict | None) -> JobRecord | None:
+    if item is None or "manifest" not in item:
+        return None
+    cancelled = item.get(CANCELLED_ATTRIBUTE)
+    retries = item.get(RETRIES_ATTRIBUTE)
+    return JobRecord(Manifest.from_json(item["manifest"]["S"]),
+                     float(cancelled["N"]) if cancelled else None,
+                     _retries_from_json(retries["S"]) if retries else ())
+
+
 class MemoryManifests:
     """Manifests in memory, with the same contract: for the local backends and tests."""
 
     def __init__(self) -> None:
-        self._manifests: dict[str, Manifest] = {}
+        self._records: dict[str, JobRecord] = {}
         self._lock = threading.Lock()
 
     def start(self, manifest: Manifest) -> None:
         with self._lock:
-            self._manifests.setdefault(manifest.job_id, manifest)
+            self._records.setdefault(manifest.job_id, JobRecord(manifest))
 
     def save(self, manifest: Manifest) -> None:
         with self._lock:
-            self._manifests[manifest.job_id] = manifest
+            old = self._records.get(manifest.job_id)
+            self._records[manifest.job_id] = (JobRecord(manifest) if old is None
+                                              else replace(old, manifest=manifest))
 
     def load(self, job_id: str) -> Manifest | None:
+        record = self.load_record(job_id)
+        return None if record is None else record.manifest
+
+    def load_record(self, job_id: str) -> JobRecord | None:
         with self._lock:
-            return self._manifests.get(job_id)
+            return self._records.get(job_id)
+
+    def records(self) -> list[JobRecord]:
+        with self._lock:
+            return sorted(self._records.values(),
+                          key=lambda r: (r.manifest.submitted_at, r.job_id))
+
+    def cancel(self, job_id: str) -> bool | None:
+        with self._lock:
+            old = self._records.get(job_id)
+            if old is None:
+                return None
+            if old.cancelled:
+                return False
+            self._records[job_id] = replace(old, cancelled_at=time.time())
+            return True
+
+    def add_retry(self, record: JobRecord, retry: Retry) -> None:
+        with self._lock:
+            old = self._records[record.job_id]
+            if len(old.retries) != len(record.retries):
+                raise UsageError(f"job {record.job_id}: another retry was recorded at the"
+                                 " same time")
+            self._records[record.job_id] = replace(old, retries=old.retries + (retry,))

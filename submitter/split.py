@@ -50,10 +50,11 @@ class SplitReport:
 
 
 def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
-          bundle_size: int, bundle_ms: float, senders: int = DEFAULT_SENDERS) -> SplitReport:
+          bundle_size: int, bundle_ms: float, senders: int = DEFAULT_SENDERS,
+          attempt: int = 1) -> SplitReport:
     """Send every task of ``workload`` to ``queue`` in bundles numbered from 0 in file order,
-    results to go to ``reply_to``; return what was read. Raises the first send error,
-    after the batches already in flight have finished."""
+    as attempt ``attempt`` of the job, results to go to ``reply_to``; return what was read.
+    Raises the first send error, after the batches already in flight have finished."""
     report = SplitReport()
 
     def on_bad_line(bad: BadLine) -> None:
@@ -75,7 +76,7 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
         # Leaving the pool waits for the batches in flight, so none is lost on an error.
         with ThreadPoolExecutor(senders, thread_name_prefix="cloudkon-sender") as pool:
             for batch in batches(_bodies(workload, job_id, reply_to, bundle_size, bundle_ms,
-                                         report)):
+                                         report, attempt)):
                 slots.acquire()
                 if failure:
                     break
@@ -91,13 +92,13 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
 
 
 def _bodies(workload: Workload, job_id: str, reply_to: str, bundle_size: int,
-            bundle_ms: float, report: SplitReport) -> Iterator[str]:
+            bundle_ms: float, report: SplitReport, attempt: int = 1) -> Iterator[str]:
     """The message bodies of the workload's bundles, renumbered so that a bundle too large
     for one message travels as several, still in a deterministic order."""
     seq = 0
     for bundle in workload.bundles(job_id, bundle_size, bundle_ms, ramp=True):
         _note_lines(report, bundle.tasks)
-        for part in _fitting(bundle.tasks, job_id, reply_to):
+        for part in _fitting(bundle.tasks, job_id, reply_to, attempt):
             part.seq = seq
             seq += 1
             report.tasks += len(part.tasks)
@@ -106,13 +107,15 @@ def _bodies(workload: Workload, job_id: str, reply_to: str, bundle_size: int,
             yield encode_bundle(part, reply_to)
 
 
-def _fitting(tasks: list[tuple[int, str]], job_id: str, reply_to: str) -> list[Bundle]:
+def _fitting(tasks: list[tuple[int, str]], job_id: str, reply_to: str,
+             attempt: int = 1) -> list[Bundle]:
     """The tasks as one bundle, or halved until each part fits one message."""
-    bundle = Bundle(job_id, 0, tasks)
+    bundle = Bundle(job_id, 0, tasks, attempt=attempt)
     if len(tasks) <= 1 or len(encode_bundle(bundle, reply_to)) <= SQS_MAX_MESSAGE_BYTES:
         return [bundle]
     half = len(tasks) // 2
-    return _fitting(tasks[:half], job_id, reply_to) + _fitting(tasks[half:], job_id, reply_to)
+    return (_fitting(tasks[:half], job_id, reply_to, attempt)
+            + _fitting(tasks[half:], job_id, reply_to, attempt))
 
 
 def _note_lines(report: SplitReport, tasks: list[tuple[int, str]]) -> None:

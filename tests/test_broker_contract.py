@@ -15,7 +15,7 @@ import pytest
 from clock import FakeClock
 from conftest import wait_until
 
-from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS
+from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS, JOB_ACTIVE, JOB_CANCELLED
 from cloudkon.errors import NotSetUpError
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 
@@ -186,14 +186,25 @@ def leases(request):
     """A lease store and its clock (both stores take the clock they measure leases by)."""
     clock = FakeClock(time.time())
     if request.param == "memory":
-        return MemoryLeaseStore(clock), clock
+        store = MemoryLeaseStore(clock)
+        store.cancel_for_test = store.cancel_job
+        return store, clock
     from cloudkon.backends.dynamodb import DynamoLeaseStore
     from cloudkon.backends.resources import _ensure_table
+    from submitter.manifest import SUBMITTED, DynamoManifests, Manifest
 
     dynamodb = request.getfixturevalue("dynamodb")
     table = f"c{uuid.uuid4().hex[:10]}-leases"
     _ensure_table(dynamodb, table)
-    return DynamoLeaseStore(dynamodb, table, clock), clock
+    store = DynamoLeaseStore(dynamodb, table, clock)
+    manifests = DynamoManifests(dynamodb, table)
+
+    def cancel(job_id: str) -> None:  # as `cloudkon cancel` marks the job's record
+        manifests.start(Manifest(job_id, SUBMITTED, "w.txt", time.time(), tasks=1, bundles=1))
+        assert manifests.cancel(job_id) is True
+
+    store.cancel_for_test = cancel
+    return store, clock
 
 
 def test_first_claim_wins_and_a_second_owner_finds_it_busy(leases):
@@ -284,3 +295,13 @@ def test_a_completed_key_keeps_when_its_bundle_was_queued(leases):
     store.claim("job#0", "a", LEASE)
     assert store.complete("job#0", "a", b"r", 1_800_000_000.25)
     assert store.lookup("job#0").sent_at == 1_800_000_000.25
+
+
+def test_job_state_says_cancelled_once_the_job_is_cancelled_and_only_that_job(leases):
+    store, _ = leases
+    assert store.job_state("job") == JOB_ACTIVE  # no record at all: active
+    store.claim("job#0", "a", LEASE)
+    store.cancel_for_test("job")
+    assert store.job_state("job") == JOB_CANCELLED
+    assert store.job_state("other") == JOB_ACTIVE
+    assert store.lookup("job#0").outcome == IN_PROGRESS  # a read: nothing else changed

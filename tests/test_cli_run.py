@@ -506,3 +506,31 @@ def test_no_progress_output_when_stderr_is_a_pipe(cloudkon, write_workload):
 
     assert proc.returncode == 0
     assert proc.stderr == ""
+
+
+def test_run_resume_runs_only_the_lines_without_a_result_and_appends(cloudkon, write_workload,
+                                                                    tmp_path):
+    ran = tmp_path / "ran"
+    workload = write_workload("".join(f"echo {n} >> {ran}\n" for n in range(1, 6)))
+    out = tmp_path / "results.jsonl"
+    first = cloudkon("run", workload, "-w", 2, "-o", out)
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    job_id = records[0]["job_id"]
+    kept = [r for r in records if r["line"] in (1, 3, 4)]
+    cancelled = dict(next(r for r in records if r["line"] == 5), status="cancelled")
+    out.write_text("".join(json.dumps(r) + "\n" for r in kept + [cancelled]))
+    ran.unlink()
+    resumed = cloudkon("run", workload, "-w", 2, "--resume", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(ran.read_text().split()) == ["2", "5"]  # a cancelled task is no result
+    after = [json.loads(line) for line in out.read_text().splitlines()]
+    assert after[:4] == kept + [cancelled]  # kept as it was, appended to
+    assert sorted(r["line"] for r in after[4:]) == [2, 5]
+    assert {r["job_id"] for r in after} == {job_id}
+    assert "tasks               5   succeeded 5" in resumed.stdout
+    bad = write_workload("not json\n", name="bad.jsonl")
+    refused = cloudkon("run", workload, "--resume", bad)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        2, f"cloudkon: error: {bad}:1: not a result (Expecting value: line 1 column 1 (char 0));"
+           " resume into another file")

@@ -49,7 +49,9 @@ def _body(**fields) -> str:
     ("not json", "not JSON"),
     (b"\xff\xfe", "not JSON"),
     ("[1, 2]", "not a JSON object"),
-    (_body(v=2), "version"),
+    (_body(v=3), "version"),
+    (_body(v=2), "attempt"),
+    (_body(v=2, attempt=1), "attempt"),
     (_body(kind="results"), "kind"),
     (_body(tasks=[]), "tasks"),
     (_body(job=""), "job"),
@@ -136,3 +138,16 @@ def test_stored_results_naming_a_line_not_in_the_bundle_are_refused():
         unpack_results(packed, [(1, "sleep 0")])
     with pytest.raises(CodecError, match="unpack"):
         unpack_results(b"garbage", [(1, "sleep 0")])
+
+
+def test_a_retry_bundle_is_version_2_and_carries_its_attempt_to_its_results():
+    bundle = Bundle("j", 3, [(5, "false")], sent_at=1.5, attempt=2)
+    body = encode_bundle(bundle, "out")
+    assert json.loads(body)["v"] == 2 and json.loads(body)["attempt"] == 2
+    decoded, _ = decode_bundle(body)
+    assert (decoded.attempt, decoded.seq, decoded.tasks) == (2, 3, [(5, "false")])
+    results = ResultBundle("j", 3, [(5, "false", "failed", 1, None, 2.0, 2.5, "", "")], 1.5,
+                           "w", attempt=2)
+    assert decode_results(encode_results(results)).attempt == 2
+    assert decode_results(encode_results(ResultBundle("j", 0, [], 0.0))).attempt == 1
+    assert json.loads(encode_bundle(Bundle("j", 0, [(1, "x")]), "out"))["v"] == 1

@@ -317,3 +317,56 @@ def test_worker_that_lost_its_lease_drops_its_results(harness):
     assert harness.leases.lookup("fenced#0").owner == "thief/1"
     assert harness.leases.lookup("fenced#0").outcome == IN_PROGRESS
     assert harness.outbox.visible() == 0
+
+
+def test_bundles_of_a_cancelled_job_are_deleted_at_claim_without_running(harness):
+    tmp = harness.tmp_path
+    harness.leases.cancel_job("gone")
+    cancelled = [Bundle("gone", seq, [appending(tmp, seq + 1)]) for seq in range(3)]
+    for b in cancelled:
+        harness.send(b)
+    other = Bundle("kept", 0, [appending(tmp, 9)])
+    harness.send(other)
+    worker = harness.start(threads=2)
+    harness.collect(ids_of(other))
+    wait_until(lambda: len(harness.inbox) == 0, what="every message deleted")
+    assert harness.runs() == ["9"]
+    assert worker.counts["cancelled"] == 3 and worker.counts["completed"] == 1
+    assert harness.leases.lookup("gone#0") is None  # never claimed
+    assert not any(key.startswith("gone:") for key in harness.results)
+
+
+def test_cancel_ends_the_running_task_at_the_next_heartbeat_and_completes_what_finished(harness):
+    tmp = harness.tmp_path
+    bundle = Bundle("stop", 0, [appending(tmp, 1), appending(tmp, 2, "/bin/sleep 60"),
+                                appending(tmp, 3)])
+    harness.send(bundle)
+    worker = harness.start(threads=1, visibility=3)  # a heartbeat every second
+    wait_until(lambda: harness.runs() == ["1", "2"], what="task 2 running")
+    started = time.monotonic()
+    harness.leases.cancel_job("stop")
+    wait_until(lambda: worker.counts["cancelled"] == 1, what="the cancel seen")
+    assert time.monotonic() - started < 10  # a heartbeat or two, not the task's 60 s
+    results = harness.collect({"stop:1"})
+    wait_until(lambda: len(harness.inbox) == 0, what="the message deleted, not given back")
+    assert harness.runs() == ["1", "2"]  # task 3 never started
+    assert sorted(results) == ["stop:1"]  # the ended task is no result
+    record = harness.leases.lookup("stop#0")
+    assert record.outcome == COMPLETED
+    assert [r[0] for r in unpack_results(record.results, bundle.tasks)] == [1]
+    # A late copy of the bundle is not run either.
+    harness.send(bundle)
+    wait_until(lambda: len(harness.inbox) == 0, what="the copy deleted")
+    assert harness.runs() == ["1", "2"] and worker.counts["cancelled"] == 2
+
+
+def test_a_retry_bundle_runs_under_its_own_key_beside_the_first_attempts_completed_lease(harness):
+    tmp = harness.tmp_path
+    t = time.time()
+    stored(harness, "again", [(1, "", "failed", 1, None, t, t, "", "")])
+    harness.send(Bundle("again", 0, [appending(tmp, 1)], attempt=2))
+    harness.start()
+    results = harness.collect({"again:1"})
+    assert harness.runs() == ["1"]  # run, not replayed from attempt 1's lease
+    assert results["again:1"][0][2] == SUCCEEDED
+    assert harness.leases.lookup("again#a2#0").outcome == COMPLETED

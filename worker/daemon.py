@@ -20,6 +20,11 @@ passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
 - the main thread waits for signals (their handlers only set flags), logs a liveness line
   and runs the shutdown.
 
+A cancelled job (`cloudkon cancel`, read through ``LeaseStore.job_state``, cached for a few
+seconds and read again at each heartbeat) runs no more: its bundles are deleted at claim
+without running, and a running bundle of it has its running task ended at the next
+heartbeat; the tasks that finished before are completed and sent, nothing is given back.
+
 SIGTERM: receive no more; give back what has not started (visibility 0, lease released,
 finished results stored); let running tasks finish within the drain time, then stop their
 bundles and give the rest back; exit 0. A second SIGTERM, or SIGINT, ends running tasks,
@@ -38,13 +43,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cloudkon.backends import BUSY, COMPLETED, Broker, LeaseStore, Message, MessageQueue
+from cloudkon.backends import (
+    BUSY,
+    COMPLETED,
+    JOB_CANCELLED,
+    Broker,
+    LeaseStore,
+    Message,
+    MessageQueue,
+)
 from cloudkon.codec import WIRE, WireCodec
 from cloudkon.config import WorkerConfig
 from cloudkon.errors import CloudKonError, CodecError, NotSetUpError
 from cloudkon.executor import Executor, signal_name
 from cloudkon.limits import (
     AWS_ERROR_PAUSE_SECONDS,
+    JOB_STATE_CACHE_SECONDS,
     LEASE_SHARE_OF_VISIBILITY,
     QUEUE_GONE_EXIT_SECONDS,
     SQS_MAX_BATCH,
@@ -59,6 +73,7 @@ _GIVE_BACK_SECONDS = 10.0  # after a hard stop, how long bundle threads get to g
 _END = None  # tells a bundle thread to exit
 _LEAD = object()  # tells an idle bundle thread that nobody is receiving: it may now
 EXIT_QUEUE_GONE = 2  # the input queue was deleted under the worker (as for --no-create)
+_JOB_STATES_KEPT = 1024  # job states cached at most; then the cache starts afresh
 
 
 @dataclass
@@ -73,6 +88,7 @@ class _Running:
     stored: int  # how many of ``results`` the lease store already has
     next_beat: float  # time.monotonic() of the next heartbeat
     lost: bool = False  # the lease went to another owner: stop and drop the results
+    cancelled: bool = False  # the job was cancelled: stop, complete with what finished
     finished: bool = False  # the bundle thread is completing or giving back: no more beats
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,7 +97,7 @@ class Counts:
     """What the worker has done, for the liveness line."""
 
     NAMES = ("received", "completed", "replayed", "busy", "given_back", "dead_lettered",
-             "lost", "failed", "tasks")
+             "lost", "failed", "cancelled", "tasks")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -133,6 +149,10 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._gone_since: float | None = None  # since when receives find no input queue
         self._gone: NotSetUpError | None = None  # why the worker stops to exit 2
+        # job id -> (cancelled, time.monotonic() of the read)
+        self._job_states: dict[str, tuple[bool, float]] = {}
+        self._job_states_lock = threading.Lock()
+        self._job_state_seconds = min(JOB_STATE_CACHE_SECONDS, config.heartbeat_seconds)
 
     # --- control ---------------------------------------------------------------------------
 
@@ -399,9 +419,15 @@ class Worker:
                         message.id, exc, extra={"message_id": message.id})
             return
         ids = _ids(bundle, message)
-        key = bundle_key(bundle.job_id, bundle.seq)
+        key = bundle_key(bundle.job_id, bundle.seq, bundle.attempt)
         if self._stopping():
             self._give_back([message], f"bundle {key}, not started before the stop")
+            return
+        if self._job_cancelled(bundle.job_id):
+            self.inbox.delete(message)
+            self.counts.add("cancelled")
+            log.info("bundle %s (message %s): job %s is cancelled; deleted without running",
+                     key, message.id, bundle.job_id, extra=ids)
             return
         owner = f"{self._owner_prefix}{next(self._claims)}"  # this claim's fencing token
         claim = self.leases.claim(key, owner, self.lease_seconds)
@@ -427,6 +453,9 @@ class Worker:
                 running.finished = True
             with self._slots:
                 self._running.pop(message.receipt, None)
+        if running.cancelled:
+            self._end_cancelled(running, reply_to, ids)
+            return
         if running.lost:
             self.counts.add("lost")
             log.warning("bundle %s: lease lost to another worker; its %d results here are"
@@ -453,8 +482,36 @@ class Worker:
             tasks = [t for t in tasks if t[0] not in done]
         before = len(results)
         self.executor.run_bundle(bundle.job_id, tasks, results,
-                                 lambda: running.lost or self._stopping())
+                                 lambda: running.lost or running.cancelled or self._stopping())
         self.counts.add("tasks", len(results) - before)
+
+    def _end_cancelled(self, running: _Running, reply_to: str, ids: dict) -> None:
+        """A bundle of a cancelled job stopped: it is done, with the tasks that finished as
+        its results (completed and sent), and nothing given back."""
+        self.counts.add("cancelled")
+        log.info("bundle %s: job %s is cancelled: %d of %d tasks ran, the rest will not",
+                 running.key, running.bundle.job_id, len(running.results),
+                 len(running.bundle.tasks), extra=ids)
+        if running.results:
+            self._complete(running, reply_to, ids)
+            return
+        self.leases.release(running.key, running.owner)
+        self.inbox.delete(running.message)
+
+    def _job_cancelled(self, job_id: str) -> bool:
+        """Whether the job is cancelled, as last read within the cache time (a cancel is
+        for good: once seen, never read again)."""
+        now = time.monotonic()
+        with self._job_states_lock:
+            entry = self._job_states.get(job_id)
+        if entry is not None and (entry[0] or now - entry[1] < self._job_state_seconds):
+            return entry[0]
+        cancelled = self.leases.job_state(job_id) == JOB_CANCELLED
+        with self._job_states_lock:
+            if len(self._job_states) >= _JOB_STATES_KEPT:
+                self._job_states.clear()
+            self._job_states[job_id] = (cancelled, now)
+        return cancelled
 
     def _complete(self, running: _Running, reply_to: str, ids: dict) -> None:
         bundle, key = running.bundle, running.key
@@ -487,7 +544,7 @@ class Worker:
 
     def _replay(self, message: Message, bundle: Bundle, reply_to: str, stored: bytes | None,
                 owner: str, ids: dict) -> None:
-        key = bundle_key(bundle.job_id, bundle.seq)
+        key = bundle_key(bundle.job_id, bundle.seq, bundle.attempt)
         if stored is None:
             raise CodecError(f"bundle {key} is COMPLETED but has no stored results")
         results = self.codec.unpack_results(stored, bundle.tasks)
@@ -511,7 +568,8 @@ class Worker:
 
     def _send(self, bundle: Bundle, results: list[tuple], reply_to: str, worker: str) -> None:
         bodies = self.codec.results_bodies(ResultBundle(bundle.job_id, bundle.seq, results,
-                                                        bundle.sent_at, worker))
+                                                        bundle.sent_at, worker,
+                                                        attempt=bundle.attempt))
         outbox = self._outboxes.get(reply_to)
         if outbox is None:  # looked up once: an SQS queue's URL costs a request
             outbox = self._outboxes[reply_to] = self.broker.queue(reply_to)
@@ -559,6 +617,18 @@ class Worker:
             log.warning("bundle %s: message %s is no longer held (received again?); the lease"
                         " still is, so the bundle runs on", running.key, running.message.id,
                         extra=_ids(running.bundle, running.message))
+        job_id = running.bundle.job_id
+        try:
+            cancelled = not running.cancelled and self._job_cancelled(job_id)
+        except CloudKonError as exc:
+            log.warning("bundle %s: could not read the state of job %s (%s); running on",
+                        running.key, job_id, exc, extra=_ids(running.bundle, running.message))
+            return
+        if cancelled:
+            running.cancelled = True
+            self.executor.cancel_job(job_id)
+            log.info("bundle %s: job %s is cancelled: ending its running task", running.key,
+                     job_id, extra=_ids(running.bundle, running.message))
 
     # --- logs -----------------------------------------------------------------------------
 
@@ -567,9 +637,10 @@ class Worker:
         with self._slots:
             in_flight = len(self._held)
         log.info("%s: %d in flight; received %d, completed %d, replayed %d, failed %d, given"
-                 " back %d, dead-lettered %d, busy %d, lost %d; %d tasks run", what, in_flight,
-                 c["received"], c["completed"], c["replayed"], c["failed"], c["given_back"],
-                 c["dead_lettered"], c["busy"], c["lost"], c["tasks"],
+                 " back %d, dead-lettered %d, busy %d, lost %d, cancelled %d; %d tasks run",
+                 what, in_flight, c["received"], c["completed"], c["replayed"], c["failed"],
+                 c["given_back"], c["dead_lettered"], c["busy"], c["lost"], c["cancelled"],
+                 c["tasks"],
                  extra={"counts": {**c, "in_flight": in_flight}})
 
 

@@ -83,6 +83,11 @@ CLAIMED = "CLAIMED"
 BUSY = "BUSY"
 
 
+# What a job's record says about it, as the worker asks (LeaseStore.job_state).
+JOB_ACTIVE = "ACTIVE"
+JOB_CANCELLED = "CANCELLED"
+
+
 class Claim(NamedTuple):
     """The outcome of a claim, and the key's record as the claim left or found it."""
 
@@ -120,3 +125,7 @@ class LeaseStore(Protocol):
 
     def lookup(self, key: str) -> Claim | None:
         """The key's record as it stands (outcome IN_PROGRESS or COMPLETED), or None."""
+
+    def job_state(self, job_id: str) -> str:
+        """JOB_CANCELLED once job ``job_id`` has been cancelled (`cloudkon cancel`), else
+        JOB_ACTIVE, also for a job the store holds no record of; a read, never a write."""

@@ -20,13 +20,28 @@ import time
 from collections.abc import Callable
 
 from cloudkon.aws import call
-from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS, Claim
-from cloudkon.limits import LEASE_RESULTS_MAX_BYTES, SQS_MAX_RETENTION_SECONDS
+from cloudkon.backends import (
+    BUSY,
+    CLAIMED,
+    COMPLETED,
+    IN_PROGRESS,
+    JOB_ACTIVE,
+    JOB_CANCELLED,
+    Claim,
+)
+from cloudkon.limits import (
+    DYNAMODB_MAX_BATCH_GET,
+    LEASE_RESULTS_MAX_BYTES,
+    SQS_MAX_RETENTION_SECONDS,
+)
+from cloudkon.model import job_key
 
 _CHECK_FAILED = ("ConditionalCheckFailedException",)
 _NAMES = {"#status": "status", "#owner": "owner"}
 KEY = "pk"
 TTL_ATTRIBUTE = "expires_at"
+# Set on a job's record (its manifest item, key JOB#manifest) by `cloudkon cancel`.
+CANCELLED_ATTRIBUTE = "cancelled_at"
 
 
 class DynamoLeaseStore:
@@ -93,6 +108,30 @@ class DynamoLeaseStore:
     def lookup(self, key: str) -> Claim | None:
         item = self._get(key)
         return _claim(item, item["status"]["S"]) if item else None
+
+    # For readers (`cloudkon status`, `retry`): not part of the lease-store interface.
+    def lookup_many(self, keys: list[str]) -> dict[str, Claim]:
+        """The records of those ``keys`` that exist (eventually consistent), read with
+        BatchGetItem, 100 keys a call; keys DynamoDB leaves unprocessed are asked again."""
+        found: dict[str, Claim] = {}
+        for start in range(0, len(keys), DYNAMODB_MAX_BATCH_GET):
+            pending = {self.table: {"Keys": [{KEY: {"S": k}}
+                                             for k in keys[start:start + DYNAMODB_MAX_BATCH_GET]]}}
+            while pending:
+                response = call(f"read {len(pending[self.table]['Keys'])} leases of table"
+                                f" {self.table}", self.client.batch_get_item,
+                                RequestItems=pending)
+                for item in response.get("Responses", {}).get(self.table, ()):
+                    found[item[KEY]["S"]] = _claim(item, item["status"]["S"])
+                pending = response.get("UnprocessedKeys") or {}
+        return found
+
+    def job_state(self, job_id: str) -> str:
+        # Eventually consistent (half the price): workers cache the answer for seconds anyway.
+        item = call(f"read the record of job {job_id}", self.client.get_item,
+                    TableName=self.table, Key={KEY: {"S": job_key(job_id)}},
+                    ProjectionExpression=CANCELLED_ATTRIBUTE).get("Item")
+        return JOB_CANCELLED if item and CANCELLED_ATTRIBUTE in item else JOB_ACTIVE
 
     def _get(self, key: str) -> dict | None:
         return call(f"look up bundle {key}", self.client.get_item, TableName=self.table,

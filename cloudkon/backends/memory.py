@@ -14,7 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS, Claim, Message
+from cloudkon.backends import (
+    BUSY,
+    CLAIMED,
+    COMPLETED,
+    IN_PROGRESS,
+    JOB_ACTIVE,
+    JOB_CANCELLED,
+    Claim,
+    Message,
+)
 from cloudkon.errors import CloudKonError, NotSetUpError
 from cloudkon.limits import LEASE_RESULTS_MAX_BYTES
 
@@ -203,6 +212,7 @@ class MemoryLeaseStore:
         self.clock = clock
         self.max_results_bytes = max_results_bytes
         self._leases: dict[str, _Lease] = {}
+        self._cancelled: set[str] = set()  # job ids
         self._lock = threading.Lock()
 
     def claim(self, key: str, owner: str, lease_seconds: float) -> Claim:
@@ -258,7 +268,20 @@ class MemoryLeaseStore:
             return Claim(lease.status, lease.owner, lease.lease_expires, lease.results,
                          lease.attempt, lease.sent_at)
 
-    # For the local flavour: not part of the lease-store interface.
+    def lookup_many(self, keys: list[str]) -> dict[str, Claim]:
+        """The records of those ``keys`` that exist (as the DynamoDB store's)."""
+        return {k: c for k in keys if (c := self.lookup(k)) is not None}
+
+    def job_state(self, job_id: str) -> str:
+        with self._lock:
+            return JOB_CANCELLED if job_id in self._cancelled else JOB_ACTIVE
+
+    # For the local flavour and tests: not part of the lease-store interface.
+    def cancel_job(self, job_id: str) -> None:
+        """Mark the job cancelled, as `cloudkon cancel` marks its record in DynamoDB."""
+        with self._lock:
+            self._cancelled.add(job_id)
+
     def forget(self, key: str) -> None:
         """Drop the key's record: its bundle's results have reached their one reader and
         no copy of the bundle can come back (in-process queues only)."""

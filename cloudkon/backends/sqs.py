@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 # or MessageNotInflight).
 _NOT_HELD = ("ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
              "AWS.SimpleQueueService.MessageNotInflight")
-_REASON_ATTRIBUTE = "cloudkon-dead-letter-reason"
-_SOURCE_ATTRIBUTE = "cloudkon-source-message-id"
+REASON_ATTRIBUTE = "cloudkon-dead-letter-reason"
+SOURCE_ATTRIBUTE = "cloudkon-source-message-id"
+RECEIVES_ATTRIBUTE = "cloudkon-receive-count"  # receives on the input queue, this one included
 _MAX_ATTRIBUTE_CHARS = 1024
 
 
@@ -145,15 +146,35 @@ class SqsQueue:
             codes = sorted({f.get("Code", "?") for f in failed}) or ["no answer"]
             raise _EntriesFailed(f"{len(pending)} entries failed ({', '.join(codes)})")
 
+    # For `cloudkon status` and `cloudkon dlq`: not part of the queue interface.
+    def depth(self) -> tuple[int, int]:
+        """(visible, in flight) messages, as SQS counts them (approximately)."""
+        attrs = call(f"queue {self.name}", self.client.get_queue_attributes, QueueUrl=self.url,
+                     AttributeNames=["ApproximateNumberOfMessages",
+                                     "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return (int(attrs["ApproximateNumberOfMessages"]),
+                int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+    def peek(self, visibility_seconds: int, wait_seconds: int = 1) -> list[dict]:
+        """Receive up to a batch of messages with all their attributes (the raw SQS
+        entries), to be given back or deleted by receipt handle."""
+        return call(f"receive from queue {self.name}", self.client.receive_message,
+                    QueueUrl=self.url, MaxNumberOfMessages=self.batch_size,
+                    WaitTimeSeconds=wait_seconds, VisibilityTimeout=visibility_seconds,
+                    MessageAttributeNames=["All"],
+                    MessageSystemAttributeNames=["All"]).get("Messages", [])
+
     def dead_letter(self, message: Message, reason: str) -> None:
         if self.dead_letter_url is None:
             raise NotSetUpError(f"queue {self.name} has no dead-letter queue")
         call(f"send message {message.id} to the dead-letter queue of {self.name}",
              self.client.send_message, QueueUrl=self.dead_letter_url, MessageBody=message.body,
              MessageAttributes={
-                 _REASON_ATTRIBUTE: {"DataType": "String",
-                                     "StringValue": reason[:_MAX_ATTRIBUTE_CHARS] or "?"},
-                 _SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": message.id},
+                 REASON_ATTRIBUTE: {"DataType": "String",
+                                    "StringValue": reason[:_MAX_ATTRIBUTE_CHARS] or "?"},
+                 SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": message.id},
+                 RECEIVES_ATTRIBUTE: {"DataType": "Number",
+                                      "StringValue": str(message.receive_count)},
              })
         self.delete(message)
 

@@ -84,7 +84,8 @@ def decide(policy: ScalingPolicy, visible: int, in_flight: int, current: int,
         return Decision(current, current, why, state)
 
     if current != _bounded(current, policy):
-        return change(_bounded(current, policy),
+        return change(max(_bounded(current, policy), target) if tasks > 0
+                      else _bounded(current, policy),
                       f"{current} is outside min {policy.min_size} and max {policy.max_size}")
     since_change = now - state.last_change
     cooling = since_change < policy.cooldown_seconds

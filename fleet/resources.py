@@ -232,9 +232,7 @@ def _ensure_launch_template(ctx: _Context, fleet: FleetConfig, user_data: str) -
                        Versions=["$Latest"])["LaunchTemplateVersions"][0]
     except ClientError:
         call(f"create launch template {name}", ctx.ec2.create_launch_template,
-             LaunchTemplateName=name, LaunchTemplateData=data,
-             TagSpecifications=[{"ResourceType": "launch-template",
-                                 "Tags": [{"Key": PREFIX_TAG, "Value": ctx.config.prefix}]}])
+             LaunchTemplateName=name, LaunchTemplateData=data)
         return Resource("launch template", name, CREATED, detail)
     have = current["LaunchTemplateData"]
     changed = sorted(k for k, v in data.items() if have.get(k) != v)
@@ -359,7 +357,7 @@ def _ensure_settings(config: AwsConfig, fleet: FleetConfig, now: float) -> Resou
     settings = manager.load()
     policy = ScalingPolicy(fleet.min_size, fleet.max_size,
                            tasks_per_worker=fleet.tasks_per_worker)
-    name = f"{config.lease_table} {SETTINGS_KEY}"
+    name = f"{config.lease_table}/{SETTINGS_KEY}"
     detail = f"{policy.tasks_per_worker:,} tasks per worker"
     if settings is None:
         # The idle period counts from now: a new fleet is not shrunk before its first job.
@@ -385,7 +383,7 @@ def down(config: AwsConfig, drain_seconds: float = DRAIN_HOOK_SECONDS + 60) -> l
     done.append(_delete_instance_profile(ctx))
     done.append(_delete_role(ctx))
     done.append(_delete_wheels(ctx))
-    name = f"{config.lease_table} {SETTINGS_KEY}"
+    name = f"{config.lease_table}/{SETTINGS_KEY}"
     done.append(Resource("provisioner", name, DELETED if Fleet(config).forget() else ABSENT))
     return done
 
@@ -420,11 +418,15 @@ def _delete_group(ctx: _Context, drain_seconds: float) -> list[Resource]:
 
 def _delete_template(ctx: _Context) -> Resource:
     name = ctx.config.launch_template
+    found = call(f"launch template {name}", ctx.ec2.describe_launch_templates,
+                 Filters=[{"Name": "launch-template-name", "Values": [name]}])["LaunchTemplates"]
+    if not found:
+        return Resource("launch template", name, ABSENT)
     try:
         call(f"delete launch template {name}", ctx.ec2.delete_launch_template,
              expected=_NO_TEMPLATE, LaunchTemplateName=name)
     except ClientError:
-        return Resource("launch template", name, ABSENT)
+        return Resource("launch template", name, ABSENT)  # deleted by someone else meanwhile
     return Resource("launch template", name, DELETED)
 
 

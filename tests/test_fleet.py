@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import time
 
 import boto3
 import pytest
@@ -44,6 +45,30 @@ def fleet_up(cloudkon, config, *args):
     proc = cloudkon("fleet", "up", "--prefix", config.prefix, *args, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc
+
+
+@pytest.fixture
+def small_fleet(deployment):
+    """A fleet made directly (no wheel build): a launch template, a group of one instance
+    with at most 4, and the provisioner's settings as `fleet up --tasks-per-worker 500
+    --max 4` records them. `fleet up` itself is tested above."""
+    from fleet.capacity import ScalingPolicy, ScalingState
+    from fleet.provisioner import Fleet, FleetSettings
+
+    config = deployment
+    ec2 = boto3.client("ec2", region_name=REGION)
+    ec2.create_launch_template(LaunchTemplateName=config.launch_template,
+                               LaunchTemplateData={"ImageId": "ami-12c6146b",
+                                                   "InstanceType": "c7i.large"})
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    boto3.client("autoscaling", region_name=REGION).create_auto_scaling_group(
+        AutoScalingGroupName=config.fleet_group, MinSize=0, MaxSize=4, DesiredCapacity=1,
+        VPCZoneIdentifier=subnet,
+        LaunchTemplate={"LaunchTemplateName": config.launch_template, "Version": "$Latest"})
+    now = time.time()
+    Fleet(config).save(FleetSettings(config.fleet_group, ScalingPolicy(0, 4, tasks_per_worker=500),
+                                     ScalingState(last_change=now, last_busy=now)))
+    return config
 
 
 def group(config) -> dict:
@@ -158,21 +183,26 @@ def status(cloudkon, config):
     return proc.returncode, json.loads(proc.stdout)
 
 
+def records(config):
+    """The workers' records, read in the test's process (waiting on a subprocess a time
+    would be slow)."""
+    from fleet.status import fleet_status
+
+    return fleet_status(config).workers
+
+
 def test_fleet_status_shows_each_workers_beats_and_a_silent_worker_as_stale(
-        deployment, cloudkon, start_worker):
-    config = deployment
-    fleet_up(cloudkon, config, "--instances", "1")
+        small_fleet, cloudkon, start_worker):
+    config = small_fleet
     [instance] = group(config)["Instances"]
     # Heartbeats every second (visibility 3 s / 3): stale after 3 s without one.
     worker = start_worker(config, "--threads", "2", "--visibility-timeout", "3",
                           "--wait-seconds", "1", "--no-create", "--worker-id", "w-live",
                           "--instance-id", instance["InstanceId"])
 
-    def healthy():
-        code, doc = status(cloudkon, config)
-        return (code, doc) if code == 0 and doc["workers"] else None
-
-    code, doc = wait_until(healthy, what="a healthy fleet with its worker")
+    wait_until(lambda: records(config), what="the worker's record")
+    code, doc = status(cloudkon, config)
+    assert code == 0, doc
     assert (doc["desired"], doc["in_service"], doc["healthy"], doc["problems"]) == (1, 1, True, [])
     assert doc["instances"][0]["instance_id"] == instance["InstanceId"]
     assert doc["instances"][0]["state"] == "InService"
@@ -185,12 +215,10 @@ def test_fleet_status_shows_each_workers_beats_and_a_silent_worker_as_stale(
 
     worker.kill()  # kill -9: no clean exit, so the record stays and stops being renewed
 
-    def stale():
-        code, doc = status(cloudkon, config)
-        return (code, doc) if doc["workers"] and doc["workers"][0]["stale"] else None
-
-    code, doc = wait_until(stale, what="the worker shown as stale")
-    assert code == 1 and not doc["healthy"]
+    wait_until(lambda: records(config)[0].stale(time.time()), timeout=15, interval=0.5,
+               what="the worker's record gone stale")
+    code, doc = status(cloudkon, config)
+    assert code == 1 and not doc["healthy"] and doc["workers"][0]["stale"]
     assert doc["problems"][0].startswith("worker w-live is stale: last beat")
     text = cloudkon("fleet", "status", "--prefix", config.prefix, timeout=120)
     assert text.returncode == 1
@@ -200,16 +228,15 @@ def test_fleet_status_shows_each_workers_beats_and_a_silent_worker_as_stale(
 def test_a_worker_removes_its_record_at_a_clean_exit(provisioned, cloudkon, start_worker):
     worker = start_worker(provisioned, "--visibility-timeout", "3", "--wait-seconds", "1",
                           "--worker-id", "w-clean")
-    wait_until(lambda: status(cloudkon, provisioned)[1]["workers"], what="the worker's record")
+    wait_until(lambda: records(provisioned), what="the worker's record")
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
     code, doc = status(cloudkon, provisioned)
     assert doc["workers"] == [] and doc["exists"] is False and code == 1  # no fleet either
 
 
-def test_fleet_scale_by_hand_and_by_the_provisioner(deployment, cloudkon):
-    config = deployment
-    fleet_up(cloudkon, config, "--instances", "1", "--max", "4", "--tasks-per-worker", "500")
+def test_fleet_scale_by_hand_and_by_the_provisioner(small_fleet, cloudkon):
+    config = small_fleet
     prefix = ["--prefix", config.prefix]
 
     by_hand = cloudkon("fleet", "scale", "3", *prefix, timeout=120)
@@ -261,7 +288,7 @@ def test_fleet_scale_without_a_fleet_says_to_run_fleet_up(provisioned, cloudkon)
 def test_teardown_warns_about_workers_still_beating(provisioned, cloudkon, start_worker):
     worker = start_worker(provisioned, "--visibility-timeout", "3", "--wait-seconds", "1",
                           "--worker-id", "w-busy")
-    wait_until(lambda: status(cloudkon, provisioned)[1]["workers"], what="the worker's record")
+    wait_until(lambda: records(provisioned), what="the worker's record")
     proc = cloudkon("teardown", "--prefix", provisioned.prefix, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert ("cloudkon: warning: 1 workers of prefix" in proc.stderr

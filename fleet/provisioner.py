@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -22,7 +23,7 @@ from botocore.exceptions import ClientError
 from cloudkon import aws
 from cloudkon.aws import call
 from cloudkon.backends.dynamodb import KEY
-from cloudkon.config import AwsConfig
+from cloudkon.config import DEFAULT_PREFIX, AwsConfig
 from cloudkon.errors import CodecError, NotSetUpError, UsageError
 from fleet.capacity import Decision, ScalingPolicy, ScalingState, decide
 
@@ -188,6 +189,16 @@ def describe(group: str, decision: Decision, dry_run: bool = False) -> str:
     return f"fleet {group}: {verb} from {decision.current} to {decision.desired} ({decision.reason})"
 
 
+# The Chalice stage's variable that names the prefix, as for the splitter (submitter/s3_lambda.py).
+PREFIX_VARIABLE = "CLOUDKON_PREFIX"
+
+
+def on_lambda_schedule() -> Decision | None:
+    """What app.py's scheduled function does: :func:`on_schedule` for the stage's prefix."""
+    logging.getLogger("fleet").setLevel(logging.INFO)  # the Lambda's root logs WARNING
+    return on_schedule(AwsConfig(prefix=os.environ.get(PREFIX_VARIABLE) or DEFAULT_PREFIX))
+
+
 def on_schedule(config: AwsConfig) -> Decision | None:
     """The Lambda's scheduled run: one decision, applied, if the prefix has a fleet whose
     provisioner is on; None otherwise."""
@@ -199,5 +210,5 @@ def on_schedule(config: AwsConfig) -> Decision | None:
         return None
     decision = fleet.decide(settings)
     fleet.apply(settings, decision)
-    log.warning("%s", describe(settings.group, decision))  # the Lambda's root logs WARNING
+    log.info("%s", describe(settings.group, decision))
     return decision

@@ -294,3 +294,29 @@ def test_teardown_warns_about_workers_still_beating(provisioned, cloudkon, start
     assert ("cloudkon: warning: 1 workers of prefix" in proc.stderr
             and "still beating (w-busy)" in proc.stderr), proc.stderr
     worker.kill()
+
+
+def test_the_lambdas_schedule_sizes_the_fleet_and_leaves_a_hand_set_count(small_fleet, cloudkon,
+                                                                         tmp_path):
+    from chalice.test import Client
+    from submit_helpers import chalice_project, load_app
+
+    config = small_fleet
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = queue_url(sqs, config.input_queue)
+    sqs.send_message_batch(QueueUrl=url, Entries=[
+        {"Id": str(i), "MessageBody": f"bundle {i}"} for i in range(10)])
+    client = Client(load_app(), stage_name="dev",
+                    project_dir=str(chalice_project(tmp_path, config)))
+    event = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
+                                            detail={}, resources=[])
+    with client:
+        client.lambda_.invoke("provision_workers", event)
+    # 10 bundles of about 100 tasks at 500 tasks per worker: 2 workers.
+    assert group(config)["DesiredCapacity"] == 2
+
+    by_hand = cloudkon("fleet", "scale", "1", "--prefix", config.prefix, timeout=120)
+    assert by_hand.returncode == 0, by_hand.stderr
+    with client:
+        client.lambda_.invoke("provision_workers", event)
+    assert group(config)["DesiredCapacity"] == 1  # the provisioner is off until --auto

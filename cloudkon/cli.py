@@ -315,7 +315,7 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
     config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
     beating = beating_workers(config)
     if beating:
-        log.warning("%d workers of prefix %s are still beating (%s): they fail once their"
+        log.warning("%d worker(s) of prefix %s still beating (%s): they fail once their"
                     " queues are gone; stop them first (`cloudkon fleet down` for a fleet)",
                     len(beating), config.prefix, ", ".join(w.worker_id for w in beating))
     for resource in teardown(config):

@@ -291,7 +291,7 @@ def test_teardown_warns_about_workers_still_beating(provisioned, cloudkon, start
     wait_until(lambda: records(provisioned), what="the worker's record")
     proc = cloudkon("teardown", "--prefix", provisioned.prefix, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert ("cloudkon: warning: 1 workers of prefix" in proc.stderr
+    assert ("cloudkon: warning: 1 worker(s) of prefix" in proc.stderr
             and "still beating (w-busy)" in proc.stderr), proc.stderr
     worker.kill()
 

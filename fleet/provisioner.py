@@ -189,7 +189,8 @@ def describe(group: str, decision: Decision, dry_run: bool = False) -> str:
     return f"fleet {group}: {verb} from {decision.current} to {decision.desired} ({decision.reason})"
 
 
-# The Chalice stage's variable that names the prefix, as for the splitter (submitter/s3_lambda.py).
+# The Chalice stage's variable that names the prefix, as for the splitter
+# (submitter/s3_lambda.py).
 PREFIX_VARIABLE = "CLOUDKON_PREFIX"
 
 

@@ -194,7 +194,7 @@ def _user_data(root: Path, config: AwsConfig, source: str, fleet: FleetConfig) -
                 "CLOUDKON_WORKER_ARGS": f'"--threads {threads}"'}
     for name, value in settings.items():
         text, n = re.subn(rf"^{name}=.*$", lambda _m, n=name, v=value: f"{n}={v}", text,
-                          count=1, flags=re.M)
+                          count=1, flags=re.MULTILINE)
         if n != 1:
             raise UsageError(f"deploy/user-data.sh: no setting {name}=")
     return text

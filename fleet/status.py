@@ -81,9 +81,9 @@ class FleetStatus:
 
     def to_text(self) -> str:
         if self.exists:
-            lines = [f"fleet {self.group}: {self.in_service} in service, desired {self.desired}"
-                     f" (min {self.min_size}, max {self.max_size}); provisioner"
-                     f" {self.provisioner or 'not set up'}"]
+            lines = [(f"fleet {self.group}: {self.in_service} in service, desired {self.desired}"
+                      f" (min {self.min_size}, max {self.max_size}); provisioner"
+                      f" {self.provisioner or 'not set up'}")]
         else:
             lines = [f"fleet {self.group}: no auto scaling group"]
         by_instance = {w.instance_id: w for w in self.workers if w.instance_id}

@@ -62,7 +62,7 @@ def build(root: Path) -> Wheel:
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out),
              str(source)],
-            capture_output=True, text=True, timeout=_BUILD_SECONDS, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=_BUILD_SECONDS, stdin=subprocess.DEVNULL, check=False,
             env={**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH},
         )
         if proc.returncode != 0:

@@ -10,10 +10,11 @@ POLICY = ScalingPolicy(min_size=1, max_size=8, tasks_per_bundle=100, tasks_per_w
                        cooldown_seconds=300, idle_seconds=600)
 
 
-def run(script, policy=POLICY, current=1, state=ScalingState()):
+def run(script, policy=POLICY, current=1, state=None):
     """Decide once a minute on each (visible, in flight) of ``script``, applying each
     decision as the group would; return [(minute, desired, reason)]."""
     seen = []
+    state = state or ScalingState()
     for minute, (visible, in_flight) in enumerate(script):
         decision = decide(policy, visible, in_flight, current, state, now=T0 + minute * 60.0)
         current, state = decision.desired, decision.state

@@ -22,9 +22,9 @@ def registry(request):
 
 
 def record(worker_id: str, beat: float = 1000.0, **fields) -> WorkerRecord:
-    values = dict(worker_id=worker_id, instance_id="i-0123456789abcdef0", threads=4, busy=1,
-                  tasks_done=12, version="0.1.0", started=900.5, last_beat=beat,
-                  stale_at=beat + 60)
+    values = {"worker_id": worker_id, "instance_id": "i-0123456789abcdef0", "threads": 4,
+              "busy": 1, "tasks_done": 12, "version": "0.1.0", "started": 900.5,
+              "last_beat": beat, "stale_at": beat + 60}
     values.update(fields)
     return WorkerRecord(**values)
 

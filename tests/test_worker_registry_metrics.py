@@ -30,12 +30,12 @@ def start(registry=None, metrics=None, visibility: int = 3):
     code: list[int] = []
     thread = threading.Thread(target=lambda: code.append(worker.run()), daemon=True)
     thread.start()
-    return worker, thread, inbox, broker
+    return worker, thread, inbox
 
 
 def test_the_worker_keeps_its_record_while_it_serves_and_removes_it_at_exit():
     registry = MemoryWorkerRegistry()
-    worker, thread, inbox, broker = start(registry=registry, visibility=3)  # a beat a second
+    worker, thread, inbox = start(registry=registry, visibility=3)  # a beat a second
     [first] = wait_until(registry.workers, what="the first registry record")
     assert (first.worker_id, first.instance_id, first.threads, first.version) == \
         ("host-a:42", "i-0abc", 2, __version__)
@@ -56,7 +56,7 @@ def test_the_worker_keeps_its_record_while_it_serves_and_removes_it_at_exit():
 def test_each_completed_bundle_logs_one_emf_line():
     lines: list[str] = []
     metrics = EmfMetrics(lines.append, "pfx-input", "host-a:42")
-    worker, thread, inbox, broker = start(metrics=metrics)
+    worker, thread, inbox = start(metrics=metrics)
     sent = time.time()
     inbox.send_batch([encode_bundle(Bundle("job-m", 3, [(1, "sleep 0"), (2, "false"),
                                                         (3, "sleep 5")], sent), "out")])

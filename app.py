@@ -1,16 +1,20 @@
-"""The Chalice app of the remote flavour: the S3-triggered Lambda that splits workloads.
+"""The Chalice app of the remote flavour: the S3-triggered Lambda that splits workloads,
+and the scheduled one that sizes the fleet.
 
 An object created under ``workloads/JOB_ID/`` in the workload bucket is streamed, split into
-task bundles and sent to the input queue; the job's manifest goes to the lease table. The
-bucket and prefix are the stage's environment variables in ``.chalice/config.json``
-(`cloudkon setup` writes them); the bucket matters only to ``chalice deploy`` and
-``chalice package``, which subscribe the handler to it.
+task bundles and sent to the input queue; the job's manifest goes to the lease table. Every
+minute, the provisioner sets the fleet's desired count from the input queue's backlog (if
+`cloudkon fleet up` made a fleet for the prefix). The bucket and prefix are the stage's
+environment variables in ``.chalice/config.json`` (`cloudkon setup` writes them); the
+bucket matters only to ``chalice deploy`` and ``chalice package``, which subscribe the
+handler to it.
 """
 
 import os
 
-from chalice import Chalice
+from chalice import Chalice, Rate
 
+from fleet.provisioner import on_lambda_schedule
 from submitter.deployment import WORKLOADS_PREFIX
 from submitter.s3_lambda import on_upload, subscribed_bucket
 
@@ -24,3 +28,9 @@ app = Chalice(app_name="cloudkon", configure_logs=False)
 def split_workload(event):
     """Split the uploaded workload into task bundles on the input queue."""
     on_upload(event.bucket, event.key)  # event.key: Chalice has undone S3's quote_plus
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def provision_workers(event):
+    """Size the fleet to the input queue's backlog (fleet/provisioner.py)."""
+    on_lambda_schedule()

@@ -20,22 +20,35 @@ import threading
 import click
 
 from cloudkon import __version__, logs
-from cloudkon.config import DEFAULT_PREFIX, AwsConfig, RunConfig, SandboxConfig, WorkerConfig
+from cloudkon.config import (
+    DEFAULT_PREFIX,
+    AwsConfig,
+    FleetConfig,
+    RunConfig,
+    SandboxConfig,
+    WorkerConfig,
+)
 from cloudkon.errors import CloudKonError, OutputClosed, UsageError
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
     DEFAULT_BUNDLE_SIZE,
     DEFAULT_DRAIN_SECONDS,
+    DEFAULT_FLEET_INSTANCES,
+    DEFAULT_FLEET_MAX,
+    DEFAULT_FLEET_MIN,
+    DEFAULT_INSTANCE_TYPE,
     DEFAULT_LIVENESS_SECONDS,
     DEFAULT_REMOTE_BUNDLE_MS,
     DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
+    DEFAULT_TASKS_PER_WORKER,
     DEFAULT_VISIBILITY_SECONDS,
     MAX_BUNDLE_TASKS,
     MAX_LOCAL_WORKERS,
     MAX_REPORTED_BAD_LINES,
     SANDBOX_PORT,
+    SCALE_INTERVAL_SECONDS,
     SQS_LONG_POLL_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
@@ -344,8 +357,15 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
     Messages still in the queues are lost. Resources already gone are reported as absent.
     """
     from cloudkon.backends.resources import teardown
+    from fleet.status import beating_workers
 
-    for resource in teardown(_aws_config(prefix, region, endpoint_url, bucket_suffix)):
+    config = _aws_config(prefix, region, endpoint_url, bucket_suffix)
+    beating = beating_workers(config)
+    if beating:
+        log.warning("%d worker(s) of prefix %s still beating (%s): they fail once their"
+                    " queues are gone; stop them first (`cloudkon fleet down` for a fleet)",
+                    len(beating), config.prefix, ", ".join(w.worker_id for w in beating))
+    for resource in teardown(config):
         click.echo(str(resource))
     return EXIT_OK
 
@@ -380,12 +400,19 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
               help="Names this worker in leases, logs and results. Default: HOST:PID.")
 @click.option("--batch-size", type=click.IntRange(1, SQS_MAX_BATCH), default=SQS_MAX_BATCH,
               show_default=True, help=_BATCH_SIZE_HELP)
+@click.option("--instance-id", envvar="CLOUDKON_INSTANCE_ID", default="", metavar="ID",
+              help="The EC2 instance this worker runs on, for its registry record (the fleet's"
+                   " user data sets it) [env: CLOUDKON_INSTANCE_ID].")
+@click.option("--emf-metrics", is_flag=True,
+              help="Log one CloudWatch Embedded Metric Format line per bundle (tasks"
+                   " completed, failed, timed out, replayed, bundle duration, queue wait).")
 @click.pass_obj
 def worker_command(verbose: int, prefix: str | None, region: str | None,
                    endpoint_url: str | None, threads: int, no_create: bool,
                    drain_seconds: float, visibility_timeout: int, wait_seconds: int,
                    task_timeout: float, tail_bytes: int, liveness_seconds: float,
-                   log_json: bool, worker_id: str | None, batch_size: int) -> int:
+                   log_json: bool, worker_id: str | None, batch_size: int, instance_id: str,
+                   emf_metrics: bool) -> int:
     """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
 
     SIGTERM drains: nothing new starts, what has not started is given back at once,
@@ -401,7 +428,8 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}", threads=threads,
         visibility_seconds=visibility_timeout, wait_seconds=wait_seconds,
         drain_seconds=drain_seconds, liveness_seconds=liveness_seconds,
-        task_timeout=task_timeout or None, tail_bytes=tail_bytes,
+        task_timeout=task_timeout or None, tail_bytes=tail_bytes, instance_id=instance_id,
+        emf_metrics=emf_metrics,
     )
     worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
                         create=not no_create)
@@ -434,6 +462,139 @@ def sandbox_command(verbose: int, workers: int, threads: int, port: int, prefix:
     config = SandboxConfig(prefix=_aws_config(prefix, None, None).prefix, workers=workers,
                            threads=threads, port=port)
     return Sandbox(config, out=lambda line: click.echo(line) or sys.stdout.flush()).run()
+
+
+# --- The remote flavour: fleets of workers on EC2 --------------------------------------------
+
+
+@cli.group("fleet")
+def fleet_group() -> None:
+    """Workers on EC2 in an Auto Scaling group: make it, size it, watch it, remove it.
+
+    Run from a source checkout (fleet up builds the project's wheel for the instances),
+    after `cloudkon setup`.
+    """
+
+
+@fleet_group.command("up")
+@_aws_options()
+@_BUCKET_SUFFIX
+@click.option("--instances", type=click.IntRange(min=0), default=None, metavar="N",
+              help=f"Desired instances. Default: {DEFAULT_FLEET_INSTANCES} for a new fleet, the"
+                   " current count for one that exists.")
+@click.option("--min", "min_size", type=click.IntRange(min=0), default=DEFAULT_FLEET_MIN,
+              show_default=True, metavar="N", help="Fewest instances (the provisioner's floor).")
+@click.option("--max", "max_size", type=click.IntRange(min=0), default=DEFAULT_FLEET_MAX,
+              show_default=True, metavar="N", help="Most instances (the provisioner's ceiling).")
+@click.option("--instance-type", default=DEFAULT_INSTANCE_TYPE, show_default=True, metavar="TYPE",
+              help="EC2 instance type of the workers.")
+@click.option("--spot", is_flag=True, help="Run the workers on spot instances (a mixed"
+                                           " instances policy, price-capacity-optimized).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, metavar="N",
+              help="Bundle threads per worker. Default: one per vCPU.")
+@click.option("--subnet", "subnets", multiple=True, metavar="ID",
+              help="A subnet of the group (repeatable). Default: the default VPC's default"
+                   " subnets.")
+@click.option("--ami", default=None, metavar="ID",
+              help="The workers' AMI. Default: the latest Amazon Linux 2023 (x86_64), from"
+                   " the public SSM parameter.")
+@click.option("--tasks-per-worker", type=click.IntRange(min=1), default=DEFAULT_TASKS_PER_WORKER,
+              show_default=True, metavar="N",
+              help="The provisioner's target: queued tasks per worker.")
+def fleet_up_command(prefix: str | None, region: str | None, endpoint_url: str | None,
+                     bucket_suffix: str | None, instances: int | None, min_size: int,
+                     max_size: int, instance_type: str, spot: bool, threads: int | None,
+                     subnets: tuple[str, ...], ami: str | None, tasks_per_worker: int) -> int:
+    """Create or update the fleet of PREFIX; print each resource and what was done to it.
+
+    The worker role and instance profile (deploy/iam/), the wheel of this checkout in the
+    workload bucket, a launch template whose user data installs it and starts the worker
+    unit, the Auto Scaling group PREFIX-workers with a termination lifecycle hook that lets
+    workers drain, and the provisioner's settings. Running it again changes only what
+    differs.
+    """
+    from fleet.resources import up
+
+    fleet = FleetConfig(instances=instances, min_size=min_size, max_size=max_size,
+                        instance_type=instance_type, spot=spot, threads=threads,
+                        subnets=subnets, ami=ami, tasks_per_worker=tasks_per_worker)
+    for resource in up(_aws_config(prefix, region, endpoint_url, bucket_suffix), fleet):
+        click.echo(str(resource))
+    return EXIT_OK
+
+
+@fleet_group.command("down")
+@_aws_options(prefix_required=True)
+@_BUCKET_SUFFIX
+def fleet_down_command(prefix: str, region: str | None, endpoint_url: str | None,
+                       bucket_suffix: str | None) -> int:
+    """Remove what `fleet up` made for PREFIX, and nothing else.
+
+    The group is scaled to 0 first, so that each worker drains as in any scale-in (up to
+    a few minutes), then deleted; then the launch template, instance profile, role, the
+    uploaded wheels and the provisioner's settings. Queues, table and bucket stay
+    (`cloudkon teardown`).
+    """
+    from fleet.resources import down
+
+    for resource in down(_aws_config(prefix, region, endpoint_url, bucket_suffix)):
+        click.echo(str(resource))
+    return EXIT_OK
+
+
+@fleet_group.command("status")
+@_aws_options()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+def fleet_status_command(prefix: str | None, region: str | None, endpoint_url: str | None,
+                         as_json: bool) -> int:
+    """The group's instances and, from the workers' registry, each one's last beat, busy
+    threads and tasks done.
+
+    Exit code: 0 healthy; 1 not healthy (no group, fewer in service than desired, or a
+    stale worker: one whose last beat is three heartbeat intervals old).
+    """
+    from fleet.status import fleet_status
+
+    status = fleet_status(_aws_config(prefix, region, endpoint_url))
+    click.echo(status.to_json() if as_json else status.to_text())
+    return EXIT_OK if status.healthy else EXIT_FAILED
+
+
+@fleet_group.command("scale")
+@_aws_options()
+@click.argument("count", type=click.IntRange(min=0), required=False, metavar="[N]")
+@click.option("--auto", is_flag=True,
+              help="Run the provisioner: size the fleet to the input queue's backlog every"
+                   f" {SCALE_INTERVAL_SECONDS} s, until Ctrl-C.")
+@click.option("--once", is_flag=True, help="With --auto: one decision, then exit.")
+@click.option("--dry-run", is_flag=True, help="With --auto: print the decisions, change nothing.")
+def fleet_scale_command(prefix: str | None, region: str | None, endpoint_url: str | None,
+                        count: int | None, auto: bool, once: bool, dry_run: bool) -> int:
+    """Set the fleet's desired count to N, or let the provisioner size it (--auto).
+
+    A count set by hand stays: it turns the provisioner (this command's --auto, and the
+    Lambda's schedule) off until `fleet scale --auto` turns it on again.
+    """
+    import time
+
+    from fleet.provisioner import Fleet, describe
+
+    if (count is None) == (not auto):
+        raise click.UsageError("give either N or --auto")
+    if (once or dry_run) and not auto:
+        raise click.UsageError("--once and --dry-run go with --auto")
+    fleet = Fleet(_aws_config(prefix, region, endpoint_url))
+    if not auto:
+        before, now = fleet.scale_to(count)
+        click.echo(f"fleet {fleet.config.fleet_group}: desired {before} -> {now}; the"
+                   " provisioner is off until `cloudkon fleet scale --auto`")
+        return EXIT_OK
+    while True:
+        decision = fleet.scale_auto(dry_run=dry_run)
+        click.echo(describe(fleet.config.fleet_group, decision, dry_run))
+        if once:
+            return EXIT_OK
+        time.sleep(SCALE_INTERVAL_SECONDS)
 
 
 # --- The remote flavour: submitting jobs and collecting their results -----------------------

@@ -11,9 +11,13 @@ from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
     DEFAULT_BUNDLE_SIZE,
     DEFAULT_DRAIN_SECONDS,
+    DEFAULT_FLEET_MAX,
+    DEFAULT_FLEET_MIN,
+    DEFAULT_INSTANCE_TYPE,
     DEFAULT_LIVENESS_SECONDS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
+    DEFAULT_TASKS_PER_WORKER,
     DEFAULT_VISIBILITY_SECONDS,
     HEARTBEATS_PER_VISIBILITY,
     SANDBOX_PORT,
@@ -72,6 +76,16 @@ class AwsConfig:
     dead_letter_queue = _prefixed("input-dlq")
     output_queue = _prefixed("output")
     lease_table = _prefixed("leases")
+    # The fleet of `cloudkon fleet up`: the workers' role and instance profile, launch
+    # template, Auto Scaling group and its termination hook, and their CloudWatch log group.
+    worker_role = _prefixed("worker")
+    launch_template = _prefixed("worker")
+    fleet_group = _prefixed("workers")
+    drain_hook = _prefixed("drain")
+
+    @property
+    def log_group(self) -> str:
+        return f"/cloudkon/{self.prefix}/workers"
 
     def bucket(self, account: str) -> str:
         """The workload bucket's name, made unique by the suffix or the account id."""
@@ -90,6 +104,8 @@ class WorkerConfig:
     liveness_seconds: float = DEFAULT_LIVENESS_SECONDS
     task_timeout: float | None = DEFAULT_TASK_TIMEOUT
     tail_bytes: int = DEFAULT_TAIL_BYTES
+    instance_id: str = ""  # the EC2 instance it runs on, as the unit says; "" elsewhere
+    emf_metrics: bool = False  # log a CloudWatch EMF line per bundle (cloudkon.metrics)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -106,3 +122,26 @@ class SandboxConfig:
     port: int = SANDBOX_PORT  # of the moto server on 127.0.0.1; 0: any free port
     host: str = "127.0.0.1"
     region: str = SANDBOX_REGION
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What `cloudkon fleet up` makes: the group's size and bounds, its instances, and the
+    provisioner's settings."""
+
+    instances: int | None = None  # the desired count; None: keep it (on creation, the default)
+    min_size: int = DEFAULT_FLEET_MIN
+    max_size: int = DEFAULT_FLEET_MAX
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    spot: bool = False
+    threads: int | None = None  # bundle threads per worker; None: one per vCPU
+    subnets: tuple[str, ...] = ()  # empty: the default VPC's default subnets
+    ami: str | None = None  # None: the latest Amazon Linux 2023
+    tasks_per_worker: int = DEFAULT_TASKS_PER_WORKER
+
+    def __post_init__(self) -> None:
+        if self.min_size > self.max_size:
+            raise UsageError(f"--min {self.min_size} is above --max {self.max_size}")
+        if self.instances is not None and not self.min_size <= self.instances <= self.max_size:
+            raise UsageError(f"--instances {self.instances} is outside --min {self.min_size}"
+                             f" and --max {self.max_size}")

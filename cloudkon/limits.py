@@ -167,3 +167,46 @@ JOB_STATE_CACHE_SECONDS = 5.0
 # The most attempts a job may have (`cloudkon retry` adds one each time): attempt numbers
 # are kept one byte per line while collecting.
 MAX_JOB_ATTEMPTS = 255
+
+# --- Fleets: the worker registry, the Auto Scaling group, the provisioner ------------------
+
+# A worker's registry record is renewed every heartbeat interval (visibility / 3); missing
+# this many beats in a row shows it as stale (a minute with the default visibility).
+WORKER_STALE_BEATS = 3
+
+# How long a registry record outlives its last beat before DynamoDB's TTL may sweep it:
+# long enough that `fleet status` shows a dead worker as stale for a day.
+WORKER_RECORD_RETENTION_SECONDS = 86400
+
+# The termination lifecycle hook holds an instance that Auto Scaling takes out of service
+# this long: the unit's TimeoutStopSec (120 s: the drain, 110 s, plus ten for giving work
+# back) and a minute for the watcher's 5 s polls of the instance metadata and the shutdown.
+DRAIN_HOOK_SECONDS = int(DEFAULT_DRAIN_SECONDS) + 70
+
+# `fleet up` defaults: the instance type, the group's bounds and its size when created.
+DEFAULT_INSTANCE_TYPE = "c7i.large"
+DEFAULT_FLEET_MIN = 0
+DEFAULT_FLEET_MAX = 10
+DEFAULT_FLEET_INSTANCES = 1
+
+# The public SSM parameter that names the latest Amazon Linux 2023 AMI (x86_64).
+AL2023_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+# The provisioner: how many tasks a queued bundle is assumed to hold (a remote bundle holds
+# about 2000 ms of work: 100 shell commands at SHELL_TASK_MS each), and how many queued
+# tasks one worker should have ahead of it.
+DEFAULT_TASKS_PER_BUNDLE = DEFAULT_REMOTE_BUNDLE_MS // SHELL_TASK_MS
+DEFAULT_TASKS_PER_WORKER = 1000
+
+# No two changes of the desired count within this many seconds (Auto Scaling's own default
+# cool-down, 300 s), so the fleet does not flap while new instances boot and the backlog
+# they are meant for drains.
+DEFAULT_SCALE_COOLDOWN_SECONDS = 300
+
+# A fleet whose backlog has been empty this long goes down to its minimum. EC2 bills a
+# minute at least, and a new worker takes a few minutes to boot and install: ten minutes of
+# idleness is about what a restart would cost.
+DEFAULT_SCALE_IDLE_SECONDS = 600
+
+# How often `fleet scale --auto` (and the Lambda's schedule) decides.
+SCALE_INTERVAL_SECONDS = 60

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 from cloudkon.jsonlog import JsonFormatter
 
@@ -43,3 +44,16 @@ def configure(verbose: int = 0, daemon: bool = False, as_json: bool = False) -> 
         level = logging.WARNING
     for name in PACKAGES:
         logging.getLogger(name).setLevel(level)
+
+
+def metrics_writer() -> Callable[[str], None]:
+    """A function that writes one line as it is to stderr, beside the log records and under
+    the same lock discipline (a logger of its own, never filtered by level)."""
+    logger = logging.getLogger("cloudkon.metrics.emf")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return lambda line: logger.info("%s", line)

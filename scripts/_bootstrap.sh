@@ -47,7 +47,7 @@ bootstrap_venv() {
         # Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every start would
         # otherwise compile the project's modules again (~25 ms a start).
         "$VENV/bin/python" -m compileall -q "$root/cloudkon" "$root/local" "$root/worker" \
-            "$root/submitter" "$root/benchmarks" >/dev/null 2>&1 || true
+            "$root/submitter" "$root/fleet" "$root/benchmarks" >/dev/null 2>&1 || true
         echo "$want" > "$stamp"
     fi
 }

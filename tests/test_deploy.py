@@ -24,6 +24,7 @@ def unit_settings(text: str) -> dict[str, str]:
     ("UNIT", "cloudkon-worker.service"),
     ("SPOT_UNIT", "cloudkon-spot-watch.service"),
     ("SPOT_SCRIPT", "cloudkon-spot-watch"),
+    ("CW_AGENT", "cloudwatch-agent.json"),
 ])
 def test_user_data_installs_the_deploy_files_unchanged(marker, name):
     user_data = (DEPLOY / "user-data.sh").read_text()
@@ -47,6 +48,30 @@ def test_unit_stops_after_the_drain_and_within_the_spot_notice():
     assert unit["Restart"] == "on-failure" and unit["RestartPreventExitStatus"] == "2"
     assert unit["User"] == "cloudkon"
     assert "--no-create" in unit["ExecStart"]
+    assert "--emf-metrics" in unit["ExecStart"]
+
+
+def test_the_termination_hook_outlasts_the_units_stop():
+    from cloudkon.limits import DRAIN_HOOK_SECONDS
+
+    unit = unit_settings((DEPLOY / "cloudkon-worker.service").read_text())
+    assert DRAIN_HOOK_SECONDS >= int(unit["TimeoutStopSec"]) + 30  # the watcher polls every 5 s
+
+
+def test_the_cloudwatch_agent_ships_the_log_the_unit_writes():
+    unit = unit_settings((DEPLOY / "cloudkon-worker.service").read_text())
+    agent = json.loads((DEPLOY / "cloudwatch-agent.json").read_text())
+    [collected] = agent["logs"]["logs_collected"]["files"]["collect_list"]
+    assert unit["StandardError"] == unit["StandardOutput"] == f"append:{collected['file_path']}"
+    assert collected["log_group_name"] == "/cloudkon/PREFIX/workers"
+    logs_policy = (DEPLOY / "iam" / "worker-logs-policy.json").read_text()
+    assert "log-group:/cloudkon/PREFIX/workers" in logs_policy
+
+
+def test_the_watcher_stops_the_worker_when_auto_scaling_terminates_the_instance():
+    script = (DEPLOY / "cloudkon-spot-watch").read_text()
+    assert "meta-data/autoscaling/target-lifecycle-state" in script
+    assert '"$state" = Terminated' in script
 
 
 def test_worker_policy_allows_exactly_the_calls_of_a_worker_on_its_own_resources():
@@ -63,4 +88,27 @@ def test_worker_policy_allows_exactly_the_calls_of_a_worker_on_its_own_resources
         "sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:ChangeMessageVisibility",
         "sqs:DeleteMessage", "sqs:SendMessage",
         "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:UpdateItem",
+        "dynamodb:PutItem", "dynamodb:DeleteItem",
     }
+    # Whole items are put and deleted only under the worker's own registry keys.
+    [registry] = [s for s in policy["Statement"] if "dynamodb:DeleteItem" in s["Action"]]
+    assert set(registry["Action"]) == {"dynamodb:PutItem", "dynamodb:DeleteItem"}
+    assert registry["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == \
+        ["_worker#*"]
+
+
+def test_fleet_policy_scopes_writes_to_the_prefixs_own_resources():
+    policy = json.loads((DEPLOY / "iam" / "fleet-policy.json").read_text())
+    for statement in policy["Statement"]:
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) \
+            else statement["Action"]
+        writes = [a for a in actions if not a.split(":")[1].startswith(("Describe", "Get",
+                                                                        "List"))]
+        resources = statement["Resource"]
+        if not writes or writes == ["sts:GetCallerIdentity"]:
+            continue
+        if resources == "*":  # EC2 cannot scope these to names: held to the region instead
+            assert statement["Condition"]["StringEquals"]["aws:RequestedRegion"] == "REGION"
+            continue
+        for resource in [resources] if isinstance(resources, str) else resources:
+            assert "PREFIX" in resource or "AWSServiceRoleForAutoScaling" in resource, resource

@@ -36,6 +36,12 @@ def imported_packages(package: str) -> set[str]:
     ("cloudkon", "submitter"),
     ("cloudkon", "local"),
     ("cloudkon", "benchmarks"),
+    ("cloudkon", "fleet"),
+    ("fleet", "worker"),
+    ("fleet", "submitter"),
+    ("fleet", "local"),
+    ("worker", "fleet"),
+    ("submitter", "fleet"),
 ])
 def test_package_does_not_import(package, forbidden):
     assert forbidden not in imported_packages(package)

@@ -91,18 +91,20 @@ def test_an_upload_outside_a_job_folder_is_ignored(provisioned, tmp_path):
     assert _bundles(provisioned) == []
 
 
-# What the splitter imports (app.py -> submitter.s3_lambda -> ...), linked one by one in
-# vendor/: the only files of the product in the Lambda's zip.
+# What the splitter and the provisioner import (app.py -> submitter.s3_lambda,
+# fleet.provisioner -> ...), linked one by one in vendor/: the only files of the product in
+# the Lambda's zip.
 SPLITTER_MODULES = {
     "cloudkon/__init__.py", "cloudkon/aws.py", "cloudkon/codec.py", "cloudkon/config.py",
     "cloudkon/errors.py", "cloudkon/limits.py", "cloudkon/model.py", "cloudkon/workload.py",
     "cloudkon/backends/__init__.py", "cloudkon/backends/dynamodb.py", "cloudkon/backends/sqs.py",
     "submitter/__init__.py", "submitter/deployment.py", "submitter/manifest.py",
     "submitter/s3_lambda.py", "submitter/split.py", "submitter/submit.py",
+    "fleet/__init__.py", "fleet/capacity.py", "fleet/provisioner.py",
 }
-# Top-level entries of the zip: the app, Chalice's runtime part, the product's two packages
+# Top-level entries of the zip: the app, Chalice's runtime part, the product's three packages
 # and requirements.txt's tenacity.
-ZIP_TOP_LEVEL = {"app.py", "chalice", "cloudkon", "submitter", "tenacity"}
+ZIP_TOP_LEVEL = {"app.py", "chalice", "cloudkon", "fleet", "submitter", "tenacity"}
 # boto3 and its own dependencies: what the Lambda's Python runtime provides.
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3",
                     "six.py")
@@ -125,7 +127,7 @@ def lambda_package(tmp_path_factory) -> LambdaPackage:
     project.mkdir()
     for name in ("app.py", "requirements.txt"):
         shutil.copy(ROOT / name, project / name)
-    for package in ("cloudkon", "submitter"):
+    for package in ("cloudkon", "submitter", "fleet"):
         (project / package).symlink_to(ROOT / package)
     # The repository's own relative links, which reach the packages linked above.
     shutil.copytree(ROOT / "vendor", project / "vendor", symlinks=True)
@@ -168,6 +170,14 @@ def _run_in_lambda_runtime(package: LambdaPackage, code: str,
                           timeout=60)
 
 
+def test_chalice_package_schedules_the_provisioner_every_minute(lambda_package):
+    resource = lambda_package.terraform["resource"]
+    function = resource["aws_lambda_function"]["provision_workers"]
+    assert function["handler"] == "app.provision_workers"
+    [rule] = resource["aws_cloudwatch_event_rule"].values()
+    assert rule["schedule_expression"] == "rate(1 minute)"
+
+
 def test_chalice_package_subscribes_the_handler_to_the_stage_bucket(lambda_package):
     function = lambda_package.terraform["resource"]["aws_lambda_function"]["split_workload"]
     assert function["handler"] == "app.split_workload"
@@ -180,9 +190,11 @@ def test_the_lambda_zip_holds_the_splitter_and_nothing_else_of_the_product(lambd
     names = lambda_package.names
     top = {n.split("/", 1)[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == ZIP_TOP_LEVEL
-    assert {n for n in names if n.startswith(("cloudkon/", "submitter/"))} == SPLITTER_MODULES
+    assert {n for n in names if n.startswith(("cloudkon/", "submitter/", "fleet/"))} \
+        == SPLITTER_MODULES
     for unwanted in ("cloudkon/cli.py", "cloudkon/report.py", "cloudkon/bench/", "worker/",
-                     "local/", "numpy", "click", "tqdm"):
+                     "local/", "fleet/resources.py", "fleet/status.py", "numpy", "click",
+                     "tqdm"):
         assert not [n for n in names if n.startswith(unwanted)], unwanted
 
 
@@ -200,9 +212,9 @@ def test_the_lambda_zip_imports_the_handler_with_only_boto3_beside_it(lambda_pac
     proc = _run_in_lambda_runtime(lambda_package, code, env)
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
-    assert found["handlers"] == ["split_workload"]
-    # Every module of the product in the zip is one that importing the handler loads.
-    assert {f for f in found["loaded"] if f.startswith(("cloudkon/", "submitter/"))} \
+    assert found["handlers"] == ["provision_workers", "split_workload"]
+    # Every module of the product in the zip is one that importing the handlers loads.
+    assert {f for f in found["loaded"] if f.startswith(("cloudkon/", "submitter/", "fleet/"))} \
         == SPLITTER_MODULES
 
 

@@ -1,18 +1,19 @@
-"""The worker daemon on AWS: its SQS queues and DynamoDB lease table, from a deployment's
-configuration. What ``cloudkon worker`` runs; the loop itself (worker/daemon.py) never
-sees boto3."""
+"""The worker daemon on AWS: its SQS queues, DynamoDB lease table and worker registry (in
+the same table), and its EMF metrics, from a deployment's configuration. What ``cloudkon
+worker`` runs; the loop itself (worker/daemon.py) never sees boto3."""
 
 from __future__ import annotations
 
 import logging
 
-from cloudkon import aws
+from cloudkon import aws, logs
 from cloudkon.backends import resources
-from cloudkon.backends.dynamodb import DynamoLeaseStore
+from cloudkon.backends.dynamodb import DynamoLeaseStore, DynamoWorkerRegistry
 from cloudkon.backends.sqs import SqsBroker
 from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig, WorkerConfig
 from cloudkon.errors import NotSetUpError
+from cloudkon.metrics import EmfMetrics
 from worker.daemon import Worker
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
     connections = config.threads + _EXTRA_CONNECTIONS
     broker = SqsBroker(aws.sqs_client(deployment, connections), batch_size)
     inbox = broker.queue(deployment.input_queue, dead_letter=deployment.dead_letter_queue)
-    leases = DynamoLeaseStore(aws.dynamodb_client(deployment, connections),
-                              deployment.lease_table)
-    return Worker(inbox, broker, leases, config, codec=WireCodec(worker_threads=config.threads))
+    dynamodb = aws.dynamodb_client(deployment, connections)
+    leases = DynamoLeaseStore(dynamodb, deployment.lease_table)
+    registry = DynamoWorkerRegistry(dynamodb, deployment.lease_table)
+    metrics = (EmfMetrics(logs.metrics_writer(), deployment.input_queue, config.worker_id)
+               if config.emf_metrics else None)
+    return Worker(inbox, broker, leases, config, codec=WireCodec(worker_threads=config.threads),
+                  registry=registry, metrics=metrics)

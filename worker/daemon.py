@@ -43,6 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from cloudkon import __version__
 from cloudkon.backends import (
     BUSY,
     COMPLETED,
@@ -51,6 +52,8 @@ from cloudkon.backends import (
     LeaseStore,
     Message,
     MessageQueue,
+    WorkerRecord,
+    WorkerRegistry,
 )
 from cloudkon.codec import WIRE, WireCodec
 from cloudkon.config import WorkerConfig
@@ -63,7 +66,9 @@ from cloudkon.limits import (
     QUEUE_GONE_EXIT_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
+    WORKER_STALE_BEATS,
 )
+from cloudkon.metrics import BundleMetrics
 from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
 
 log = logging.getLogger(__name__)
@@ -87,6 +92,7 @@ class _Running:
     results: list[tuple]  # of finished tasks, those from earlier owners first
     stored: int  # how many of ``results`` the lease store already has
     next_beat: float  # time.monotonic() of the next heartbeat
+    claimed_at: float = 0.0  # time.monotonic() of the claim
     lost: bool = False  # the lease went to another owner: stop and drop the results
     cancelled: bool = False  # the job was cancelled: stop, complete with what finished
     finished: bool = False  # the bundle thread is completing or giving back: no more beats
@@ -118,15 +124,21 @@ class Counts:
 
 class Worker:
     """One worker daemon. ``run()`` serves until :meth:`stop` (or a signal) and returns the
-    exit code."""
+    exit code. With a ``registry``, ``run()`` keeps this worker's record in it every
+    heartbeat interval and removes it at exit; with ``metrics``, each bundle completed or
+    replayed is reported there."""
 
     def __init__(self, inbox: MessageQueue, broker: Broker, leases: LeaseStore,
                  config: WorkerConfig, executor: Executor | None = None,
-                 codec: WireCodec = WIRE) -> None:
+                 codec: WireCodec = WIRE, registry: WorkerRegistry | None = None,
+                 metrics: BundleMetrics | None = None) -> None:
         self.inbox = inbox
         self.broker = broker
         self.leases = leases
         self.config = config
+        self.registry = registry
+        self.metrics = metrics
+        self.started = time.time()
         self.codec = codec  # how bodies and stored results are made: must match the backends'
         self.executor = executor or Executor(config.task_timeout, config.tail_bytes)
         self.counts = Counts()
@@ -188,13 +200,18 @@ class Worker:
                      self.config.threads, self.config.visibility_seconds,
                      self.config.heartbeat_seconds, self.config.drain_seconds)
             next_liveness = time.monotonic() + self.config.liveness_seconds
+            next_record = time.monotonic()
             while self._drain_signal is None and self._hard_signal is None:
+                if time.monotonic() >= next_record:
+                    self._register()
+                    next_record = time.monotonic() + self.config.heartbeat_seconds
                 time.sleep(_TICK)
                 if time.monotonic() >= next_liveness:
                     self._log_liveness()
                     next_liveness += self.config.liveness_seconds
             return self.shutdown()
         finally:
+            self._unregister()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 
@@ -438,8 +455,9 @@ class Worker:
             self._leave(message, key, claim.owner, claim.lease_expires, ids)
             return
         done = self.codec.unpack_results(claim.results, bundle.tasks) if claim.results else []
+        claimed = time.monotonic()
         running = _Running(message, bundle, key, owner, done, len(done),
-                           time.monotonic() + self.config.heartbeat_seconds)
+                           claimed + self.config.heartbeat_seconds, claimed)
         takeover = (f", claim {claim.attempt}: taking over with {len(done)} tasks done"
                     if claim.attempt > 1 else "")
         log.info("claimed bundle %s (message %s, %d tasks%s)", key, message.id,
@@ -536,6 +554,10 @@ class Worker:
         self._send(bundle, results, reply_to, self.config.worker_id)
         self.inbox.delete(running.message)
         self.counts.add("completed")
+        if self.metrics is not None:
+            ran = time.monotonic() - running.claimed_at
+            waited = time.time() - ran - bundle.sent_at if bundle.sent_at else None
+            self.metrics.completed(bundle, results, ran, waited)
         if not log.isEnabledFor(logging.INFO):
             return
         failed = sum(1 for r in results if r[2] != SUCCEEDED)
@@ -551,6 +573,8 @@ class Worker:
         self._send(bundle, results, reply_to, owner.split("/", 1)[0])
         self.inbox.delete(message)
         self.counts.add("replayed")
+        if self.metrics is not None:
+            self.metrics.replayed(bundle)
         log.info("replayed bundle %s (message %s): completed earlier by %s; %d stored results"
                  " sent again, nothing run", key, message.id, owner, len(results), extra=ids)
 
@@ -629,6 +653,34 @@ class Worker:
             self.executor.cancel_job(job_id)
             log.info("bundle %s: job %s is cancelled: ending its running task", running.key,
                      job_id, extra=_ids(running.bundle, running.message))
+
+    # --- the registry ---------------------------------------------------------------------
+
+    def _register(self) -> None:
+        """Renew this worker's record in the registry; a failure is logged and the worker
+        serves on (the record shows as stale until a later beat lands)."""
+        if self.registry is None:
+            return
+        cfg = self.config
+        with self._slots:
+            busy = len(self._running)
+        now = time.time()
+        record = WorkerRecord(cfg.worker_id, cfg.instance_id, cfg.threads, busy,
+                              self.counts["tasks"], __version__, self.started, now,
+                              now + WORKER_STALE_BEATS * cfg.heartbeat_seconds)
+        try:
+            self.registry.beat(record)
+        except CloudKonError as exc:
+            log.warning("could not renew worker %s's registry record: %s", cfg.worker_id, exc)
+
+    def _unregister(self) -> None:
+        if self.registry is None:
+            return
+        try:
+            self.registry.remove(self.config.worker_id)
+        except CloudKonError as exc:
+            log.warning("could not remove worker %s's registry record (it shows as stale"
+                        " until swept): %s", self.config.worker_id, exc)
 
     # --- logs -----------------------------------------------------------------------------
 

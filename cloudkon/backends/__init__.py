@@ -129,3 +129,34 @@ class LeaseStore(Protocol):
     def job_state(self, job_id: str) -> str:
         """JOB_CANCELLED once job ``job_id`` has been cancelled (`cloudkon cancel`), else
         JOB_ACTIVE, also for a job the store holds no record of; a read, never a write."""
+
+
+class WorkerRecord(NamedTuple):
+    """What a worker says about itself at each beat (docs/design.md, the worker registry)."""
+
+    worker_id: str
+    instance_id: str  # the EC2 instance it runs on, "" if it was not told
+    threads: int  # bundle threads
+    busy: int  # bundle threads running a bundle at the beat
+    tasks_done: int  # tasks run since it started
+    version: str  # cloudkon's version
+    started: float  # seconds since the epoch
+    last_beat: float  # seconds since the epoch
+    stale_at: float  # a record not renewed by then belongs to a worker that is gone or stuck
+
+    def stale(self, now: float) -> bool:
+        return now >= self.stale_at
+
+
+class WorkerRegistry(Protocol):
+    """The live workers of a deployment, as they report themselves: each renews its own
+    record every heartbeat interval and removes it when it exits."""
+
+    def beat(self, record: WorkerRecord) -> None:
+        """Store ``record`` as its worker's record, replacing the one it had."""
+
+    def remove(self, worker_id: str) -> None:
+        """Forget the worker's record; removing one that is absent is not an error."""
+
+    def workers(self) -> list[WorkerRecord]:
+        """Every record stored, stale ones included, ordered by worker id."""

@@ -28,11 +28,13 @@ from cloudkon.backends import (
     JOB_ACTIVE,
     JOB_CANCELLED,
     Claim,
+    WorkerRecord,
 )
 from cloudkon.limits import (
     DYNAMODB_MAX_BATCH_GET,
     LEASE_RESULTS_MAX_BYTES,
     SQS_MAX_RETENTION_SECONDS,
+    WORKER_RECORD_RETENTION_SECONDS,
 )
 from cloudkon.model import job_key
 
@@ -176,3 +178,66 @@ def _claim(item: dict, outcome: str) -> Claim:
                  bytes(results) if results is not None else None,
                  int(item.get("attempts", {}).get("N", "0")),
                  float(item.get("sent_at", {}).get("N", "0")))
+
+
+# Worker registry records share the lease table under keys of their own, which start with
+# "_": no job id does (it starts with a letter or digit), so no bundle key (JOB#SEQ) or
+# job key (JOB#manifest) can.
+WORKER_KEY_PREFIX = "_worker#"
+
+
+class DynamoWorkerRegistry:
+    """Worker records as items ``_worker#ID`` of the table ``table``, each put whole at every
+    beat. Listing them is a Scan of the table filtered on that prefix: it reads every item
+    (the bundles' leases too), so it is for operators' commands, never for a worker's loop.
+    The TTL attribute lets DynamoDB sweep records ``retention_seconds`` after their last
+    beat; staleness is read from ``stale_at`` in code."""
+
+    def __init__(self, client, table: str,
+                 retention_seconds: int = WORKER_RECORD_RETENTION_SECONDS) -> None:
+        self.client = client
+        self.table = table
+        self.retention_seconds = retention_seconds
+
+    def beat(self, record: WorkerRecord) -> None:
+        item = {
+            KEY: {"S": WORKER_KEY_PREFIX + record.worker_id},
+            "worker_id": {"S": record.worker_id},
+            "instance_id": {"S": record.instance_id},
+            "threads": {"N": str(record.threads)},
+            "busy": {"N": str(record.busy)},
+            "tasks_done": {"N": str(record.tasks_done)},
+            "version": {"S": record.version},
+            "started": _number(record.started),
+            "last_beat": _number(record.last_beat),
+            "stale_at": _number(record.stale_at),
+            TTL_ATTRIBUTE: {"N": str(int(record.last_beat) + self.retention_seconds)},
+        }
+        call(f"register worker {record.worker_id}", self.client.put_item, TableName=self.table,
+             Item=item)
+
+    def remove(self, worker_id: str) -> None:
+        call(f"unregister worker {worker_id}", self.client.delete_item, TableName=self.table,
+             Key={KEY: {"S": WORKER_KEY_PREFIX + worker_id}})
+
+    def workers(self) -> list[WorkerRecord]:
+        records = []
+        params = {"TableName": self.table, "ConsistentRead": True,
+                  "FilterExpression": "begins_with(pk, :worker)",
+                  "ExpressionAttributeValues": {":worker": {"S": WORKER_KEY_PREFIX}}}
+        while True:
+            page = call(f"list the workers in table {self.table}", self.client.scan, **params)
+            records += [_worker(item) for item in page.get("Items", ())]
+            if "LastEvaluatedKey" not in page:
+                return sorted(records)
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _worker(item: dict) -> WorkerRecord:
+    def n(name: str) -> float:
+        return float(item.get(name, {}).get("N", "0"))
+
+    return WorkerRecord(item["worker_id"]["S"], item.get("instance_id", {}).get("S", ""),
+                        int(n("threads")), int(n("busy")), int(n("tasks_done")),
+                        item.get("version", {}).get("S", ""), n("started"), n("last_beat"),
+                        n("stale_at"))

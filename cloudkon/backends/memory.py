@@ -23,6 +23,7 @@ from cloudkon.backends import (
     JOB_CANCELLED,
     Claim,
     Message,
+    WorkerRecord,
 )
 from cloudkon.errors import CloudKonError, NotSetUpError
 from cloudkon.limits import LEASE_RESULTS_MAX_BYTES
@@ -301,3 +302,23 @@ class MemoryLeaseStore:
             raise CloudKonError(f"results of {len(results)} bytes; the store keeps"
                                 f" {self.max_results_bytes}")
         return results
+
+
+class MemoryWorkerRegistry:
+    """Worker records in memory, for one process (the contract of WorkerRegistry)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, WorkerRecord] = {}
+        self._lock = threading.Lock()
+
+    def beat(self, record: WorkerRecord) -> None:
+        with self._lock:
+            self._records[record.worker_id] = record
+
+    def remove(self, worker_id: str) -> None:
+        with self._lock:
+            self._records.pop(worker_id, None)
+
+    def workers(self) -> list[WorkerRecord]:
+        with self._lock:
+            return sorted(self._records.values())

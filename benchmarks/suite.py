@@ -42,7 +42,8 @@ SCALE_WORKERS_TASKS = 400  # `sleep 10` tasks: 4 s of sleep, so that more worker
 
 
 def comparison_contenders(large: bool = False, scale: float = 1.0) -> list[c.Contender]:
-    """Every contender of a compare-* group, the baseline (ThreadPoolExecutor) first."""
+    """Every contender of a compare-* group, the baseline (ThreadPoolExecutor) first, then
+    the other local ones, then those on the moto server."""
 
     def cap(caps: tuple[int, int]) -> int:
         return _scaled(caps[large], scale)
@@ -50,12 +51,12 @@ def comparison_contenders(large: bool = False, scale: float = 1.0) -> list[c.Con
     return [
         c.ThreadPoolPeer(SLOTS),
         c.LocalCloudKon(SLOTS),
+        c.XargsPeer(SLOTS),
+        c.ParallelPeer(SLOTS, max_tasks=cap(PARALLEL_MAX_TASKS)),
         c.RemoteCloudKon(1, SLOTS),
         c.RemoteCloudKon(2, SLOTS // 2),
         c.RemoteCloudKon(SLOTS, 1),
         c.RemoteCloudKon(1, SLOTS, naive=True, max_tasks=cap(NAIVE_MAX_TASKS)),
-        c.XargsPeer(SLOTS),
-        c.ParallelPeer(SLOTS, max_tasks=cap(PARALLEL_MAX_TASKS)),
         c.CeleryPeer(SLOTS, max_tasks=cap(CELERY_MAX_TASKS)),
     ]
 

@@ -2,9 +2,10 @@
 instances to install.
 
 The build runs in a copy of the packages, pyproject.toml and README.md (so that no
-``build/`` or ``*.egg-info`` is left in the checkout) with ``SOURCE_DATE_EPOCH`` fixed, so
-the same source always gives the same bytes: `fleet up` finds the wheel it uploaded before
-under the same content hash and leaves it.
+``*.egg-info`` is left in the checkout) with ``SOURCE_DATE_EPOCH`` fixed, so the same
+source always gives the same bytes: `fleet up` finds the wheel it uploaded before under the
+same content hash and leaves it. A wheel built is kept in ``build/wheels/`` of the checkout
+under the hash of its sources, so that the next `fleet up` of the same source builds nothing.
 """
 
 from __future__ import annotations
@@ -48,13 +49,33 @@ def source_root() -> Path:
     return ROOT
 
 
-def build(root: Path) -> Wheel:
-    """Build the project at ``root`` into a wheel (`pip wheel --no-deps`)."""
+def _sources(root: Path) -> tuple[list[str], str]:
+    """The top-level folders of the project's packages, and a hash of every file a build
+    reads."""
     packages = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))[
         "tool"]["setuptools"]["packages"]
+    folders = sorted({p.split(".")[0] for p in packages})
+    digest = hashlib.sha256()
+    files = [root / "pyproject.toml", root / "README.md"]
+    for folder in folders:
+        files += sorted(p for p in (root / folder).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return folders, digest.hexdigest()[:24]
+
+
+def build(root: Path) -> Wheel:
+    """Build the project at ``root`` into a wheel (`pip wheel --no-deps`), or take the one
+    built before from the same sources."""
+    folders, sources = _sources(root)
+    cache = root / "build" / "wheels" / sources
+    kept = sorted(cache.glob("cloudkon-*.whl")) if cache.is_dir() else []
+    if kept:
+        return Wheel(kept[0].name, kept[0].read_bytes())
     with tempfile.TemporaryDirectory(prefix="cloudkon-wheel-") as tmp:
         source, out = Path(tmp) / "source", Path(tmp) / "out"
-        for folder in {p.split(".")[0] for p in packages}:
+        for folder in folders:
             shutil.copytree(root / folder, source / folder,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         for name in ("pyproject.toml", "README.md"):
@@ -70,4 +91,10 @@ def build(root: Path) -> Wheel:
             raise CloudKonError(f"building the wheel failed (pip wheel exit {proc.returncode}):"
                                 f" {tail[0]}")
         [path] = out.glob("cloudkon-*.whl")
-        return Wheel(path.name, path.read_bytes())
+        wheel = Wheel(path.name, path.read_bytes())
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / wheel.name).write_bytes(wheel.data)
+    except OSError:  # a read-only checkout: the next fleet up builds again
+        pass
+    return wheel

@@ -208,3 +208,45 @@ def test_dead_letters_are_listed_shown_and_redriven_where_they_run(
     wait_until(lambda: _ran(ran) == [7], what="the redriven bundle run")
     after = json.loads(cloudkon("dlq", "list", *_aws(config), "--json").stdout)
     assert [d["id"] for d in after] == [moved["id"]]
+
+
+def test_status_watch_follows_a_running_job_to_its_end(
+        fleet, cloudkon, start_cloudkon, write_workload, tmp_path, wait_until):
+    gate = tmp_path / "gate"
+    # Every task waits for the gate, so the job is still running when --watch starts.
+    workload = write_workload("".join(
+        f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done'\n" for _ in range(4)))
+    job_id = _submit(cloudkon, fleet, workload)
+    watcher = start_cloudkon("status", *_aws(fleet), job_id, "--watch", "--json",
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: json.loads(cloudkon("status", *_aws(fleet), job_id, "--json").stdout)
+               ["running"] > 0, timeout=60, what="a task running")
+    gate.touch()
+    stdout, stderr = watcher.communicate(timeout=60)
+
+    assert watcher.returncode == 0, stderr
+    readings = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert readings[-1]["state"] == "done" and readings[-1]["succeeded"] == 4
+    assert any(r["state"] == "running" for r in readings[:-1])  # it watched, then ended
+
+
+def test_ctrl_c_in_submit_wait_prints_the_summary_so_far_and_how_to_pick_up(
+        provisioned, sqs, start_cloudkon, write_workload, wait_until):
+    workload = write_workload("".join(f"echo task {n}\n" for n in range(1, 4)))
+    # No worker serves the prefix: the submit is sent, and then its collection waits.
+    submit = start_cloudkon("submit", *_aws(provisioned), "--direct", "--wait", workload,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    inbox = queue_url(sqs, provisioned.input_queue)
+    wait_until(lambda: int(sqs.get_queue_attributes(
+        QueueUrl=inbox, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+        ["ApproximateNumberOfMessages"]), timeout=60, what="the bundles sent")
+    submit.send_signal(signal.SIGINT)
+    stdout, stderr = submit.communicate(timeout=30)
+
+    assert submit.returncode == 130, stderr
+    job_id = stdout.splitlines()[0]
+    assert f"job {job_id}: interrupted" in stdout
+    assert f"job {job_id} keeps running on the workers" in stderr
+    assert stderr.splitlines()[-1].strip().startswith(f"cloudkon collect {job_id} --prefix")
+    assert "Traceback" not in stderr
+

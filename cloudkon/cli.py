@@ -826,10 +826,11 @@ def status_command(prefix, region, endpoint_url, bucket_suffix, job_id: str | No
     """Show a job's progress (tasks done, failed, running, waiting; rate, ETA, workers),
     read from its record and its bundles' leases without consuming anything.
 
-    Without JOB_ID: the queues (visible, in flight, dead letters) and the jobs not
-    finished. Exit code: 0 ok; 1 the job is not healthy (a task failed or timed out, it
-    was cancelled, its split failed; without JOB_ID: dead letters wait or an unfinished
-    job is not healthy); 2 usage errors (no such job).
+    Without JOB_ID: the queues (visible, in flight, dead letters), the workers (from
+    their heartbeat records) and the jobs not finished. Exit code: 0 ok; 1 the job is not
+    healthy (a task failed or timed out, it was cancelled, its split failed; without
+    JOB_ID: dead letters wait, a worker is stale or an unfinished job is not healthy); 2
+    usage errors (no such job).
     """
     import json
 
@@ -839,22 +840,9 @@ def status_command(prefix, region, endpoint_url, bucket_suffix, job_id: str | No
     if job_id is None:
         if watch:
             raise click.UsageError("--watch needs a JOB_ID")
-        depths = jobs.queue_depths(deployment)
-        running = [p for p in jobs.list_jobs(deployment.manifests, deployment.leases, limit)
-                   if not p.finished]
-        if as_json:
-            click.echo(json.dumps({"queues": [vars(d) for d in depths],
-                                   "jobs": [p.to_dict() for p in running]}))
-        else:
-            for d in depths:
-                click.echo(f"{d.role + ' queue':<19} {d.name:<40} visible {d.visible:,}"
-                           f"  in flight {d.in_flight:,}")
-            click.echo(f"jobs not finished: {len(running)}")
-            for p in running:
-                click.echo("  " + p.line())
-        dead = next(d for d in depths if d.role == "dead letters")
-        healthy = all(p.healthy for p in running) and not (dead.visible or dead.in_flight)
-        return EXIT_OK if healthy else EXIT_FAILED
+        view = jobs.overview(deployment, limit)
+        click.echo(json.dumps(view.to_dict()) if as_json else view.to_text())
+        return EXIT_OK if view.healthy else EXIT_FAILED
     reader = jobs.ProgressReader(check_job_id(job_id), deployment.manifests, deployment.leases,
                                  exists=lambda: client.uploaded(deployment, job_id))
     if watch:

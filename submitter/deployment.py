@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 from cloudkon import aws
-from cloudkon.backends.dynamodb import DynamoLeaseStore
+from cloudkon.backends.dynamodb import DynamoLeaseStore, DynamoWorkerRegistry
 from cloudkon.backends.sqs import SqsBroker, SqsQueue
 from cloudkon.config import AwsConfig
 from cloudkon.limits import DEFAULT_SENDERS, SQS_MAX_BATCH
@@ -50,6 +50,10 @@ class Deployment:
     @functools.cached_property
     def leases(self) -> DynamoLeaseStore:
         return DynamoLeaseStore(self._dynamodb, self.config.lease_table)
+
+    @functools.cached_property
+    def workers(self) -> DynamoWorkerRegistry:
+        return DynamoWorkerRegistry(self._dynamodb, self.config.lease_table)
 
     @functools.cached_property
     def manifests(self) -> DynamoManifests:

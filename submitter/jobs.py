@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from cloudkon.backends import COMPLETED, IN_PROGRESS
+from cloudkon.backends import COMPLETED, IN_PROGRESS, WorkerRecord
 from cloudkon.codec import unpack_results
 from cloudkon.errors import CodecError, JobNotFoundError, UsageError
 from cloudkon.limits import DEFAULT_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS, MAX_JOB_ATTEMPTS
@@ -288,6 +288,53 @@ def queue_depths(deployment) -> list[QueueDepth]:
         visible, in_flight = deployment.broker.queue(name).depth()
         depths.append(QueueDepth(role, name, visible, in_flight))
     return depths
+
+
+@dataclass
+class Overview:
+    """The deployment at a glance (`cloudkon status` without a job): its queues, its
+    workers as their registry records say, and the jobs not finished."""
+
+    queues: list[QueueDepth]
+    workers: list[WorkerRecord]
+    jobs: list[Progress]
+    now: float
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(q.visible + q.in_flight for q in self.queues if q.role == "dead letters")
+
+    @property
+    def healthy(self) -> bool:
+        """No dead letter waits, no worker is stale and every unfinished job is healthy."""
+        return (not self.dead_letters and all(p.healthy for p in self.jobs)
+                and not any(w.stale(self.now) for w in self.workers))
+
+    def to_dict(self) -> dict:
+        return {"queues": [vars(q) for q in self.queues],
+                "workers": [{**w._asdict(), "stale": w.stale(self.now)} for w in self.workers],
+                "jobs": [p.to_dict() for p in self.jobs]}
+
+    def to_text(self) -> str:
+        lines = [f"{q.role + ' queue':<19} {q.name:<40} visible {q.visible:,}"
+                 f"  in flight {q.in_flight:,}" for q in self.queues]
+        stale = sum(w.stale(self.now) for w in self.workers)
+        lines.append(f"workers: {len(self.workers)}" + (f" ({stale} stale)" if stale else ""))
+        for w in self.workers:
+            lines.append(f"  {w.worker_id:<30} last beat {self.now - w.last_beat:.0f} s ago"
+                         f"  busy {w.busy}/{w.threads}  tasks done {w.tasks_done:,}"
+                         + ("  STALE" if w.stale(self.now) else ""))
+        lines.append(f"jobs not finished: {len(self.jobs)}")
+        lines += ["  " + p.line() for p in self.jobs]
+        return "\n".join(lines)
+
+
+def overview(deployment, limit: int | None = None) -> Overview:
+    """The queues, the workers' records and the unfinished jobs of the last ``limit``."""
+    running = [p for p in list_jobs(deployment.manifests, deployment.leases, limit)
+               if not p.finished]
+    return Overview(queue_depths(deployment), deployment.workers.workers(), running,
+                    time.time())
 
 
 def cancel(manifests, leases, job_id: str) -> str:

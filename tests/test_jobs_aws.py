@@ -8,6 +8,7 @@ within seconds. Tasks append their line number to a file, which tells what ran.
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 
@@ -231,22 +232,40 @@ def test_status_watch_follows_a_running_job_to_its_end(
 
 
 def test_ctrl_c_in_submit_wait_prints_the_summary_so_far_and_how_to_pick_up(
-        provisioned, sqs, start_cloudkon, write_workload, wait_until):
+        provisioned, sqs, start_cloudkon, write_workload):
     workload = write_workload("".join(f"echo task {n}\n" for n in range(1, 4)))
     # No worker serves the prefix: the submit is sent, and then its collection waits.
     submit = start_cloudkon("submit", *_aws(provisioned), "--direct", "--wait", workload,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The job id is printed once the bundles are sent, as the collection starts.
+    ready, _, _ = select.select([submit.stdout], [], [], 60)
+    assert ready, "no job id printed"
+    job_id = submit.stdout.readline().strip()
     inbox = queue_url(sqs, provisioned.input_queue)
-    wait_until(lambda: int(sqs.get_queue_attributes(
-        QueueUrl=inbox, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
-        ["ApproximateNumberOfMessages"]), timeout=60, what="the bundles sent")
+    assert int(sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=[
+        "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"]) > 0
     submit.send_signal(signal.SIGINT)
     stdout, stderr = submit.communicate(timeout=30)
 
     assert submit.returncode == 130, stderr
-    job_id = stdout.splitlines()[0]
     assert f"job {job_id}: interrupted" in stdout
     assert f"job {job_id} keeps running on the workers" in stderr
     assert stderr.splitlines()[-1].strip().startswith(f"cloudkon collect {job_id} --prefix")
     assert "Traceback" not in stderr
 
+
+
+def test_status_without_a_job_lists_the_queues_and_the_workers_beating(
+        fleet, cloudkon, wait_until):
+    def listed():
+        proc = cloudkon("status", *_aws(fleet), "--json")
+        doc = json.loads(proc.stdout)
+        return (proc, doc) if doc["workers"] else None
+
+    proc, doc = wait_until(listed, timeout=60, what="the worker's first beat")
+    assert proc.returncode == 0, proc.stderr
+    [worker] = doc["workers"]
+    assert worker["threads"] == 2 and worker["stale"] is False
+    assert [q["role"] for q in doc["queues"]] == ["input", "dead letters", "output"]
+    text = cloudkon("status", *_aws(fleet)).stdout
+    assert "workers: 1" in text and f"{worker['worker_id']}" in text

@@ -77,7 +77,8 @@ def test_tasks_of_a_killed_cloudkon_run_die_with_it(write_workload, start_cloudk
 
 
 def test_closed_executor_leaves_no_task_and_no_guardian(tmp_path):
-    # An executor in a process that exits at once after starting a task in a thread.
+    # An executor closed while its task runs (a program using it as a library): close()
+    # ends the guardian, which kills the task's group on its way out.
     script = (
         "import sys, threading\n"
         "from cloudkon.executor import Executor\n"

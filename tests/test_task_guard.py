@@ -167,3 +167,10 @@ def test_task_environ_without_path_gets_a_default_and_never_aws():
                                               b"LC_ALL": b"C", b"HOME": b"/h"})
     assert env == {b"X": b"1", b"LC_ALL": b"C", b"HOME": b"/h", b"PATH": DEFAULT_PATH}
     assert task_environ(None, {b"AWS_REGION": b"r"}) == {b"AWS_REGION": b"r"}
+
+
+def test_worker_reads_task_env_names_from_cloudkon_task_env(cloudkon, moto_server):
+    env = {**os.environ, "CLOUDKON_TASK_ENV": "HTTP_PROXY AWS_PROFILE"}
+    proc = cloudkon("worker", env=env, timeout=60)
+    assert proc.returncode == 2
+    assert "--task-env AWS_PROFILE: the worker's AWS settings" in proc.stderr

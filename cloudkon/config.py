@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass
 
 from cloudkon.errors import UsageError
-from cloudkon.taskenv import check_names
 from cloudkon.limits import (
     DEFAULT_BUNDLE_MS,
     DEFAULT_BUNDLE_SIZE,
@@ -25,6 +24,7 @@ from cloudkon.limits import (
     SANDBOX_REGION,
     SQS_LONG_POLL_SECONDS,
 )
+from cloudkon.taskenv import check_names
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aws_fixtures import queue_url
 from conftest import process_gone, wait_until
 from test_worker_aws import FAST, Collector, ids_of, send
 
@@ -142,8 +141,8 @@ def test_worker_refuses_to_pass_aws_variables(cloudkon, moto_server):
     proc = cloudkon("worker", "--task-env", "AWS_SECRET_ACCESS_KEY", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "cloudkon: error: --task-env AWS_SECRET_ACCESS_KEY: the worker's AWS settings and credentials"
-        " are never passed to tasks"]
+        ("cloudkon: error: --task-env AWS_SECRET_ACCESS_KEY: the worker's AWS settings and"
+         " credentials are never passed to tasks")]
 
 
 def test_worker_refuses_a_task_env_that_is_no_variable_name(cloudkon, moto_server):

@@ -406,13 +406,19 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
 @click.option("--emf-metrics", is_flag=True,
               help="Log one CloudWatch Embedded Metric Format line per bundle (tasks"
                    " completed, failed, timed out, replayed, bundle duration, queue wait).")
+@click.option("--task-env", "task_env", multiple=True, metavar="NAME",
+              envvar="CLOUDKON_TASK_ENV",
+              help="Pass this variable of the worker's environment on to tasks (repeatable;"
+                   " the variable separates names by spaces). Tasks get only these, PATH,"
+                   " HOME, LANG, LANGUAGE, LC_*, TZ, USER, LOGNAME, TMPDIR and their"
+                   " CLOUDKON_* ids; never AWS_* [env: CLOUDKON_TASK_ENV].")
 @click.pass_obj
 def worker_command(verbose: int, prefix: str | None, region: str | None,
                    endpoint_url: str | None, threads: int, no_create: bool,
                    drain_seconds: float, visibility_timeout: int, wait_seconds: int,
                    task_timeout: float, tail_bytes: int, liveness_seconds: float,
                    log_json: bool, worker_id: str | None, batch_size: int, instance_id: str,
-                   emf_metrics: bool) -> int:
+                   emf_metrics: bool, task_env: tuple[str, ...]) -> int:
     """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
 
     SIGTERM drains: nothing new starts, what has not started is given back at once,
@@ -429,7 +435,7 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         visibility_seconds=visibility_timeout, wait_seconds=wait_seconds,
         drain_seconds=drain_seconds, liveness_seconds=liveness_seconds,
         task_timeout=task_timeout or None, tail_bytes=tail_bytes, instance_id=instance_id,
-        emf_metrics=emf_metrics,
+        emf_metrics=emf_metrics, task_env=task_env,
     )
     worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
                         create=not no_create)

@@ -24,6 +24,7 @@ from cloudkon.limits import (
     SANDBOX_REGION,
     SQS_LONG_POLL_SECONDS,
 )
+from cloudkon.taskenv import check_names
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,13 @@ class WorkerConfig:
     tail_bytes: int = DEFAULT_TAIL_BYTES
     instance_id: str = ""  # the EC2 instance it runs on, as the unit says; "" elsewhere
     emf_metrics: bool = False  # log a CloudWatch EMF line per bundle (cloudkon.metrics)
+    # Variables tasks get besides the base ones (cloudkon.taskenv); None: the worker's
+    # whole environment (`cloudkon run`, the user's own shell).
+    task_env: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.task_env is not None:
+            object.__setattr__(self, "task_env", check_names(self.task_env))
 
     @property
     def heartbeat_seconds(self) -> float:

@@ -3,7 +3,9 @@ would, started directly when the line needs no shell (:mod:`cloudkon.commandline
 
 A task that fails, times out or cannot start becomes a result saying so; nothing a task
 does stops the run. Each shell task runs in a session (process group) of its own, so a
-time-out or a cancel ends the whole tree it started, not only the shell.
+time-out or a cancel ends the whole tree it started, not only the shell; and a guardian
+process (:mod:`cloudkon.guardian`) ends the groups still running if the executor's
+process dies. Tasks get the environment :mod:`cloudkon.taskenv` builds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from collections.abc import Callable
 from typing import IO
 
 from cloudkon.commandline import direct_argv, shell_pwd, signal_line
+from cloudkon.guardian import Guardian
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, task_id
+from cloudkon.taskenv import task_environ
 from cloudkon.workload import SLEEP_CACHE, sleep_ms
 
 SHELL = "/bin/sh"
@@ -34,9 +38,12 @@ _DRAIN_SECONDS = 0.1
 
 class Executor:
     """Runs tasks; safe to share between threads. ``cancel()`` ends every running task,
-    ``cancel_job(job_id)`` those of one job."""
+    ``cancel_job(job_id)`` those of one job. ``task_env``: the names of the variables
+    tasks get besides the base ones (:func:`cloudkon.taskenv.task_environ`); None: this
+    process's whole environment. ``close()`` when done (it ends the guardian)."""
 
-    def __init__(self, timeout: float | None, tail_bytes: int = DEFAULT_TAIL_BYTES) -> None:
+    def __init__(self, timeout: float | None, tail_bytes: int = DEFAULT_TAIL_BYTES,
+                 task_env: tuple[str, ...] | None = None) -> None:
         self.timeout = timeout if timeout else None  # 0 or None: no time limit
         self.tail_bytes = tail_bytes
         self._cancelled = threading.Event()
@@ -44,9 +51,14 @@ class Executor:
         self._running: dict[int, str] = {}  # pid (= process group id) -> job id, running tasks
         self._cancelled_jobs: set[str] = set()
         # Encoded once: Popen would encode every variable again for every task.
-        self._env: dict[bytes, bytes] = dict(os.environb)
+        self._env: dict[bytes, bytes] = task_environ(task_env)
         # What a command started without the shell gets: what the shell would pass on.
         self._direct_env = {**self._env, b"PWD": shell_pwd(self._env)}
+        self._guardian = Guardian()  # started at the first shell task
+
+    def close(self) -> None:
+        """End the guardian process (it kills any task group still running)."""
+        self._guardian.close()
 
     @property
     def cancelled(self) -> bool:
@@ -128,6 +140,7 @@ class Executor:
         ids = {b"CLOUDKON_JOB_ID": job_id.encode(),
                b"CLOUDKON_TASK_ID": task_id(job_id, line).encode(),
                b"CLOUDKON_LINE": str(line).encode()}
+        self._guardian.start()  # once, before the first task (after that, a no-op)
         proc = None
         argv = direct_argv(command)
         if argv is not None:
@@ -144,6 +157,7 @@ class Executor:
                 return (line, command, FAILED, None, None, start, time.time(), "",
                         f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
         pid = proc.pid
+        self._guardian.watch(pid)
         with self._lock:
             self._running[pid] = job_id
         if self._ended(job_id):  # a cancel came while it started, and missed it
@@ -153,6 +167,7 @@ class Executor:
         finally:
             with self._lock:
                 self._running.pop(pid, None)
+            self._guardian.release(pid)  # before the reap: the group id is still this task's
             # Reaped only now, after leaving _running: cancel() never signals a reused pid.
             code, core_dumped = _reap(proc)
         end = time.time()

@@ -191,6 +191,9 @@ DEFAULT_FLEET_INSTANCES = 1
 
 # The public SSM parameter that names the latest Amazon Linux 2023 AMI (x86_64).
 AL2023_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+# The instance metadata service answers a PUT for a token only this many network hops away:
+# 1 keeps it from containers on a worker (EC2's default; AL2023 AMIs ask for 2).
+IMDS_HOP_LIMIT = 1
 
 # The provisioner: how many tasks a queued bundle is assumed to hold (a remote bundle holds
 # about 2000 ms of work: 100 shell commands at SHELL_TASK_MS each), and how many queued

@@ -85,6 +85,14 @@ cat > /etc/systemd/system/cloudkon-worker.service <<'UNIT'
 # processes must not get the SIGTERM themselves, hence mixed. TimeoutStopSec leaves ten
 # seconds more than the drain for giving work back and exiting; only then SIGKILL.
 #
+# Tasks never outlive the daemon: after a kill -9 of it, its task guardian
+# (cloudkon/guardian.py) SIGKILLs the tasks' process groups, and when the unit stops or
+# restarts, KillMode=mixed sends SIGKILL to every process left in the unit's cgroup, tasks
+# that left their group included. Tasks run as the unprivileged user cloudkon with a
+# private /tmp, /usr and /etc read-only, no home directories, no new privileges, and an
+# environment without the worker's AWS settings (cloudkon/taskenv.py; --task-env NAME in
+# CLOUDKON_WORKER_ARGS passes a variable of worker.env on). SECURITY.md says what remains.
+#
 # Its log, JSON lines with one CloudWatch EMF line per bundle among them, goes to
 # /var/log/cloudkon/worker.log, which the CloudWatch agent ships (deploy/cloudwatch-agent.json).
 

@@ -42,7 +42,12 @@ from cloudkon.backends.resources import (
 )
 from cloudkon.config import AwsConfig, FleetConfig
 from cloudkon.errors import NotSetUpError, UsageError
-from cloudkon.limits import AL2023_AMI_PARAMETER, DEFAULT_FLEET_INSTANCES, DRAIN_HOOK_SECONDS
+from cloudkon.limits import (
+    AL2023_AMI_PARAMETER,
+    DEFAULT_FLEET_INSTANCES,
+    DRAIN_HOOK_SECONDS,
+    IMDS_HOP_LIMIT,
+)
 from fleet import wheel as wheels
 from fleet.capacity import ScalingPolicy, ScalingState
 from fleet.provisioner import SETTINGS_KEY, Fleet, FleetSettings
@@ -216,7 +221,8 @@ def _template_data(ctx: _Context, fleet: FleetConfig, user_data: str) -> dict:
         "InstanceType": fleet.instance_type,
         "IamInstanceProfile": {"Name": ctx.config.worker_role},
         "UserData": base64.b64encode(user_data.encode("utf-8")).decode("ascii"),
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                            "HttpPutResponseHopLimit": IMDS_HOP_LIMIT},
         "InstanceInitiatedShutdownBehavior": "terminate",
         "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
     }

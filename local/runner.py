@@ -118,6 +118,7 @@ class LocalRunner:
                 self.worker.stop()
             self.inbox.close()  # the receiver's poll returns at once
             self.worker.shutdown()
+            self.worker.executor.close()  # its task guardian: no task runs any more
             self._collect(wait_seconds=0.0)
             self._recover_unfinished()
             self.summary.wall_seconds = time.monotonic() - started

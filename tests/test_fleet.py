@@ -115,6 +115,7 @@ def test_fleet_up_twice_makes_everything_once_and_down_removes_only_that(deploym
     assert 'CLOUDKON_WORKER_ARGS="--threads 6"\n' in user_data
     assert data["IamInstanceProfile"] == {"Name": config.worker_role}
     assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     assert data["ImageId"].startswith("ami-")
     # The group: two instances on spot, a termination hook longer than the drain.
     found = group(config)

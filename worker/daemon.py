@@ -140,7 +140,8 @@ class Worker:
         self.metrics = metrics
         self.started = time.time()
         self.codec = codec  # how bodies and stored results are made: must match the backends'
-        self.executor = executor or Executor(config.task_timeout, config.tail_bytes)
+        self.executor = executor or Executor(config.task_timeout, config.tail_bytes,
+                                              config.task_env)
         self.counts = Counts()
         self.lease_seconds = config.visibility_seconds * LEASE_SHARE_OF_VISIBILITY
         # Set by signal handlers and stop(): plain attributes, read by the main loop.

@@ -45,6 +45,7 @@ def upload(deployment: Deployment, path: str, job_id: str) -> Upload:
     it is the same job, and the Upload says so."""
     workload = Workload(path)
     workload.check()
+    deployment.input_queue, deployment.output_queue  # noqa: B018 - NotSetUpError if missing
     digest = workload.sha256()
     existing = deployment.manifests.load(job_id)
     if existing is not None:
@@ -52,7 +53,6 @@ def upload(deployment: Deployment, path: str, job_id: str) -> Upload:
             raise JobConflictError(job_id, existing.digest)
         return Upload(existing.source, existing.submitted_at, digest, again=True)
     submitted_at = time.time()
-    deployment.input_queue, deployment.output_queue  # noqa: B018 - NotSetUpError if missing
     bucket = deployment.bucket
     key = workload_key(job_id, os.path.basename(path))
 

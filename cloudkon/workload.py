@@ -282,8 +282,17 @@ class Workload:
                 digest.update(block)
                 if first:
                     first = False
+                    # A stream may serve fewer bytes than asked (S3): have the BOM whole.
+                    while block and len(block) < len(_UTF8_BOM) and _UTF8_BOM.startswith(block):
+                        more = f.read(BLOCK_BYTES)
+                        if not more:
+                            break
+                        digest.update(more)
+                        block += more
                     if block.startswith(_UTF8_BOM):
                         block = block[len(_UTF8_BOM):]
+                        if not block:
+                            continue  # the BOM alone: the end is the next read's to tell
                 if not block:
                     self.digest = digest.hexdigest()
                     if skipping:

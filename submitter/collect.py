@@ -65,6 +65,10 @@ JOB_STATE_POLL_SECONDS = 5.0
 CANCEL_SWEEP_SECONDS = 2
 # How many of a bundle's dropped lines (no task of the job) its warning names.
 MAX_NAMED_DROPPED = 5
+# Results held in memory while the job's split has not ended (which lines are tasks is not
+# known yet): about 50 MB. Beyond, this job's messages stay on the queue, hidden a while.
+MAX_PENDING_RESULTS = 100_000
+PENDING_DELAY_SECONDS = SQS_LONG_POLL_SECONDS
 
 
 @dataclass
@@ -152,6 +156,7 @@ class Collector:
         # final, and results that come before are held in _pending until it is.
         self._tasks: bytearray | None = None
         self._pending: list[ResultBundle] = []
+        self._pending_results = 0
         self.dropped = 0
 
     def run(self, timeout: float | None = None) -> Collection:
@@ -259,7 +264,7 @@ class Collector:
         for bundle in self._already:
             self._add(bundle, hand_on=False)
         self._already = []
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_results = self._pending, [], 0
         for bundle in pending:
             self._add(bundle)
         self.summary.tasks_read = manifest.tasks
@@ -276,7 +281,7 @@ class Collector:
 
     def _take(self, messages: list[Message]) -> bool:
         """Keep this job's results, give the rest back; True if any was this job's."""
-        mine, others, later = [], [], []
+        mine, others, later, held = [], [], [], []
         now = time.monotonic()
         for message in messages:
             try:
@@ -290,8 +295,13 @@ class Collector:
                 first_seen = self._others.setdefault(message.id, now)
                 (later if now - first_seen >= OTHERS_GRACE_SECONDS else others).append(message)
                 continue
+            if self._tasks is None and self._pending_results >= MAX_PENDING_RESULTS:
+                held.append(message)  # no room until the split ends: left on the queue
+                continue
             self._add(bundle)
             mine.append(message)
+        for m in held:
+            self.outbox.extend(m, PENDING_DELAY_SECONDS)
         if others:
             self.outbox.give_back(others)
         for m in later:
@@ -306,6 +316,7 @@ class Collector:
         tasks = self._tasks
         if tasks is None:  # which lines are tasks is known once the manifest is final
             self._pending.append(bundle)
+            self._pending_results += len(bundle.results)
             return
         seen, latest, attempt = self._seen, self._latest, bundle.attempt
         fresh = []

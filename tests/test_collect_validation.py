@@ -120,3 +120,18 @@ def test_results_before_the_split_ends_are_checked_once_it_has(out):
     collection = Collector("job-x", out, manifests, on_results=written.append).run(timeout=10)
     assert collection.complete and collection.dropped == 1
     assert sorted(r[0] for b in written for r in b.results) == [1, 2]
+
+
+def test_results_beyond_the_pending_limit_wait_on_the_queue_for_the_split(out, monkeypatch):
+    import submitter.collect as collect
+
+    monkeypatch.setattr(collect, "MAX_PENDING_RESULTS", 2)
+    monkeypatch.setattr(collect, "PENDING_DELAY_SECONDS", 0)
+    started = Manifest("job-z", "SUBMITTING", "w.txt", 9.0)
+    manifests = _SplitEndingAfterOneRead(started, started.done(tasks=4, bundles=4, last_line=4))
+    out.send_batch([_body("job-z", n - 1, [n]) for n in (1, 2, 3, 4)])
+    written = []
+    collection = Collector("job-z", out, manifests, on_results=written.append).run(timeout=10)
+    assert collection.complete and collection.dropped == 0
+    assert sorted(r[0] for b in written for r in b.results) == [1, 2, 3, 4]
+    assert len(out) == 0

@@ -113,7 +113,7 @@ def workload_commands(deployment: Deployment, job_id: str, lines: set[int]) -> d
     manifest = deployment.manifests.load(job_id)
     if manifest is None:
         return {}
-    return dict(job_workload(deployment, manifest.source, NotIn(lines)))
+    return dict(job_workload(deployment, manifest.source, NotIn(lines), manifest.version_id))
 
 
 def uploaded(deployment: Deployment, job_id: str) -> bool:

@@ -364,7 +364,8 @@ def retry(deployment, job_id: str, statuses: tuple[str, ...], workload: str | No
     wanted = set(lines)
     source = workload or record.manifest.source
     submitted_at = time.time()
-    report = split(job_workload(deployment, source, NotIn(wanted)), job_id,
+    version = record.manifest.version_id if source == record.manifest.source else ""
+    report = split(job_workload(deployment, source, NotIn(wanted), version), job_id,
                    deployment.input_queue, deployment.output_queue.url, bundle_size, bundle_ms,
                    deployment.senders, attempt=attempt)
     if report.tasks != len(wanted):
@@ -379,16 +380,18 @@ def retry(deployment, job_id: str, statuses: tuple[str, ...], workload: str | No
     return done
 
 
-def job_workload(deployment, source: str, skip=None) -> Workload:
-    """The job's workload, from S3 or a local file, read with ``skip``."""
+def job_workload(deployment, source: str, skip=None, version_id: str = "") -> Workload:
+    """The job's workload, from S3 (the object version ``version_id``, the one split, if
+    the bucket keeps versions) or a local file, read with ``skip``."""
     if source.startswith("s3://"):
         from cloudkon.aws import call
 
         bucket, _, key = source[len("s3://"):].partition("/")
 
         def opener():
+            version = {"VersionId": version_id} if version_id else {}
             return call(f"read {source}", deployment.s3.get_object, Bucket=bucket,
-                        Key=key)["Body"]
+                        Key=key, **version)["Body"]
 
         return Workload(source, opener=opener, skip=skip)
     if not os.path.isfile(source):

@@ -45,6 +45,7 @@ def upload(deployment: Deployment, path: str, job_id: str) -> Upload:
     it is the same job, and the Upload says so."""
     workload = Workload(path)
     workload.check()
+    submitted_at = time.time()
     deployment.input_queue, deployment.output_queue  # noqa: B018 - NotSetUpError if missing
     digest = workload.sha256()
     existing = deployment.manifests.load(job_id)
@@ -52,9 +53,12 @@ def upload(deployment: Deployment, path: str, job_id: str) -> Upload:
         if not existing.same_workload(digest):
             raise JobConflictError(job_id, existing.digest)
         return Upload(existing.source, existing.submitted_at, digest, again=True)
-    submitted_at = time.time()
     bucket = deployment.bucket
     key = workload_key(job_id, os.path.basename(path))
+    for uri, other in _waiting_uploads(deployment, job_id):  # uploaded, not split yet
+        if other != digest:
+            raise JobConflictError(job_id, other)
+        return Upload(uri, submitted_at, digest, again=True)
 
     def put(**params):
         with open(path, "rb") as body:  # opened afresh for each attempt
@@ -66,6 +70,32 @@ def upload(deployment: Deployment, path: str, job_id: str) -> Upload:
     except OSError as exc:
         raise WorkloadError(path, exc.strerror or str(exc)) from None
     return Upload(f"s3://{bucket}/{key}", submitted_at, digest)
+
+
+def _waiting_uploads(deployment: Deployment, job_id: str) -> list[tuple[str, str]]:
+    """(S3 URI, SHA-256 from its metadata, "" if none) of the job's uploads in the bucket:
+    the first few, enough to see whether the job was uploaded with another workload."""
+    bucket = deployment.bucket
+    try:
+        page = call(f"list bucket {bucket}", deployment.s3.list_objects_v2,
+                    expected=("NoSuchBucket",), Bucket=bucket,
+                    Prefix=f"{WORKLOADS_PREFIX}{job_id}/", MaxKeys=_UPLOADS_LOOKED_AT)
+    except ClientError:
+        return []  # the upload names the missing bucket
+    found = []
+    for item in page.get("Contents", ()):
+        try:
+            head = call(f"read s3://{bucket}/{item['Key']}", deployment.s3.head_object,
+                        expected=("404", "NoSuchKey"), Bucket=bucket, Key=item["Key"])
+        except ClientError:
+            continue  # gone since the listing
+        found.append((f"s3://{bucket}/{item['Key']}",
+                      head.get("Metadata", {}).get(SHA256_METADATA, "")))
+    return found
+
+
+# Uploads of a job not split yet that `submit` looks at before uploading another.
+_UPLOADS_LOOKED_AT = 10
 
 
 def send_direct(deployment: Deployment, path: str, job_id: str,

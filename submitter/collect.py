@@ -453,4 +453,3 @@ class Collector:
                 continue
             if line >= len(seen) or not seen[line]:
                 yield line
-

@@ -121,3 +121,19 @@ def test_the_same_workload_twice_under_one_id_is_one_job_run_once(
     assert collected.returncode == 0, collected.stderr
     assert sorted(ran.read_text().split()) == ["1", "2", "3", "4", "5"]
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_submit_refuses_another_workload_while_the_first_upload_waits_for_its_split(
+        aws, cloudkon, write_workload):
+    first = write_workload("echo a\n", name="w.txt")
+    assert cloudkon("submit", *_aws(aws), "--job-id", "nightly", first).returncode == 0
+    again = cloudkon("submit", *_aws(aws), "--job-id", "nightly", first)
+    assert again.returncode == 0 and "nothing uploaded again" in again.stderr, again.stderr
+
+    other = write_workload("echo SECOND-X\n", name="w2.txt")
+    proc = cloudkon("submit", *_aws(aws), "--job-id", "nightly", other)
+    assert proc.returncode == 2 and CONFLICT.fullmatch(proc.stderr.strip()), proc.stderr
+    assert _keys(aws) == ["workloads/nightly/w.txt"]
+    body = boto3.client("s3", region_name=REGION).get_object(
+        Bucket=aws.bucket(BUCKET_SUFFIX), Key="workloads/nightly/w.txt")["Body"].read()
+    assert body == b"echo a\n"

@@ -123,7 +123,7 @@ def test_results_before_the_split_ends_are_checked_once_it_has(out):
 
 
 def test_results_beyond_the_pending_limit_wait_on_the_queue_for_the_split(out, monkeypatch):
-    import submitter.collect as collect
+    from submitter import collect
 
     monkeypatch.setattr(collect, "MAX_PENDING_RESULTS", 2)
     monkeypatch.setattr(collect, "PENDING_DELAY_SECONDS", 0)

@@ -137,3 +137,20 @@ def test_submit_refuses_another_workload_while_the_first_upload_waits_for_its_sp
     body = boto3.client("s3", region_name=REGION).get_object(
         Bucket=aws.bucket(BUCKET_SUFFIX), Key="workloads/nightly/w.txt")["Body"].read()
     assert body == b"echo a\n"
+
+
+def test_submit_wait_refuses_to_collect_a_job_split_from_another_workload():
+    from cloudkon.backends.memory import MemoryBroker
+    from cloudkon.errors import JobConflictError
+    from submitter.collect import Collector
+    from submitter.manifest import Manifest, MemoryManifests
+
+    broker = MemoryBroker()
+    broker.create("output")
+    manifests = MemoryManifests()
+    manifests.save(Manifest("nightly", SUBMITTED, "s3://b/workloads/nightly/first.txt", 9.0,
+                            tasks=1, bundles=1, last_line=1, digest="ab" * 32))
+    # Our upload raced another under the same id, whose split came first.
+    with pytest.raises(JobConflictError, match=r"job nightly exists with another workload"
+                                               r" \(sha256 abababababab\.\.\.\)"):
+        Collector("nightly", broker.queue("output"), manifests, digest="cd" * 32).run(timeout=1)

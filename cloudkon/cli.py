@@ -671,20 +671,33 @@ def _submit(deployment, workload: str, job_id: str, direct: bool, wait: bool,
             bundle_size: int, bundle_ms: float) -> int:
     from submitter import client
 
+    digest = None
     if direct:
-        manifest = client.send_direct(deployment, workload, job_id, bundle_size, bundle_ms)
-        for line, reason in manifest.bad_lines:
-            log.warning("%s:%d: %s; line skipped", workload, line, reason)
-        click.echo(f"cloudkon: job {job_id}: sent {manifest.tasks:,} tasks in {manifest.bundles:,}"
-                   f" bundles to queue {deployment.config.input_queue}", err=True)
+        manifest, again = client.send_direct(deployment, workload, job_id, bundle_size,
+                                             bundle_ms)
+        if again:
+            click.echo(f"cloudkon: job {job_id}: submitted before with this workload; nothing"
+                       " sent again", err=True)
+        else:
+            for line, reason in manifest.bad_lines:
+                log.warning("%s:%d: %s; line skipped", workload, line, reason)
+            click.echo(f"cloudkon: job {job_id}: sent {manifest.tasks:,} tasks in"
+                       f" {manifest.bundles:,} bundles to queue {deployment.config.input_queue}",
+                       err=True)
     else:
-        uri, _ = client.upload(deployment, workload, job_id)
-        click.echo(f"cloudkon: job {job_id}: uploaded to {uri}; the Lambda splits it", err=True)
+        sent = client.upload(deployment, workload, job_id)
+        digest = sent.digest
+        if sent.again:
+            click.echo(f"cloudkon: job {job_id}: submitted before with this workload"
+                       f" ({sent.uri}); nothing uploaded again", err=True)
+        else:
+            click.echo(f"cloudkon: job {job_id}: uploaded to {sent.uri}; the Lambda splits it",
+                       err=True)
     click.echo(job_id)
     if not wait:
         return EXIT_OK
     return _collect_and_report(deployment, job_id, output, as_json, timeout, progress,
-                               show_elapsed=True)
+                               show_elapsed=True, digest=digest)
 
 
 @cli.command("collect")
@@ -715,7 +728,8 @@ def collect_command(prefix: str | None, region: str | None, endpoint_url: str | 
 
 def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bool,
                         timeout: float | None, progress: bool | None,
-                        show_elapsed: bool = False, resume: bool = False) -> int:
+                        show_elapsed: bool = False, resume: bool = False,
+                        digest: str | None = None) -> int:
     from cloudkon.results import read_for_resume
     from submitter import client
 
@@ -728,7 +742,8 @@ def _collect_and_report(deployment, job_id: str, output: str | None, as_json: bo
     with signals, _Sinks(output, progress, resume=resumed) as sinks:
         collection = client.collect(deployment, job_id, timeout, on_results=sinks.on_results,
                                     on_total=sinks.on_total,
-                                    already=resumed.bundles if resumed else None)
+                                    already=resumed.bundles if resumed else None,
+                                    digest=digest)
     summary = collection.summary
     wait = collection.split_wait
     if as_json:

@@ -43,6 +43,8 @@ TASKS = "tasks"
 RESULTS = "results"
 _MAX_ID_CHARS = 256  # job ids, worker ids
 _MAX_REPLY_TO_CHARS = 1024  # an SQS queue URL is well under this
+_MAX_JSON_NUMBER = 2 ** 63  # larger integers are no time, count or exit code of ours
+_MAX_MICROSECONDS = 10 ** 15  # about 31 years: a start offset or duration beyond is garbage
 
 # ensure_ascii: SQS refuses some characters (U+FFFE, U+FFFF, most controls) in bodies;
 # escaped, every string travels.
@@ -166,8 +168,8 @@ def unpack_results(data: bytes, tasks: Iterable[tuple[int, str]] | None = None) 
     them back); CodecError if they are not valid or name a line not in ``tasks``."""
     try:
         doc = json.loads(zlib.decompress(data))
-    except (zlib.error, ValueError) as exc:
-        raise CodecError(f"stored results do not unpack: {exc}") from None
+    except (zlib.error, ValueError, TypeError, RecursionError) as exc:
+        raise CodecError(f"stored results do not unpack: {str(exc)[:200]}") from None
     if tasks is None:
         lines = doc.get("line") if isinstance(doc, dict) else None
         if not isinstance(lines, list):
@@ -225,12 +227,14 @@ def _rows(cols: object, commands: dict[int, str] | None) -> list[tuple]:
     rows = []
     for i in range(n):
         line, status, code, sig, start_us, dur_us, out, err = (c[i] for c in columns[:8])
-        if not _is_int(line) or status not in STATUSES:
-            raise CodecError(f"result {i}: bad line or status")
+        if not _is_int(line) or line < 1:
+            raise CodecError(f"result {i}: line {str(line)[:40]} is not a line number >= 1")
+        if status not in STATUSES:
+            raise CodecError(f"result {i}: unknown status {str(status)[:40]!r}")
         if not (code is None or _is_int(code)) or not (sig is None or isinstance(sig, str)):
             raise CodecError(f"result {i}: bad exit code or signal")
-        if not _is_int(start_us) or not _is_int(dur_us) or not isinstance(out, str) \
-                or not isinstance(err, str):
+        if not _is_microseconds(start_us) or not _is_microseconds(dur_us) \
+                or not isinstance(out, str) or not isinstance(err, str):
             raise CodecError(f"result {i}: bad times or output")
         if commands is None:
             command = columns[8][i]
@@ -248,8 +252,8 @@ def _rows(cols: object, commands: dict[int, str] | None) -> list[tuple]:
 def _load(body: str | bytes, kind: str) -> dict:
     try:
         doc = json.loads(body)
-    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
-        raise CodecError(f"not JSON: {exc}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CodecError(f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
         raise CodecError("not a JSON object")
     if doc.get("v") not in _VERSIONS or isinstance(doc.get("v"), bool):
@@ -286,8 +290,13 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= _MAX_JSON_NUMBER  # math.isfinite overflows on a huge int
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _is_microseconds(value: object) -> bool:
+    return _is_int(value) and 0 <= value <= _MAX_MICROSECONDS
 
 
 class WireCodec:

@@ -77,3 +77,14 @@ class CredentialsError(UsageError):
 
 class JobNotFoundError(UsageError):
     """No job of that id was ever submitted with this prefix (no manifest, no upload)."""
+
+
+class JobConflictError(UsageError):
+    """A job of that id exists with another workload: a job id names one workload."""
+
+    def __init__(self, job_id: str, digest: str) -> None:
+        known = f"sha256 {digest[:12]}..." if digest else "sha256 not recorded"
+        super().__init__(f"job {job_id} exists with another workload ({known}); choose another"
+                         " --job-id")
+        self.job_id = job_id
+        self.digest = digest

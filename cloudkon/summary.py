@@ -140,6 +140,7 @@ class Summary:
         self.not_read = 0  # tasks of the file never read (the run was interrupted first)
         self.not_read_at_least = False  # not_read is a lower bound: counting them stopped
         self.bad_lines = 0
+        self.dropped_results = 0  # results for lines that are no task of the job (collect)
         self._only_sleeps = True  # every result so far was of a `sleep N` task
         self.slept_seconds = 0.0  # the time they slept: their durations, at most N ms each
         self.wall_seconds = 0.0
@@ -230,6 +231,7 @@ class Summary:
         eff = self.efficiency()
         n_ran = self.done
         threads = {"threads": self.threads} if self.threads else {}
+        dropped = {"dropped_results": self.dropped_results} if self.dropped_results else {}
         return {
             "job_id": self.job_id,
             "workers": self.workers,
@@ -244,6 +246,7 @@ class Summary:
             "not_read": self.not_read,
             "not_read_at_least": self.not_read_at_least,
             "bad_lines": self.bad_lines,
+            **dropped,
             "interrupted": self.interrupted,
             "incomplete": self.incomplete,
             "job_cancelled": self.job_cancelled,
@@ -273,6 +276,8 @@ class Summary:
         extra = []
         if d["bad_lines"]:
             extra.append(f"bad lines {d['bad_lines']:,} (not run)")
+        if d.get("dropped_results"):
+            extra.append(f"dropped results {d['dropped_results']:,} (no task of the job)")
         if d["cancelled"]:
             extra.append(f"cancelled {d['cancelled']:,}")
         if d["not_run"]:

@@ -11,6 +11,7 @@ the limit is skipped without being held.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -120,6 +121,8 @@ class Workload:
         self.sleep_tasks = 0
         self.sleep_ms = 0.0
         self.bad_lines = 0
+        # The SHA-256 of the bytes the last complete pass read (hex); None until one did.
+        self.digest: str | None = None
         # Lines a block's decoding found bad, by number: reported when the reader reaches
         # them, so that bad lines are reported in line order.
         self._undecodable: dict[int, str] = {}
@@ -160,6 +163,17 @@ class Workload:
                 n += chunk.count(b"\n")
                 last = chunk[-1:]
         return n + (last != b"\n")
+
+    def sha256(self) -> str:
+        """The SHA-256 of the workload's bytes (hex), read as a stream: its identity."""
+        h = hashlib.sha256()
+        try:
+            with self._open() as f:
+                while block := f.read(BLOCK_BYTES):
+                    h.update(block)
+        except OSError as exc:
+            raise WorkloadError(self.path, exc.strerror or str(exc)) from None
+        return h.hexdigest()
 
     def _open(self) -> BinaryIO:
         if self._opener is not None:
@@ -249,6 +263,8 @@ class Workload:
         longer than the limit is skipped as it streams by, never held whole.
         """
         limit = self.max_line_bytes
+        self.digest = None
+        digest = hashlib.sha256()
         try:
             f = self._open()
         except OSError as exc:
@@ -263,11 +279,22 @@ class Workload:
                     block = f.read(BLOCK_BYTES)
                 except OSError as exc:
                     raise WorkloadError(self.path, f"line {done + 1}: {exc.strerror or exc}") from None
+                digest.update(block)
                 if first:
                     first = False
+                    # A stream may serve fewer bytes than asked (S3): have the BOM whole.
+                    while block and len(block) < len(_UTF8_BOM) and _UTF8_BOM.startswith(block):
+                        more = f.read(BLOCK_BYTES)
+                        if not more:
+                            break
+                        digest.update(more)
+                        block += more
                     if block.startswith(_UTF8_BOM):
                         block = block[len(_UTF8_BOM):]
+                        if not block:
+                            continue  # the BOM alone: the end is the next read's to tell
                 if not block:
+                    self.digest = digest.hexdigest()
                     if skipping:
                         self._bad(done + 1, f"longer than {limit} bytes")
                     elif carry:

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 
 from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
 from cloudkon.codec import decode_results, unpack_results
-from cloudkon.errors import CloudKonError, CodecError, JobNotFoundError, WorkloadError
+from cloudkon.errors import (
+    CloudKonError,
+    CodecError,
+    JobConflictError,
+    JobNotFoundError,
+    WorkloadError,
+)
 from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
 from cloudkon.model import ResultBundle, bundle_key, task_id
 from cloudkon.summary import Summary
@@ -57,6 +63,12 @@ MAX_NAMED_MISSING = 20
 JOB_STATE_POLL_SECONDS = 5.0
 # After a cancel is seen, how long the collector still takes what is on the queue.
 CANCEL_SWEEP_SECONDS = 2
+# How many of a bundle's dropped lines (no task of the job) its warning names.
+MAX_NAMED_DROPPED = 5
+# Results held in memory while the job's split has not ended (which lines are tasks is not
+# known yet): about 50 MB. Beyond, this job's messages stay on the queue, hidden a while.
+MAX_PENDING_RESULTS = 100_000
+PENDING_DELAY_SECONDS = SQS_LONG_POLL_SECONDS
 
 
 @dataclass
@@ -72,6 +84,7 @@ class Collection:
     submit_to_last: float | None = None  # seconds from the submit to the last result
     cancelled: bool = False  # the job was cancelled
     interrupted: bool = False  # Ctrl-C or SIGTERM ended the collection
+    dropped: int = 0  # results dropped: their line is no task of the job
 
     @property
     def split_wait(self) -> float | None:
@@ -107,13 +120,16 @@ class Collector:
                  exists: Callable[[], bool] | None = None,
                  quiet_seconds: float = RECOVERY_QUIET_SECONDS,
                  already: list[ResultBundle] | None = None,
-                 commands: Callable[[set[int]], dict[int, str]] | None = None) -> None:
+                 commands: Callable[[set[int]], dict[int, str]] | None = None,
+                 digest: str | None = None) -> None:
         """``exists`` tells whether the job was submitted though it has no manifest yet (its
         workload uploaded, not split yet); without it, no manifest means no such job.
         After ``quiet_seconds`` without a result of the job, the lease store is read.
         ``already`` holds results an earlier collection wrote (a results file resumed):
         they count, and are not handed on again. ``commands`` gives the commands of lines
-        (from the workload), for results read back from the lease store, which lack them."""
+        (from the workload), for results read back from the lease store, which lack them.
+        ``digest``, if given, is the workload submitted: a job of another one is refused
+        (JobConflictError), not collected."""
         self.job_id = job_id
         self.outbox = outbox
         self.manifests = manifests
@@ -135,6 +151,13 @@ class Collector:
         self._last_end = 0.0
         self.recovered = 0
         self.submit_to_last: float | None = None  # from the submit to the last result
+        self.digest = digest
+        # _tasks[line] == 1 if the line is a task of the job; None until the manifest is
+        # final, and results that come before are held in _pending until it is.
+        self._tasks: bytearray | None = None
+        self._pending: list[ResultBundle] = []
+        self._pending_results = 0
+        self.dropped = 0
 
     def run(self, timeout: float | None = None) -> Collection:
         """Collect until every task has a result, the job is cancelled, ``timeout`` passes
@@ -172,6 +195,8 @@ class Collector:
         recovery_interval = RECOVERY_INTERVAL_SECONDS
         warned = False
         while True:
+            if manifest is not None and self.digest and not manifest.same_workload(self.digest):
+                raise JobConflictError(self.job_id, manifest.digest)
             if manifest is not None and manifest.status == REJECTED:
                 raise WorkloadError(manifest.source, manifest.error)
             if manifest is not None and manifest.final and self.count >= manifest.tasks:
@@ -232,9 +257,16 @@ class Collector:
             return False
         if self.record is not None:
             self._latest = self.record.latest_attempts()
+            for refused in self.record.refused:
+                log.warning("job %s: an upload under its id was refused: %s: %s", self.job_id,
+                            refused.source, refused.reason, extra={"job_id": self.job_id})
+        self._tasks = manifest.task_lines()
         for bundle in self._already:
             self._add(bundle, hand_on=False)
         self._already = []
+        pending, self._pending, self._pending_results = self._pending, [], 0
+        for bundle in pending:
+            self._add(bundle)
         self.summary.tasks_read = manifest.tasks
         self.summary.bad_lines = manifest.bad_line_count
         for line, reason in manifest.bad_lines:
@@ -249,7 +281,7 @@ class Collector:
 
     def _take(self, messages: list[Message]) -> bool:
         """Keep this job's results, give the rest back; True if any was this job's."""
-        mine, others, later = [], [], []
+        mine, others, later, held = [], [], [], []
         now = time.monotonic()
         for message in messages:
             try:
@@ -263,8 +295,13 @@ class Collector:
                 first_seen = self._others.setdefault(message.id, now)
                 (later if now - first_seen >= OTHERS_GRACE_SECONDS else others).append(message)
                 continue
+            if self._tasks is None and self._pending_results >= MAX_PENDING_RESULTS:
+                held.append(message)  # no room until the split ends: left on the queue
+                continue
             self._add(bundle)
             mine.append(message)
+        for m in held:
+            self.outbox.extend(m, PENDING_DELAY_SECONDS)
         if others:
             self.outbox.give_back(others)
         for m in later:
@@ -274,11 +311,21 @@ class Collector:
         return bool(mine)
 
     def _add(self, bundle: ResultBundle, hand_on: bool = True) -> None:
-        """Count and hand on the results not seen before, of the attempt that counts."""
+        """Count and hand on the results not seen before, of the attempt that counts, for
+        lines that are tasks of the job (others are dropped, with a warning)."""
+        tasks = self._tasks
+        if tasks is None:  # which lines are tasks is known once the manifest is final
+            self._pending.append(bundle)
+            self._pending_results += len(bundle.results)
+            return
         seen, latest, attempt = self._seen, self._latest, bundle.attempt
         fresh = []
+        dropped = []
         for r in bundle.results:
             line = r[0]
+            if not 0 < line < len(tasks) or not tasks[line]:
+                dropped.append(line)
+                continue
             if line < len(latest) and latest[line] > attempt:
                 continue  # an earlier attempt's result of a task retried since
             if line >= len(seen):
@@ -286,6 +333,15 @@ class Collector:
             if not seen[line]:
                 seen[line] = 1
                 fresh.append(r)
+        if dropped:
+            self.dropped += len(dropped)
+            self.summary.dropped_results = self.dropped
+            log.warning("job %s: bundle %d (attempt %d, worker %s) holds %d result(s) for lines"
+                        " that are no task of the job (%s); dropped", self.job_id, bundle.seq,
+                        attempt, bundle.worker or "?", len(dropped),
+                        ", ".join(map(str, dropped[:MAX_NAMED_DROPPED]))
+                        + (" ..." if len(dropped) > MAX_NAMED_DROPPED else ""),
+                        extra={"job_id": self.job_id, "bundle": bundle.seq})
         if hand_on:
             self._seqs.add((attempt, bundle.seq))
         if not fresh:
@@ -368,8 +424,13 @@ class Collector:
             self.submit_to_last = max(self._last_end - manifest.submitted_at, 0.0)
         if manifest is None or not manifest.final:
             s.incomplete = not interrupted
+            if self._pending:
+                log.warning("job %s: %d results came before its split ended and are not kept;"
+                            " `cloudkon collect %s` reads them back from the lease table",
+                            self.job_id, sum(len(b.results) for b in self._pending),
+                            self.job_id, extra={"job_id": self.job_id})
             return Collection(s, manifest, False, -1, [], self.recovered, self.submit_to_last,
-                              cancelled, interrupted)
+                              cancelled, interrupted, self.dropped)
         missing_count = max(manifest.tasks - self.count, 0)
         named = []
         if missing_count and manifest.skipped is not None:
@@ -379,7 +440,7 @@ class Collector:
                     break
         s.incomplete = missing_count > 0 and not interrupted and not cancelled
         return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered,
-                          self.submit_to_last, cancelled, interrupted)
+                          self.submit_to_last, cancelled, interrupted, self.dropped)
 
     def _missing_lines(self, manifest: Manifest) -> Iterator[int]:
         skipped = iter(manifest.skipped or ())

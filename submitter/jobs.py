@@ -69,6 +69,7 @@ class Progress:
     attempts: int = 1
     bad_lines: int = 0
     error: str = ""  # why the split failed
+    refused: list[str] = field(default_factory=list)  # uploads under its id refused, and why
 
     @property
     def done(self) -> int:
@@ -110,6 +111,7 @@ class Progress:
         lines = [f"job {self.job_id}: {self.state}"
                  + (f" (attempt {self.attempts})" if self.attempts > 1 else "")]
         lines.append(f"  submitted  {when_text(self.submitted_at)}   from {self.source}")
+        lines += [f"  refused    {refused}" for refused in self.refused]
         if self.state == FAILED_SPLIT:
             lines.append(f"  error      {self.error}")
             return "\n".join(lines)
@@ -176,6 +178,7 @@ class ProgressReader:
         m = record.manifest
         progress = Progress(self.job_id, RUNNING, m.submitted_at, m.source, attempts=1 + len(
             record.retries), bad_lines=m.bad_line_count, error=m.error)
+        progress.refused = [f"{r.source}: {r.reason}" for r in record.refused]
         if m.status == REJECTED:
             progress.state = FAILED_SPLIT
             return progress
@@ -184,6 +187,7 @@ class ProgressReader:
             return progress
         progress.tasks = m.tasks
         latest = record.latest_attempts()
+        tasks = m.task_lines()
         statuses: dict[int, str] = {}
         ends: list[float] = []
         workers: set[str] = set()
@@ -192,7 +196,7 @@ class ProgressReader:
             unread = [k for k in keys if k not in self._completed]
             known = [k for k in keys if k in self._completed]
             for key in known:
-                self._count(self._completed[key], attempt, latest, statuses, ends)
+                self._count(self._completed[key], attempt, latest, statuses, ends, tasks)
             for key, claim in self.leases.lookup_many(unread).items():
                 results = self._results(key, claim)
                 if claim.outcome == COMPLETED:
@@ -200,7 +204,7 @@ class ProgressReader:
                 elif claim.outcome == IN_PROGRESS and claim.lease_expires >= now:
                     progress.running += 1
                     workers.add(claim.owner.split("/", 1)[0])
-                self._count(results, attempt, latest, statuses, ends)
+                self._count(results, attempt, latest, statuses, ends, tasks)
         self.statuses = statuses
         for status in statuses.values():
             if status == SUCCEEDED:
@@ -238,8 +242,11 @@ class ProgressReader:
             return []
 
     @staticmethod
-    def _count(results, attempt: int, latest: bytearray, statuses: dict, ends: list) -> None:
+    def _count(results, attempt: int, latest: bytearray, statuses: dict, ends: list,
+               tasks: bytearray) -> None:
         for line, status, end in results:
+            if not 0 < line < len(tasks) or not tasks[line]:
+                continue  # no task of the job: never counted
             if max(latest[line] if line < len(latest) else 0, 1) == attempt:
                 statuses[line] = status
                 ends.append(end)
@@ -404,7 +411,8 @@ def retry(deployment, job_id: str, statuses: tuple[str, ...], workload: str | No
     wanted = set(lines)
     source = workload or record.manifest.source
     submitted_at = time.time()
-    report = split(job_workload(deployment, source, NotIn(wanted)), job_id,
+    version = record.manifest.version_id if source == record.manifest.source else ""
+    report = split(job_workload(deployment, source, NotIn(wanted), version), job_id,
                    deployment.input_queue, deployment.output_queue.url, bundle_size, bundle_ms,
                    deployment.senders, attempt=attempt)
     if report.tasks != len(wanted):
@@ -419,16 +427,18 @@ def retry(deployment, job_id: str, statuses: tuple[str, ...], workload: str | No
     return done
 
 
-def job_workload(deployment, source: str, skip=None) -> Workload:
-    """The job's workload, from S3 or a local file, read with ``skip``."""
+def job_workload(deployment, source: str, skip=None, version_id: str = "") -> Workload:
+    """The job's workload, from S3 (the object version ``version_id``, the one split, if
+    the bucket keeps versions) or a local file, read with ``skip``."""
     if source.startswith("s3://"):
         from cloudkon.aws import call
 
         bucket, _, key = source[len("s3://"):].partition("/")
 
         def opener():
+            version = {"VersionId": version_id} if version_id else {}
             return call(f"read {source}", deployment.s3.get_object, Bucket=bucket,
-                        Key=key)["Body"]
+                        Key=key, **version)["Body"]
 
         return Workload(source, opener=opener, skip=skip)
     if not os.path.isfile(source):

@@ -49,6 +49,11 @@ class Manifest:
     skipped: list[list[int]] | None = field(default_factory=list)  # non-task runs; None: unknown
     error: str = ""  # why the job was REJECTED
     split_at: float = 0.0  # when the splitter started (the Lambda's start for an upload)
+    # The workload's identity: the SHA-256 of its bytes (hex; "" in records older than it),
+    # and for an upload the S3 object's ETag and version id ("" if the bucket keeps none).
+    digest: str = ""
+    etag: str = ""
+    version_id: str = ""
 
     @property
     def final(self) -> bool:
@@ -67,6 +72,21 @@ class Manifest:
         if manifest.status not in _STATUSES:
             raise CodecError(f"job manifest of unknown status {manifest.status!r}")
         return manifest
+
+    def same_workload(self, digest: str) -> bool:
+        """True if ``digest`` is this job's workload's: submitting it again is this job."""
+        return bool(self.digest) and self.digest == digest
+
+    def task_lines(self) -> bytearray:
+        """For each line number (the index), 1 if the line is a task of the job: from 1 to
+        the last task line, but the runs skipped (blank, comment, bad lines) where known."""
+        tasks = bytearray(b"\1") * (self.last_line + 1)
+        tasks[0] = 0
+        for first, last in self.skipped or ():
+            first, last = max(first, 1), min(last, self.last_line)
+            if first <= last:
+                tasks[first:last + 1] = bytes(last + 1 - first)
+        return tasks
 
     def done(self, **counts) -> Manifest:
         """This manifest as SUBMITTED with the counts given."""
@@ -93,12 +113,24 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class RefusedUpload:
+    """An upload under the job's id that the splitter refused (another workload), and why."""
+
+    source: str
+    digest: str
+    etag: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
 class JobRecord:
-    """A job's manifest with what operating it added: a cancel, retries."""
+    """A job's manifest with what operating it added: a cancel, retries, refused uploads."""
 
     manifest: Manifest
     cancelled_at: float | None = None
     retries: tuple[Retry, ...] = ()
+    refused: tuple[RefusedUpload, ...] = ()
 
     @property
     def job_id(self) -> str:
@@ -132,11 +164,21 @@ def _retries_to_json(retries: tuple[Retry, ...]) -> str:
     return json.dumps([asdict(r) for r in retries], separators=(",", ":"))
 
 
+def _refused_from_json(text: str) -> tuple[RefusedUpload, ...]:
+    try:
+        return tuple(RefusedUpload(**doc) for doc in json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise CodecError(f"not a list of refused uploads: {exc}") from None
+
+
 # Lines of one retry are kept as runs in the job's record, which is a DynamoDB item of at
 # most 400 KB: this many runs of [first, last] leave room for the manifest beside them.
 MAX_RETRY_RUNS = 20_000
 RETRIES_ATTRIBUTE = "retries"
 RETRY_COUNT_ATTRIBUTE = "retry_count"
+REFUSED_ATTRIBUTE = "refused_uploads"
+# The refused uploads a record keeps (the first ones): enough to tell what happened.
+MAX_REFUSED_UPLOADS = 10
 
 
 class DynamoManifests:
@@ -148,14 +190,47 @@ class DynamoManifests:
         self.table = table
         self.retention_seconds = retention_seconds  # then TTL may sweep the item
 
-    def start(self, manifest: Manifest) -> None:
-        """Record a SUBMITTING manifest unless the job already has one (a redelivery)."""
+    def start(self, manifest: Manifest) -> Manifest | None:
+        """Record a SUBMITTING manifest unless the job already has one; return the one it
+        has (a redelivery, a submit again, or another workload under the same id), or None
+        if this call recorded it."""
         try:
             call(f"table {self.table} (manifest of job {manifest.job_id})", self.client.put_item,
                  expected=("ConditionalCheckFailedException",), TableName=self.table,
                  Item=self._item(manifest), ConditionExpression=f"attribute_not_exists({KEY})")
         except ClientError:
-            pass  # recorded before, by an earlier delivery of the same upload
+            existing = self.load(manifest.job_id)
+            if existing is None:  # the record went between the two calls (TTL): try again
+                return self.start(manifest)
+            return existing
+        return None
+
+    def refuse_upload(self, job_id: str, refused: RefusedUpload) -> None:
+        """Record an upload refused under the job's id beside its manifest (the first
+        MAX_REFUSED_UPLOADS; the same upload delivered again once)."""
+        while True:
+            record = self.load_record(job_id)
+            if record is None or not _refusal_is_new(record, refused):
+                return
+            item = call(f"table {self.table} (refused upload of job {job_id})",
+                        self.client.get_item, TableName=self.table,
+                        Key={KEY: {"S": manifest_key(job_id)}}, ConsistentRead=True,
+                        ProjectionExpression=REFUSED_ATTRIBUTE).get("Item", {})
+            before = item.get(REFUSED_ATTRIBUTE)
+            text = json.dumps([asdict(r) for r in record.refused + (refused,)],
+                              separators=(",", ":"))
+            condition = (f"{REFUSED_ATTRIBUTE} = :before" if before
+                         else f"attribute_not_exists({REFUSED_ATTRIBUTE})")
+            values = {":refused": {"S": text}, **({":before": before} if before else {})}
+            try:
+                call(f"table {self.table} (refused upload of job {job_id})",
+                     self.client.update_item, expected=("ConditionalCheckFailedException",),
+                     TableName=self.table, Key={KEY: {"S": manifest_key(job_id)}},
+                     UpdateExpression=f"SET {REFUSED_ATTRIBUTE} = :refused",
+                     ConditionExpression=condition, ExpressionAttributeValues=values)
+                return
+            except ClientError:
+                continue  # another refusal was recorded in between: read it and add to it
 
     def save(self, manifest: Manifest) -> None:
         """Record the manifest, replacing the job's manifest (and keeping a cancel or
@@ -238,14 +313,22 @@ class DynamoManifests:
         }
 
 
+def _refusal_is_new(record: JobRecord, refused: RefusedUpload) -> bool:
+    """True if ``refused`` is to be added to the record's refused uploads."""
+    return len(record.refused) < MAX_REFUSED_UPLOADS and not any(
+        r.source == refused.source and r.digest == refused.digest for r in record.refused)
+
+
 def _record(item: dict | None) -> JobRecord | None:
     if item is None or "manifest" not in item:
         return None
     cancelled = item.get(CANCELLED_ATTRIBUTE)
     retries = item.get(RETRIES_ATTRIBUTE)
+    refused = item.get(REFUSED_ATTRIBUTE)
     return JobRecord(Manifest.from_json(item["manifest"]["S"]),
                      float(cancelled["N"]) if cancelled else None,
-                     _retries_from_json(retries["S"]) if retries else ())
+                     _retries_from_json(retries["S"]) if retries else (),
+                     _refused_from_json(refused["S"]) if refused else ())
 
 
 class MemoryManifests:
@@ -255,9 +338,17 @@ class MemoryManifests:
         self._records: dict[str, JobRecord] = {}
         self._lock = threading.Lock()
 
-    def start(self, manifest: Manifest) -> None:
+    def start(self, manifest: Manifest) -> Manifest | None:
         with self._lock:
-            self._records.setdefault(manifest.job_id, JobRecord(manifest))
+            old = self._records.setdefault(manifest.job_id, JobRecord(manifest))
+            return None if old.manifest is manifest else old.manifest
+
+    def refuse_upload(self, job_id: str, refused: RefusedUpload) -> None:
+        with self._lock:
+            old = self._records.get(job_id)
+            if old is None or not _refusal_is_new(old, refused):
+                return
+            self._records[job_id] = replace(old, refused=old.refused + (refused,))
 
     def save(self, manifest: Manifest) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -16,7 +17,7 @@ from cloudkon.model import FAILED, SUCCEEDED, ResultBundle
 from cloudkon.workload import Workload
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from submitter.collect import Collector
-from submitter.manifest import REJECTED, SUBMITTED, Manifest, MemoryManifests
+from submitter.manifest import REJECTED, SUBMITTED, SUBMITTING, Manifest, MemoryManifests
 from submitter.split import split
 from submitter.submit import submit_workload
 from worker.daemon import Worker
@@ -187,10 +188,17 @@ def test_a_bundle_sent_twice_runs_once_and_is_collected_once(write_workload, bro
     ran = tmp_path / "ran.txt"
     path = write_workload("".join(f"echo {n} >> {ran}\n" for n in range(1, 41)))
     manifests, leases = MemoryManifests(), MemoryLeaseStore()
-    for _ in range(2):  # the upload delivered twice
-        manifest = submit_workload(Workload(str(path)), "job-j", 1.0, broker.queue("input"),
-                                   "output", manifests, bundle_ms=1e9, bundle_size=7)
+    # The upload delivered twice, the first split dying after its sends, before its end.
+    first = submit_workload(Workload(str(path)), "job-j", 1.0, broker.queue("input"),
+                            "output", manifests, bundle_ms=1e9, bundle_size=7)
+    manifests.save(replace(first, status=SUBMITTING))
+    manifest = submit_workload(Workload(str(path)), "job-j", 1.0, broker.queue("input"),
+                               "output", manifests, bundle_ms=1e9, bundle_size=7)
     assert manifest.tasks == 40 and len(broker.queue("input")) == 2 * manifest.bundles
+    # Delivered once more after the split ended: the same job, nothing sent again.
+    assert submit_workload(Workload(str(path)), "job-j", 1.0, broker.queue("input"), "output",
+                           manifests, bundle_ms=1e9, bundle_size=7) == manifest
+    assert len(broker.queue("input")) == 2 * manifest.bundles
     worker = Worker(broker.queue("input"), broker, leases,
                     WorkerConfig(worker_id="w1", threads=3, wait_seconds=1, visibility_seconds=4))
     thread = threading.Thread(target=worker.run)

@@ -17,11 +17,11 @@ from clock import FakeClock
 from conftest import wait_until
 
 from cloudkon.backends import CLAIMED, COMPLETED, IN_PROGRESS
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from cloudkon.codec import decode_results, encode_bundle, pack_results, unpack_results
 from cloudkon.config import WorkerConfig
 from cloudkon.errors import AwsError
 from cloudkon.model import SUCCEEDED, Bundle, task_id
-from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from worker.daemon import Worker
 
 VISIBILITY = 30
@@ -43,12 +43,13 @@ class Harness:
     def send(self, bundle: Bundle, copies: int = 1) -> None:
         self.inbox.send_batch([encode_bundle(bundle, "out")] * copies)
 
-    def start(self, threads: int = 2, visibility: int = VISIBILITY, broker=None) -> Worker:
+    def start(self, threads: int = 2, visibility: int = VISIBILITY, broker=None,
+              clock=None) -> Worker:
         config = WorkerConfig(f"w{len(self.workers)}", threads=threads,
                               visibility_seconds=visibility, wait_seconds=0.2,
                               drain_seconds=30, liveness_seconds=600, task_timeout=60)
         worker = Worker(self.inbox, broker or self.broker, self.leases, config,
-                        clock=self.clock)
+                        clock=clock or self.clock)
         code: list[int] = []
         thread = threading.Thread(target=lambda: code.append(worker.run()), daemon=True)
         thread.start()

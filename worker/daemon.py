@@ -72,9 +72,9 @@ from cloudkon.executor import Executor, TaskHandle, signal_name
 from cloudkon.limits import (
     AWS_ERROR_PAUSE_SECONDS,
     HEARTBEAT_MAX_CONCURRENT,
+    JOB_STATE_CACHE_SECONDS,
     LEASE_GUARD_SHARE,
     LEASE_OBSERVATIONS_KEPT,
-    JOB_STATE_CACHE_SECONDS,
     LEASE_SHARE_OF_VISIBILITY,
     QUEUE_GONE_EXIT_SECONDS,
     SQS_MAX_BATCH,

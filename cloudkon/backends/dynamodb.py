@@ -111,10 +111,13 @@ class DynamoLeaseStore:
         update = ("SET lease_expires = :lease, lease_seconds = :seconds, rvn = :rvn,"
                   " expires_at = :ttl")
         values = {":lease": _number(now + lease_seconds), ":ttl": self._ttl(now),
-                  ":seconds": _number(lease_seconds), ":rvn": _rvn()}
+                  ":seconds": _number(lease_seconds), ":rvn": _rvn(), ":zero": {"N": "0"}}
+        # Not on a released lease: a late beat (a call that hung, then landed) must not
+        # take back what its owner gave up.
         return self._if_owner(f"heartbeat of bundle {key}", key, owner, update, values, results,
                               in_progress=True, client=self.beat_client,
-                              budget=lease_seconds * EXTEND_BUDGET_SHARE)
+                              budget=lease_seconds * EXTEND_BUDGET_SHARE,
+                              also="lease_expires <> :zero")
 
     def complete(self, key: str, owner: str, results: bytes, sent_at: float = 0.0) -> bool:
         now = self.clock()
@@ -165,8 +168,8 @@ class DynamoLeaseStore:
 
     def _if_owner(self, what: str, key: str, owner: str, update: str, values: dict,
                   results: bytes | None, in_progress: bool, client=None,
-                  budget: float | None = None) -> bool:
-        condition = "#owner = :me"
+                  budget: float | None = None, also: str = "") -> bool:
+        condition = "#owner = :me" + (f" AND {also}" if also else "")
         values = {**values, ":me": {"S": owner}}
         if in_progress:
             condition += " AND #status = :in_progress"

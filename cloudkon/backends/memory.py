@@ -245,7 +245,7 @@ class MemoryLeaseStore:
                   results: bytes | None = None) -> bool:
         with self._lock:
             lease = self._held(key, owner)
-            if lease is None:
+            if lease is None or lease.lease_expires == 0.0:  # released: a late beat
                 return False
             lease.lease_expires = self.clock() + lease_seconds
             lease.lease_seconds = lease_seconds

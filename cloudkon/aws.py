@@ -44,6 +44,7 @@ from cloudkon.errors import AwsError, CredentialsError, NotSetUpError
 from cloudkon.limits import (
     AWS_BACKOFF_BASE_SECONDS,
     AWS_BACKOFF_MAX_SECONDS,
+    AWS_BEAT_ATTEMPT_SECONDS,
     AWS_BEAT_CONNECT_TIMEOUT_SECONDS,
     AWS_BEAT_READ_TIMEOUT_SECONDS,
     AWS_CONNECT_TIMEOUT_SECONDS,
@@ -140,14 +141,16 @@ def call(what: str, operation: Callable[..., T], expected: Collection[str] = (),
          budget: float | None = None, **params: Any) -> T:
     """``operation(**params)``, retried while it fails transiently; ``what`` names it in logs
     and errors ("receive from queue cloudkon-input"). With a ``budget`` (seconds), no retry
-    starts that would end past it: a call that protects a deadline (a heartbeat) gives up in
-    time, its client's time-outs bounding each attempt. A ClientError whose code is in
+    starts that could end past it, an attempt taking up to AWS_BEAT_ATTEMPT_SECONDS (the
+    time-outs of a client made with ``beat=True``, which such a call must use): a call that
+    protects a deadline (a heartbeat) gives up in time. A ClientError whose code is in
     ``expected`` is raised as it is, for the caller to handle; every other failure becomes
     NotSetUpError, CredentialsError or AwsError."""
     retrying = _retrying
     if budget is not None:
-        retrying = _retrying.copy(stop=stop_after_attempt(AWS_MAX_ATTEMPTS)
-                                  | stop_before_delay(budget))
+        retrying = _retrying.copy(
+            stop=stop_after_attempt(AWS_MAX_ATTEMPTS)
+            | stop_before_delay(max(budget - AWS_BEAT_ATTEMPT_SECONDS, 0.0)))
     try:
         return retrying(_attempt, operation, params, _what=what)
     except ClientError as exc:

@@ -137,14 +137,16 @@ AWS_CONNECT_TIMEOUT_SECONDS = 5
 AWS_READ_TIMEOUT_SECONDS = SQS_LONG_POLL_SECONDS + 10
 
 # The heartbeat's calls (ChangeMessageVisibility, the lease's UpdateItem) go through clients
-# of their own with short time-outs: none of them waits like a long poll.
+# of their own with short time-outs: none of them waits like a long poll (they take tens of
+# milliseconds). One attempt takes at most their sum.
 AWS_BEAT_CONNECT_TIMEOUT_SECONDS = 2
-AWS_BEAT_READ_TIMEOUT_SECONDS = 5
+AWS_BEAT_READ_TIMEOUT_SECONDS = 4
+AWS_BEAT_ATTEMPT_SECONDS = AWS_BEAT_CONNECT_TIMEOUT_SECONDS + AWS_BEAT_READ_TIMEOUT_SECONDS
 
 # A call that extends a lease or a message's visibility gives up, retries included, within
-# this share of the time it extends them by: the beat's two calls then fit twice in a lease
-# (a beat every third of the visibility, the lease 0.9 of it), so one failed beat leaves
-# room for the next before the lease runs out.
+# this share of the time it extends them by (no retry starts that could end later, an
+# attempt taking up to AWS_BEAT_ATTEMPT_SECONDS): 9 s of a 54 s lease, 10 s of a 60 s
+# visibility, so that a beat's two calls end well within the beat interval (20 s).
 EXTEND_BUDGET_SHARE = 1 / 6
 
 # A worker counts its lease as gone this share of the lease before it expires by its own

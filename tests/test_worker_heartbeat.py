@@ -150,3 +150,64 @@ def test_clocks_5_minutes_apart_take_no_live_lease_and_a_dead_one_after_a_lease_
     assert harness.runs() == ["1"] and len(results["skew:1"]) == 1
     assert leases.lookup("skew#0").attempt == 2
     assert not leases.heartbeat("skew#0", "alive/1", VISIBILITY)  # the old holder: fenced
+
+
+class _Throttled:
+    """A boto3 client stand-in whose every call is throttled (a 503): what an AWS call on
+    the heartbeat path meets when AWS is in trouble; it counts the attempts."""
+
+    class exceptions:  # noqa: N801 - as boto3 names it
+        ConditionalCheckFailedException = type("ConditionalCheckFailedException",
+                                               (Exception,), {})
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def _throttled(self, **params):
+        from botocore.exceptions import ClientError
+
+        self.attempts += 1
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"},
+                           "ResponseMetadata": {"HTTPStatusCode": 503}}, "Call")
+
+    update_item = change_message_visibility = _throttled
+
+
+def test_the_heartbeats_aws_calls_give_up_within_their_share_of_the_lease():
+    from cloudkon import aws
+    from cloudkon.backends import Message
+    from cloudkon.backends.dynamodb import DynamoLeaseStore
+    from cloudkon.backends.sqs import SqsQueue
+    from cloudkon.config import AwsConfig
+    from cloudkon.errors import AwsError
+    from cloudkon.limits import (
+        AWS_BEAT_ATTEMPT_SECONDS,
+        AWS_BEAT_CONNECT_TIMEOUT_SECONDS,
+        AWS_BEAT_READ_TIMEOUT_SECONDS,
+        DEFAULT_VISIBILITY_SECONDS,
+        EXTEND_BUDGET_SHARE,
+        LEASE_SHARE_OF_VISIBILITY,
+    )
+
+    beat = _Throttled()
+    leases = DynamoLeaseStore(_Throttled(), "t", beat_client=beat)
+    queue = SqsQueue(_Throttled(), "https://sqs.example/1/q", beat_client=beat)
+    # A budget of 7 s for each call (where other calls retry for a minute): retries start
+    # only within its first second, an attempt taking up to 6 s on the beat's clients.
+    lease = (AWS_BEAT_ATTEMPT_SECONDS + 1) / EXTEND_BUDGET_SHARE
+    for extend in (lambda: leases.heartbeat("job#0", "a", lease),
+                   lambda: queue.extend(Message("m", "", "r", 1), round(lease))):
+        started, before = time.monotonic(), beat.attempts
+        with pytest.raises(AwsError, match="ThrottlingException"):
+            extend()
+        assert time.monotonic() - started <= 1 + 0.5
+        assert beat.attempts - before >= 2  # retried, within the budget
+    # Each attempt is bounded by the short time-outs of the beat's clients, and fits the
+    # budget of a default lease.
+    client = aws.client("sqs", AwsConfig(region="us-east-1"), beat=True)
+    assert client.meta.config.read_timeout == AWS_BEAT_READ_TIMEOUT_SECONDS
+    assert client.meta.config.connect_timeout == AWS_BEAT_CONNECT_TIMEOUT_SECONDS
+    default_lease = DEFAULT_VISIBILITY_SECONDS * LEASE_SHARE_OF_VISIBILITY
+    assert AWS_BEAT_ATTEMPT_SECONDS < default_lease * EXTEND_BUDGET_SHARE
+    # Both calls of a beat, at their worst, end within the beat interval.
+    assert 2 * DEFAULT_VISIBILITY_SECONDS * EXTEND_BUDGET_SHARE <= DEFAULT_VISIBILITY_SECONDS / 3

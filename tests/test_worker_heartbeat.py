@@ -99,8 +99,9 @@ def test_a_hung_heartbeat_ends_its_bundle_and_gives_the_lease_up_while_others_be
 
 
 def test_the_heartbeat_keeps_up_with_1024_bundles_on_a_slow_store(harness):
-    # (CloudKon's `sleep N` is in milliseconds.) Each beat's lease write takes 50 ms: one after the other, 1,024 take 51 s, longer
-    # than a lease; on the beat pool every bundle is beaten within the interval.
+    # Each beat's lease write takes 50 ms: one after the other, 1,024 take 51 s, longer
+    # than a lease; on the beat pool every bundle is beaten within the interval. (The tasks
+    # are CloudKon's `sleep N`, in milliseconds: a minute.)
     harness.leases = SlowLeaseStore(harness.clock, delay=0.05)
     n, visibility = 1024, 6  # a beat every 2 s, a lease of 5.4 s
     bundles = [Bundle("many", seq, [(seq + 1, "sleep 60000")]) for seq in range(n)]

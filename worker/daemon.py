@@ -11,10 +11,10 @@ passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
   worker holds starts at once); it keeps one, hands the rest to idle threads and the
   receiving to the next idle one. A thread that finishes a bundle while messages wait
   takes the next without waking anyone. Each bundle thread follows the protocol of
-  docs/design.md (section 5): claim the bundle's lease (one conditional write; a lease held by another
-  worker is taken over only after the worker has seen its record version unchanged for a
-  lease's duration, by its own clock), run its
-  tasks with the shared :class:`~cloudkon.executor.Executor`, store the results with
+  docs/design.md (section 5): claim the bundle's lease (one conditional write; a lease
+  held by another worker is taken over only after this worker has seen its record version
+  unchanged for a lease's duration, by its own clock), run its tasks with the shared
+  :class:`~cloudkon.executor.Executor`, store the results with
   COMPLETED, send them, delete the message. A bundle found COMPLETED is replayed (its
   stored results sent again), not run; one whose lease is live elsewhere is left for later;
 - the heartbeat thread schedules, for each running bundle whose beat is due, one beat on a

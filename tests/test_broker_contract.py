@@ -285,6 +285,30 @@ def test_release_lets_anyone_claim_at_once_and_keeps_results(leases):
     assert (taken.outcome, taken.results) == (CLAIMED, b"half")
 
 
+def test_a_lease_of_a_worker_before_record_versions_is_taken_over_after_a_watch(dynamodb):
+    # A fleet upgraded in place: an item without rvn, as an older worker claims it.
+    from cloudkon.backends.dynamodb import DynamoLeaseStore
+    from cloudkon.backends.resources import _ensure_table
+
+    table = f"c{uuid.uuid4().hex[:10]}-leases"
+    _ensure_table(dynamodb, table)
+    store = DynamoLeaseStore(dynamodb, table)
+    dynamodb.put_item(TableName=table, Item={
+        "pk": {"S": "job#0"}, "status": {"S": IN_PROGRESS}, "owner": {"S": "old/1"},
+        "lease_expires": {"N": "1800000000.000000"}, "attempts": {"N": "1"}})
+    seen = store.claim("job#0", "new", LEASE)
+    assert seen.outcome == BUSY and seen.rvn
+    # Its old holder beats (a new lease_expires): the version watched is gone.
+    dynamodb.update_item(TableName=table, Key={"pk": {"S": "job#0"}},
+                         UpdateExpression="SET lease_expires = :l",
+                         ExpressionAttributeValues={":l": {"N": "1800000020.000000"}})
+    assert store.claim("job#0", "new", LEASE, seen=seen.rvn).outcome == BUSY
+    seen = store.claim("job#0", "new", LEASE)
+    taken = store.claim("job#0", "new", LEASE, seen=seen.rvn)
+    assert (taken.outcome, taken.owner, taken.attempt) == (CLAIMED, "new", 2)
+    assert not taken.rvn.startswith("lease_expires=")
+
+
 def test_a_late_heartbeat_does_not_take_back_a_released_lease(leases):
     store, _ = leases
     store.claim("job#0", "a", LEASE)

@@ -82,7 +82,10 @@ class DynamoLeaseStore:
                   ":lease": _number(now + lease_seconds), ":ttl": self._ttl(now),
                   ":one": {"N": "1"}, ":zero": {"N": "0"}, ":rvn": _rvn(),
                   ":seconds": _number(lease_seconds)}
-        if seen:
+        if seen.startswith(_LEGACY):  # an item of a worker before record versions
+            condition += " OR (attribute_not_exists(rvn) AND lease_expires = :seen)"
+            values[":seen"] = {"N": seen[len(_LEGACY):]}
+        elif seen:
             condition += " OR rvn = :seen"
             values[":seen"] = {"S": seen}
         try:
@@ -201,6 +204,11 @@ def _number(value: float) -> dict:
     return {"N": f"{value:.6f}"}
 
 
+# The version of an item written by a worker older than record versions: its lease_expires
+# as written, which each of its heartbeats changed (so a fleet can be upgraded in place).
+_LEGACY = "lease_expires="
+
+
 def _rvn() -> dict:
     """A new record version: random, so that no two writers ever pick the same."""
     return {"S": os.urandom(8).hex()}
@@ -213,7 +221,8 @@ def _claim(item: dict, outcome: str) -> Claim:
                  bytes(results) if results is not None else None,
                  int(item.get("attempts", {}).get("N", "0")),
                  float(item.get("sent_at", {}).get("N", "0")),
-                 item.get("rvn", {}).get("S", ""),
+                 item.get("rvn", {}).get("S")
+                 or _LEGACY + item.get("lease_expires", {}).get("N", "0"),
                  float(item.get("lease_seconds", {}).get("N", "0")))
 
 

@@ -64,9 +64,28 @@ def gated(tmp_path, line: int) -> tuple[int, str]:
                   f" /bin/sleep 0.05; done; echo e{line} >> {tmp_path / 'runs'}")
 
 
-def test_a_hung_heartbeat_ends_its_bundle_and_gives_the_lease_up_while_others_beat(harness):
+def hang_first_extend(harness: Harness, job_id: str, unhang: threading.Event) -> None:
+    """Make the first extend (ChangeMessageVisibility) of the message of job ``job_id``
+    hang until ``unhang`` is set."""
+    extend, hung = harness.inbox.extend, []
+
+    def hanging(message, seconds):
+        if f'"{job_id}"' in str(message.body) and not hung:
+            hung.append(message)
+            unhang.wait(60)
+        return extend(message, seconds)
+
+    harness.inbox.extend = hanging
+
+
+@pytest.mark.parametrize("hanging", ["lease store", "queue"])
+def test_a_hung_heartbeat_ends_its_bundle_and_gives_the_lease_up_while_others_beat(
+        harness, hanging):
     tmp = harness.tmp_path
-    harness.leases = SlowLeaseStore(harness.clock, hang={"hung#0"})
+    harness.leases = SlowLeaseStore(harness.clock,
+                                    hang={"hung#0"} if hanging == "lease store" else set())
+    if hanging == "queue":
+        hang_first_extend(harness, "hung", harness.leases.unhang)
     bundles = [Bundle("hung", 0, [gated(tmp, 1)]), Bundle("ok", 0, [gated(tmp, 2)]),
                Bundle("ok", 1, [gated(tmp, 3)])]
     for b in bundles:

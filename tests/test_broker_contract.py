@@ -234,7 +234,7 @@ def test_heartbeat_changes_the_record_version_so_a_watcher_cannot_take_over(leas
 
 
 def test_expired_lease_is_taken_over_with_the_results_stored_so_far(leases):
-    store, clock = leases
+    store, _ = leases
     store.claim("job#0", "a", LEASE)
     assert store.heartbeat("job#0", "a", LEASE, b"finished-1")
     seen = store.claim("job#0", "b", LEASE)

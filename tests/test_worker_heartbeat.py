@@ -176,7 +176,7 @@ class _Throttled:
     """A boto3 client stand-in whose every call is throttled (a 503): what an AWS call on
     the heartbeat path meets when AWS is in trouble; it counts the attempts."""
 
-    class exceptions:  # noqa: N801 - as boto3 names it
+    class exceptions:  # as boto3 names it
         ConditionalCheckFailedException = type("ConditionalCheckFailedException",
                                                (Exception,), {})
 

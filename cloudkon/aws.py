@@ -35,6 +35,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -43,6 +44,9 @@ from cloudkon.errors import AwsError, CredentialsError, NotSetUpError
 from cloudkon.limits import (
     AWS_BACKOFF_BASE_SECONDS,
     AWS_BACKOFF_MAX_SECONDS,
+    AWS_BEAT_ATTEMPT_SECONDS,
+    AWS_BEAT_CONNECT_TIMEOUT_SECONDS,
+    AWS_BEAT_READ_TIMEOUT_SECONDS,
     AWS_CONNECT_TIMEOUT_SECONDS,
     AWS_MAX_ATTEMPTS,
     AWS_READ_TIMEOUT_SECONDS,
@@ -134,13 +138,21 @@ def _attempt(operation: Callable[..., T], params: dict, _what: str) -> T:
 
 
 def call(what: str, operation: Callable[..., T], expected: Collection[str] = (),
-         **params: Any) -> T:
+         budget: float | None = None, **params: Any) -> T:
     """``operation(**params)``, retried while it fails transiently; ``what`` names it in logs
-    and errors ("receive from queue cloudkon-input"). A ClientError whose code is in
+    and errors ("receive from queue cloudkon-input"). With a ``budget`` (seconds), no retry
+    starts that could end past it, an attempt taking up to AWS_BEAT_ATTEMPT_SECONDS (the
+    time-outs of a client made with ``beat=True``, which such a call must use): a call that
+    protects a deadline (a heartbeat) gives up in time. A ClientError whose code is in
     ``expected`` is raised as it is, for the caller to handle; every other failure becomes
     NotSetUpError, CredentialsError or AwsError."""
+    retrying = _retrying
+    if budget is not None:
+        retrying = _retrying.copy(
+            stop=stop_after_attempt(AWS_MAX_ATTEMPTS)
+            | stop_before_delay(max(budget - AWS_BEAT_ATTEMPT_SECONDS, 0.0)))
     try:
-        return _retrying(_attempt, operation, params, _what=what)
+        return retrying(_attempt, operation, params, _what=what)
     except ClientError as exc:
         code = error_code(exc)
         if code in expected or exc.response.get("Error", {}).get("Code") in expected:
@@ -170,12 +182,14 @@ def translate(exc: Exception, what: str) -> Exception:
     return AwsError(f"{what}: {exc}{gave_up}")
 
 
-def client(service: str, config: AwsConfig, max_connections: int = 10):
-    """A boto3 client for ``service`` as the configuration says, without botocore retries."""
+def client(service: str, config: AwsConfig, max_connections: int = 10, beat: bool = False):
+    """A boto3 client for ``service`` as the configuration says, without botocore retries;
+    ``beat``: with the short time-outs of the heartbeat's calls (no long poll), so that a
+    hung call fails in time to be retried within the lease it extends."""
     botocore_config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=AWS_CONNECT_TIMEOUT_SECONDS,
-        read_timeout=AWS_READ_TIMEOUT_SECONDS,
+        connect_timeout=AWS_BEAT_CONNECT_TIMEOUT_SECONDS if beat else AWS_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=AWS_BEAT_READ_TIMEOUT_SECONDS if beat else AWS_READ_TIMEOUT_SECONDS,
         max_pool_connections=max_connections,
     )
     try:
@@ -187,12 +201,12 @@ def client(service: str, config: AwsConfig, max_connections: int = 10):
         raise CredentialsError(f"AWS configuration: {exc}") from exc
 
 
-def sqs_client(config: AwsConfig, max_connections: int = 10):
-    return client("sqs", config, max_connections)
+def sqs_client(config: AwsConfig, max_connections: int = 10, beat: bool = False):
+    return client("sqs", config, max_connections, beat)
 
 
-def dynamodb_client(config: AwsConfig, max_connections: int = 10):
-    return client("dynamodb", config, max_connections)
+def dynamodb_client(config: AwsConfig, max_connections: int = 10, beat: bool = False):
+    return client("dynamodb", config, max_connections, beat)
 
 
 def s3_client(config: AwsConfig):

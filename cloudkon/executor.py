@@ -36,11 +36,22 @@ _POLL_SECONDS = 0.25
 _DRAIN_SECONDS = 0.1
 
 
+class TaskHandle:
+    """What :meth:`Executor.end` ends: the tasks run under it (one bundle's), and no more
+    of them start. Made by the caller, passed to ``run_bundle``."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = False
+
+
 class Executor:
     """Runs tasks; safe to share between threads. ``cancel()`` ends every running task,
-    ``cancel_job(job_id)`` those of one job. ``task_env``: the names of the variables
-    tasks get besides the base ones (:func:`cloudkon.taskenv.task_environ`); None: this
-    process's whole environment. ``close()`` when done (it ends the guardian)."""
+    ``cancel_job(job_id)`` those of one job, ``end(handle)`` those of one bundle.
+    ``task_env``: the names of the variables tasks get besides the base ones
+    (:func:`cloudkon.taskenv.task_environ`); None: this process's whole environment.
+    ``close()`` when done (it ends the guardian)."""
 
     def __init__(self, timeout: float | None, tail_bytes: int = DEFAULT_TAIL_BYTES,
                  task_env: tuple[str, ...] | None = None) -> None:
@@ -48,7 +59,8 @@ class Executor:
         self.tail_bytes = tail_bytes
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._running: dict[int, str] = {}  # pid (= process group id) -> job id, running tasks
+        # pid (= process group id) -> (job id, handle), of running tasks
+        self._running: dict[int, tuple[str, TaskHandle | None]] = {}
         self._cancelled_jobs: set[str] = set()
         # Encoded once: Popen would encode every variable again for every task.
         self._env: dict[bytes, bytes] = task_environ(task_env)
@@ -76,19 +88,29 @@ class Executor:
         a task of the job ended so, or started later, is ``cancelled`` (not a result)."""
         with self._lock:
             self._cancelled_jobs.add(job_id)
-            for pid, job in self._running.items():
+            for pid, (job, _) in self._running.items():
                 if job == job_id:
                     _kill_group(pid, signal.SIGKILL)
 
-    def _ended(self, job_id: str) -> bool:
-        return self._cancelled.is_set() or job_id in self._cancelled_jobs
+    def end(self, handle: TaskHandle) -> None:
+        """Stop the running task run under ``handle`` now (SIGKILL to its process group);
+        it has no result (``cancelled``), and no task starts under ``handle`` any more."""
+        with self._lock:
+            handle.ended = True
+            for pid, (_, h) in self._running.items():
+                if h is handle:
+                    _kill_group(pid, signal.SIGKILL)
+
+    def _ended(self, job_id: str, handle: TaskHandle | None = None) -> bool:
+        return (self._cancelled.is_set() or job_id in self._cancelled_jobs
+                or (handle is not None and handle.ended))
 
     def run_bundle(self, job_id: str, tasks: list[tuple[int, str]], results: list[tuple],
-                   stop: Callable[[], bool]) -> bool:
+                   stop: Callable[[], bool], handle: TaskHandle | None = None) -> bool:
         """Run a bundle's (line, command) tasks in order, appending each result (a tuple
         laid out as Result) to ``results`` as it finishes, so another thread sees it at once.
         Before each task that takes time ``stop()`` is asked; a task ended by ``cancel()``
-        has no result. True if every task ran."""
+        (or by ``end(handle)``) has no result. True if every task ran."""
         append = results.append
         cached_ms = SLEEP_CACHE.get
         clock = time.time
@@ -102,20 +124,22 @@ class Executor:
                 continue
             if cancelled() or stop():
                 return False
-            result = run(job_id, line, command)
+            result = run(job_id, line, command, handle)
             if result[2] == CANCELLED:
                 return False  # not a result: the task runs again, here or elsewhere
             append(result)
         return True
 
-    def run(self, job_id: str, line: int, command: str) -> tuple:
+    def run(self, job_id: str, line: int, command: str,
+            handle: TaskHandle | None = None) -> tuple:
         """Run one task to its end; return its result as a tuple laid out as Result."""
         ms = sleep_ms(command)
         if ms is not None:
-            return self._sleep(job_id, line, command, ms)
-        return self._shell(job_id, line, command)
+            return self._sleep(job_id, line, command, ms, handle)
+        return self._shell(job_id, line, command, handle)
 
-    def _sleep(self, job_id: str, line: int, command: str, ms: float) -> tuple:
+    def _sleep(self, job_id: str, line: int, command: str, ms: float,
+               handle: TaskHandle | None = None) -> tuple:
         start = time.time()
         status = SUCCEEDED
         if ms:
@@ -125,17 +149,19 @@ class Executor:
             # In slices, so that a cancel of the job (no event of its own) is seen too.
             until = time.monotonic() + seconds
             while (left := until - time.monotonic()) > 0:
-                if self._cancelled.wait(min(left, _POLL_SECONDS)) or self._ended(job_id):
+                if self._cancelled.wait(min(left, _POLL_SECONDS)) or \
+                        self._ended(job_id, handle):
                     status = CANCELLED
                     break
-        elif self._ended(job_id):
+        elif self._ended(job_id, handle):
             status = CANCELLED
         return (line, command, status, 0 if status == SUCCEEDED else None, None,
                 start, time.time(), "", "")
 
-    def _shell(self, job_id: str, line: int, command: str) -> tuple:
+    def _shell(self, job_id: str, line: int, command: str,
+               handle: TaskHandle | None = None) -> tuple:
         start = time.time()
-        if self._ended(job_id):
+        if self._ended(job_id, handle):
             return (line, command, CANCELLED, None, None, start, start, "", "")
         ids = {b"CLOUDKON_JOB_ID": job_id.encode(),
                b"CLOUDKON_TASK_ID": task_id(job_id, line).encode(),
@@ -159,8 +185,8 @@ class Executor:
         pid = proc.pid
         self._guardian.watch(pid)
         with self._lock:
-            self._running[pid] = job_id
-        if self._ended(job_id):  # a cancel came while it started, and missed it
+            self._running[pid] = (job_id, handle)
+        if self._ended(job_id, handle):  # a cancel came while it started, and missed it
             _kill_group(pid, signal.SIGKILL)
         try:
             stdout, stderr, timed_out = self._wait(pid, proc.stdout, proc.stderr)
@@ -181,7 +207,7 @@ class Executor:
             code = None
         if timed_out:
             status = TIMED_OUT
-        elif self._ended(job_id) and code != 0:
+        elif self._ended(job_id, handle) and code != 0:
             status = CANCELLED
         else:
             status = SUCCEEDED if code == 0 else FAILED

@@ -136,6 +136,32 @@ AWS_BACKOFF_MAX_SECONDS = 20.0
 AWS_CONNECT_TIMEOUT_SECONDS = 5
 AWS_READ_TIMEOUT_SECONDS = SQS_LONG_POLL_SECONDS + 10
 
+# The heartbeat's calls (ChangeMessageVisibility, the lease's UpdateItem) go through clients
+# of their own with short time-outs: none of them waits like a long poll (they take tens of
+# milliseconds). One attempt takes at most their sum.
+AWS_BEAT_CONNECT_TIMEOUT_SECONDS = 2
+AWS_BEAT_READ_TIMEOUT_SECONDS = 4
+AWS_BEAT_ATTEMPT_SECONDS = AWS_BEAT_CONNECT_TIMEOUT_SECONDS + AWS_BEAT_READ_TIMEOUT_SECONDS
+
+# A call that extends a lease or a message's visibility gives up, retries included, within
+# this share of the time it extends them by (no retry starts that could end later, an
+# attempt taking up to AWS_BEAT_ATTEMPT_SECONDS): 9 s of a 54 s lease, 10 s of a 60 s
+# visibility, so that a beat's two calls end well within the beat interval (20 s).
+EXTEND_BUDGET_SHARE = 1 / 6
+
+# A worker counts its lease as gone this share of the lease before it expires by its own
+# reckoning (from when the last beat that landed was sent): then it ends the bundle's
+# running task and gives the lease up, before anyone else could take it over.
+LEASE_GUARD_SHARE = 0.1
+
+# Heartbeats of different bundles run on a pool of this many threads at most (fewer with
+# fewer bundle threads): a slow call delays only its own bundle's beat.
+HEARTBEAT_MAX_CONCURRENT = 32
+
+# Leases a worker watches for a takeover (a record version seen, and since when, per key)
+# at most; then the memory starts afresh, which only delays takeovers.
+LEASE_OBSERVATIONS_KEPT = 4096
+
 # The most tasks one bundle message may carry. Its results must fit one lease item (above)
 # even with their output cut away: a few bytes each, packed, so ten thousand leave room.
 MAX_BUNDLE_TASKS = 10000

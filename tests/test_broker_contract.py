@@ -16,8 +16,8 @@ from clock import FakeClock
 from conftest import wait_until
 
 from cloudkon.backends import BUSY, CLAIMED, COMPLETED, IN_PROGRESS, JOB_ACTIVE, JOB_CANCELLED
-from cloudkon.errors import NotSetUpError
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
+from cloudkon.errors import NotSetUpError
 
 
 class QueueBackend:
@@ -222,31 +222,49 @@ def test_a_claim_retried_by_its_owner_is_still_its_own(leases):
     assert store.claim("job#0", "a", LEASE).outcome == CLAIMED
 
 
-def test_heartbeat_extends_the_lease(leases):
+def test_heartbeat_changes_the_record_version_so_a_watcher_cannot_take_over(leases):
     store, clock = leases
-    store.claim("job#0", "a", LEASE)
-    clock.advance(LEASE - 5)
+    first = store.claim("job#0", "a", LEASE)
+    busy = store.claim("job#0", "b", LEASE)
+    assert (busy.outcome, busy.rvn, busy.lease_seconds) == (BUSY, first.rvn, LEASE)
     assert store.heartbeat("job#0", "a", LEASE)
-    clock.advance(LEASE - 5)  # past the first lease, within the extended one
-    assert store.claim("job#0", "b", LEASE).outcome == BUSY
-    clock.advance(10)
-    assert store.claim("job#0", "b", LEASE).outcome == CLAIMED
+    clock.advance(LEASE * 10)  # no clock decides: the version the watcher saw is gone
+    assert store.claim("job#0", "b", LEASE, seen=first.rvn).outcome == BUSY
+    assert store.lookup("job#0").owner == "a"
 
 
 def test_expired_lease_is_taken_over_with_the_results_stored_so_far(leases):
-    store, clock = leases
+    store, _ = leases
     store.claim("job#0", "a", LEASE)
     assert store.heartbeat("job#0", "a", LEASE, b"finished-1")
-    clock.advance(LEASE + 1)
-    taken = store.claim("job#0", "b", LEASE)
+    seen = store.claim("job#0", "b", LEASE)
+    assert seen.outcome == BUSY and seen.rvn
+    taken = store.claim("job#0", "b", LEASE, seen=seen.rvn)
     assert (taken.outcome, taken.owner, taken.attempt, taken.results) == \
         (CLAIMED, "b", 2, b"finished-1")
+    assert taken.rvn != seen.rvn
     # The old owner is fenced off: nothing it writes lands any more.
     assert not store.heartbeat("job#0", "a", LEASE, b"stale")
     assert not store.complete("job#0", "a", b"stale")
     store.release("job#0", "a")
     assert store.lookup("job#0").owner == "b"
     assert store.claim("job#0", "c", LEASE).outcome == BUSY
+    assert store.claim("job#0", "c", LEASE, seen=seen.rvn).outcome == BUSY  # a stale version
+
+
+def test_a_claimers_clock_hours_ahead_takes_no_live_lease(leases):
+    # Both stores take the writer's clock: a holder 5 minutes behind, a claimer 5 minutes
+    # ahead, as two machines apart. Only record versions decide.
+    store, clock = leases
+    store.clock = lambda: clock() - 300
+    store.claim("job#0", "a", LEASE)
+    store.clock = lambda: clock() + 300
+    assert store.claim("job#0", "b", LEASE).outcome == BUSY
+    store.clock = lambda: clock() - 300
+    assert store.heartbeat("job#0", "a", LEASE)
+    store.clock = lambda: clock() + 300
+    assert store.claim("job#0", "b", LEASE).outcome == BUSY
+    assert store.lookup("job#0").owner == "a"
 
 
 def test_completed_key_is_never_claimed_again_and_keeps_its_results(leases):
@@ -265,6 +283,39 @@ def test_release_lets_anyone_claim_at_once_and_keeps_results(leases):
     store.release("job#0", "a", b"half")
     taken = store.claim("job#0", "b", LEASE)
     assert (taken.outcome, taken.results) == (CLAIMED, b"half")
+
+
+def test_a_lease_of_a_worker_before_record_versions_is_taken_over_after_a_watch(dynamodb):
+    # A fleet upgraded in place: an item without rvn, as an older worker claims it.
+    from cloudkon.backends.dynamodb import DynamoLeaseStore
+    from cloudkon.backends.resources import _ensure_table
+
+    table = f"c{uuid.uuid4().hex[:10]}-leases"
+    _ensure_table(dynamodb, table)
+    store = DynamoLeaseStore(dynamodb, table)
+    dynamodb.put_item(TableName=table, Item={
+        "pk": {"S": "job#0"}, "status": {"S": IN_PROGRESS}, "owner": {"S": "old/1"},
+        "lease_expires": {"N": "1800000000.000000"}, "attempts": {"N": "1"}})
+    seen = store.claim("job#0", "new", LEASE)
+    assert seen.outcome == BUSY and seen.rvn
+    # Its old holder beats (a new lease_expires): the version watched is gone.
+    dynamodb.update_item(TableName=table, Key={"pk": {"S": "job#0"}},
+                         UpdateExpression="SET lease_expires = :l",
+                         ExpressionAttributeValues={":l": {"N": "1800000020.000000"}})
+    assert store.claim("job#0", "new", LEASE, seen=seen.rvn).outcome == BUSY
+    seen = store.claim("job#0", "new", LEASE)
+    taken = store.claim("job#0", "new", LEASE, seen=seen.rvn)
+    assert (taken.outcome, taken.owner, taken.attempt) == (CLAIMED, "new", 2)
+    assert not taken.rvn.startswith("lease_expires=")
+
+
+def test_a_late_heartbeat_does_not_take_back_a_released_lease(leases):
+    store, _ = leases
+    store.claim("job#0", "a", LEASE)
+    store.release("job#0", "a", b"half")
+    assert not store.heartbeat("job#0", "a", LEASE)  # a call that hung, landing at last
+    assert store.lookup("job#0").lease_expires == 0
+    assert store.claim("job#0", "b", LEASE).outcome == CLAIMED
 
 
 def test_release_by_someone_not_holding_the_key_does_nothing(leases):

@@ -17,11 +17,11 @@ from clock import FakeClock
 from conftest import wait_until
 
 from cloudkon.backends import CLAIMED, COMPLETED, IN_PROGRESS
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from cloudkon.codec import decode_results, encode_bundle, pack_results, unpack_results
 from cloudkon.config import WorkerConfig
 from cloudkon.errors import AwsError
 from cloudkon.model import SUCCEEDED, Bundle, task_id
-from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from worker.daemon import Worker
 
 VISIBILITY = 30
@@ -43,11 +43,13 @@ class Harness:
     def send(self, bundle: Bundle, copies: int = 1) -> None:
         self.inbox.send_batch([encode_bundle(bundle, "out")] * copies)
 
-    def start(self, threads: int = 2, visibility: int = VISIBILITY, broker=None) -> Worker:
+    def start(self, threads: int = 2, visibility: int = VISIBILITY, broker=None,
+              clock=None) -> Worker:
         config = WorkerConfig(f"w{len(self.workers)}", threads=threads,
                               visibility_seconds=visibility, wait_seconds=0.2,
                               drain_seconds=30, liveness_seconds=600, task_timeout=60)
-        worker = Worker(self.inbox, broker or self.broker, self.leases, config)
+        worker = Worker(self.inbox, broker or self.broker, self.leases, config,
+                        clock=clock or self.clock)
         code: list[int] = []
         thread = threading.Thread(target=lambda: code.append(worker.run()), daemon=True)
         thread.start()
@@ -207,6 +209,11 @@ def test_expired_lease_is_taken_over_and_only_unfinished_tasks_run(harness):
     assert harness.leases.heartbeat("take#0", "dead/1", VISIBILITY, first)
     harness.clock.advance(VISIBILITY + 1)
     worker = harness.start()
+    # The lease's expiry by the dead worker's clock says nothing here: the worker watches
+    # its record version for a lease's duration by its own clock, then takes it over.
+    wait_until(lambda: worker.counts["busy"] == 1, what="the lease found held")
+    assert harness.runs() == []
+    harness.clock.advance(VISIBILITY + 1)
     results = harness.collect(ids_of(bundle))
     assert harness.runs() == ["2", "3"]
     assert results["take:1"][0][7] == "by the first\n"
@@ -308,12 +315,14 @@ def test_worker_that_lost_its_lease_drops_its_results(harness):
     harness.send(bundle)
     worker = harness.start(threads=1, visibility=3)  # a heartbeat every second
     wait_until(lambda: harness.runs() == ["1"], what="task started")
-    # The worker stalls past its lease (a long GC pause, a partition): another takes over.
-    harness.clock.advance(60)
-    assert harness.leases.claim("fenced#0", "thief/1", VISIBILITY).outcome == CLAIMED
-    gate.touch()
-    # Found by the next heartbeat or by the completion, whichever comes first: both fenced.
+    # Another claimer took it over (as after watching its record version stand still).
+    wait_until(lambda: harness.leases.claim(
+        "fenced#0", "thief/1", VISIBILITY, harness.leases.lookup("fenced#0").rvn
+    ).outcome == CLAIMED, what="the lease taken over")
+    # Found by the next heartbeat, which ends the task (without the gate), or by the
+    # completion, whichever comes first: both fenced.
     wait_until(lambda: worker.counts["lost"] == 1, what="lease lost")
+    gate.touch()
     assert harness.leases.lookup("fenced#0").owner == "thief/1"
     assert harness.leases.lookup("fenced#0").outcome == IN_PROGRESS
     assert harness.outbox.visible() == 0

@@ -13,6 +13,7 @@ from cloudkon.backends.sqs import SqsBroker
 from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig, WorkerConfig
 from cloudkon.errors import NotSetUpError
+from cloudkon.limits import HEARTBEAT_MAX_CONCURRENT
 from cloudkon.metrics import EmfMetrics
 from worker.daemon import Worker
 
@@ -43,10 +44,14 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
         except NotSetUpError as exc:
             raise resources.not_set_up(deployment, exc) from None
     connections = config.threads + _EXTRA_CONNECTIONS
-    broker = SqsBroker(aws.sqs_client(deployment, connections), batch_size)
+    # The heartbeat's calls go through clients of their own, with short time-outs.
+    beats = min(config.threads, HEARTBEAT_MAX_CONCURRENT) + _EXTRA_CONNECTIONS
+    broker = SqsBroker(aws.sqs_client(deployment, connections), batch_size,
+                       beat_client=aws.sqs_client(deployment, beats, beat=True))
     inbox = broker.queue(deployment.input_queue, dead_letter=deployment.dead_letter_queue)
     dynamodb = aws.dynamodb_client(deployment, connections)
-    leases = DynamoLeaseStore(dynamodb, deployment.lease_table)
+    leases = DynamoLeaseStore(dynamodb, deployment.lease_table,
+                              beat_client=aws.dynamodb_client(deployment, beats, beat=True))
     registry = DynamoWorkerRegistry(dynamodb, deployment.lease_table)
     metrics = (EmfMetrics(logs.metrics_writer(), deployment.input_queue, config.worker_id)
                if config.emf_metrics else None)

@@ -11,12 +11,19 @@ passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
   worker holds starts at once); it keeps one, hands the rest to idle threads and the
   receiving to the next idle one. A thread that finishes a bundle while messages wait
   takes the next without waking anyone. Each bundle thread follows the protocol of
-  docs/design.md (section 5): claim the bundle's lease (one conditional write), run its
-  tasks with the shared :class:`~cloudkon.executor.Executor`, store the results with
+  docs/design.md (section 5): claim the bundle's lease (one conditional write; a lease
+  held by another worker is taken over only after this worker has seen its record version
+  unchanged for a lease's duration, by its own clock), run its tasks with the shared
+  :class:`~cloudkon.executor.Executor`, store the results with
   COMPLETED, send them, delete the message. A bundle found COMPLETED is replayed (its
   stored results sent again), not run; one whose lease is live elsewhere is left for later;
-- the heartbeat thread keeps the messages of running bundles invisible and their leases
-  alive, and stores the results of finished tasks, so a takeover runs only the rest;
+- the heartbeat thread schedules, for each running bundle whose beat is due, one beat on a
+  small pool of beat threads (so that a slow call delays only its own bundle): a beat keeps
+  the message invisible and the lease alive, and stores the results of finished tasks, so a
+  takeover runs only the rest. No lock is held across its calls, each of which gives up
+  within a share of the lease. The heartbeat thread also watches each bundle's lease by the
+  worker's own clock: a bundle whose last landed beat was sent more than a lease ago (less
+  a guard) has its running task ended and its lease given up, and nothing of it completed;
 - the main thread waits for signals (their handlers only set flags), logs a liveness line
   and runs the shutdown.
 
@@ -41,6 +48,8 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cloudkon import __version__
@@ -49,6 +58,7 @@ from cloudkon.backends import (
     COMPLETED,
     JOB_CANCELLED,
     Broker,
+    Claim,
     LeaseStore,
     Message,
     MessageQueue,
@@ -58,10 +68,13 @@ from cloudkon.backends import (
 from cloudkon.codec import WIRE, WireCodec
 from cloudkon.config import WorkerConfig
 from cloudkon.errors import CloudKonError, CodecError, NotSetUpError
-from cloudkon.executor import Executor, signal_name
+from cloudkon.executor import Executor, TaskHandle, signal_name
 from cloudkon.limits import (
     AWS_ERROR_PAUSE_SECONDS,
+    HEARTBEAT_MAX_CONCURRENT,
     JOB_STATE_CACHE_SECONDS,
+    LEASE_GUARD_SHARE,
+    LEASE_OBSERVATIONS_KEPT,
     LEASE_SHARE_OF_VISIBILITY,
     QUEUE_GONE_EXIT_SECONDS,
     SQS_MAX_BATCH,
@@ -93,9 +106,13 @@ class _Running:
     stored: int  # how many of ``results`` the lease store already has
     next_beat: float  # time.monotonic() of the next heartbeat
     claimed_at: float = 0.0  # time.monotonic() of the claim
+    expires: float = math.inf  # time.monotonic() past which the lease counts as gone
     lost: bool = False  # the lease went to another owner: stop and drop the results
+    expired: bool = False  # no beat landed within the lease: stop, give it up, drop results
     cancelled: bool = False  # the job was cancelled: stop, complete with what finished
     finished: bool = False  # the bundle thread is completing or giving back: no more beats
+    beating: bool = False  # a beat is in flight (its calls made without the lock)
+    handle: TaskHandle = field(default_factory=TaskHandle)  # ends this bundle's tasks
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -103,7 +120,7 @@ class Counts:
     """What the worker has done, for the liveness line."""
 
     NAMES = ("received", "completed", "replayed", "busy", "given_back", "dead_lettered",
-             "lost", "failed", "cancelled", "tasks")
+             "lost", "expired", "failed", "cancelled", "tasks")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -126,12 +143,14 @@ class Worker:
     """One worker daemon. ``run()`` serves until :meth:`stop` (or a signal) and returns the
     exit code. With a ``registry``, ``run()`` keeps this worker's record in it every
     heartbeat interval and removes it at exit; with ``metrics``, each bundle completed or
-    replayed is reported there."""
+    replayed is reported there. ``clock`` (monotonic seconds) times the watch of other
+    workers' leases before a takeover."""
 
     def __init__(self, inbox: MessageQueue, broker: Broker, leases: LeaseStore,
                  config: WorkerConfig, executor: Executor | None = None,
                  codec: WireCodec = WIRE, registry: WorkerRegistry | None = None,
-                 metrics: BundleMetrics | None = None) -> None:
+                 metrics: BundleMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.inbox = inbox
         self.broker = broker
         self.leases = leases
@@ -144,6 +163,17 @@ class Worker:
                                               config.task_env)
         self.counts = Counts()
         self.lease_seconds = config.visibility_seconds * LEASE_SHARE_OF_VISIBILITY
+        # By the worker's own clock, how long after sending a claim or a beat that landed
+        # it still counts the lease as its own.
+        self._lease_held_seconds = self.lease_seconds * (1 - LEASE_GUARD_SHARE)
+        self.clock = clock
+        # Leases held by others, watched for a takeover: key -> (record version, clock()
+        # when first seen, the holder's lease seconds).
+        self._observed: dict[str, tuple[str, float, float]] = {}
+        self._observed_lock = threading.Lock()
+        self._beats = ThreadPoolExecutor(min(config.threads, HEARTBEAT_MAX_CONCURRENT),
+                                         thread_name_prefix="cloudkon-beat")
+        self._beat_done = threading.Condition()  # notified as each beat ends
         # Set by signal handlers and stop(): plain attributes, read by the main loop.
         self._drain_signal: int | None = None
         self._hard_signal: int | None = None
@@ -254,6 +284,7 @@ class Worker:
         self._wait_until(self._idle if self._hard_signal is None else self._nothing_held,
                          _GIVE_BACK_SECONDS)
         self._halt.set()
+        self._beats.shutdown(wait=False, cancel_futures=True)
         for _ in range(self.config.threads):
             self._handoff.put(_END)
         self._give_back_leftovers()
@@ -448,17 +479,22 @@ class Worker:
                      key, message.id, bundle.job_id, extra=ids)
             return
         owner = f"{self._owner_prefix}{next(self._claims)}"  # this claim's fencing token
-        claim = self.leases.claim(key, owner, self.lease_seconds)
+        sent = time.monotonic()
+        claim = self.leases.claim(key, owner, self.lease_seconds, self._takeover_version(key))
+        if claim.outcome == BUSY:
+            self._leave(message, key, claim, ids)
+            return
+        if self._observed:
+            with self._observed_lock:
+                self._observed.pop(key, None)
         if claim.outcome == COMPLETED:
             self._replay(message, bundle, reply_to, claim.results, claim.owner, ids)
-            return
-        if claim.outcome == BUSY:
-            self._leave(message, key, claim.owner, claim.lease_expires, ids)
             return
         done = self.codec.unpack_results(claim.results, bundle.tasks) if claim.results else []
         claimed = time.monotonic()
         running = _Running(message, bundle, key, owner, done, len(done),
-                           claimed + self.config.heartbeat_seconds, claimed)
+                           claimed + self.config.heartbeat_seconds, claimed,
+                           sent + self._lease_held_seconds)
         takeover = (f", claim {claim.attempt}: taking over with {len(done)} tasks done"
                     if claim.attempt > 1 else "")
         log.info("claimed bundle %s (message %s, %d tasks%s)", key, message.id,
@@ -470,8 +506,14 @@ class Worker:
         finally:
             with running.lock:
                 running.finished = True
+                beating = running.beating
+            if beating:
+                self._await_beat(running)
             with self._slots:
                 self._running.pop(message.receipt, None)
+        if running.expired or (not running.lost and time.monotonic() >= running.expires):
+            self._give_up(running, ids)
+            return
         if running.cancelled:
             self._end_cancelled(running, reply_to, ids)
             return
@@ -501,7 +543,8 @@ class Worker:
             tasks = [t for t in tasks if t[0] not in done]
         before = len(results)
         self.executor.run_bundle(bundle.job_id, tasks, results,
-                                 lambda: running.lost or running.cancelled or self._stopping())
+                                 lambda: running.lost or running.cancelled or self._stopping(),
+                                 running.handle)
         self.counts.add("tasks", len(results) - before)
 
     def _end_cancelled(self, running: _Running, reply_to: str, ids: dict) -> None:
@@ -579,17 +622,40 @@ class Worker:
         log.info("replayed bundle %s (message %s): completed earlier by %s; %d stored results"
                  " sent again, nothing run", key, message.id, owner, len(results), extra=ids)
 
-    def _leave(self, message: Message, key: str, owner: str, lease_expires: float,
-               ids: dict) -> None:
-        """Another owner's lease is live: leave the message (it comes back), visible again
-        soon after that lease would expire, later each time it comes back while busy."""
-        remaining = max(lease_expires - time.time(), 0.0)
-        backoff = self.config.visibility_seconds * (2 ** min(message.receive_count - 1, 16) - 1)
+    def _takeover_version(self, key: str) -> str:
+        """The record version of ``key`` this worker has watched unchanged for the holder's
+        lease duration (by its own clock), so that a claim may take it over; else ""."""
+        if not self._observed:  # the hot path: no lease watched
+            return ""
+        with self._observed_lock:
+            seen = self._observed.get(key)
+        if seen is None or self.clock() - seen[1] < seen[2]:
+            return ""
+        return seen[0]
+
+    def _leave(self, message: Message, key: str, claim: Claim, ids: dict) -> None:
+        """Another owner holds the lease: watch its record version, and leave the message
+        (it comes back) until a lease's duration after the version was first seen here,
+        later each time it comes back while busy. A version still unchanged then is a dead
+        holder's: the next claim takes it over."""
+        now = self.clock()
+        duration = claim.lease_seconds or self.lease_seconds
+        with self._observed_lock:
+            seen = self._observed.get(key)
+            if seen is None or seen[0] != claim.rvn:
+                if len(self._observed) >= LEASE_OBSERVATIONS_KEPT:
+                    self._observed.clear()
+                seen = self._observed[key] = (claim.rvn, now, duration)
+        remaining = max(seen[1] + seen[2] - now, 0.0)
+        # The first busy receive is usually the one after the holder's own: no backoff yet.
+        doublings = min(max(message.receive_count - 2, 0), 16)
+        backoff = self.config.visibility_seconds * (2 ** doublings - 1)
         delay = min(math.ceil(remaining) + 1 + backoff, SQS_MAX_VISIBILITY_SECONDS)
         self.inbox.extend(message, delay)
         self.counts.add("busy")
-        log.info("bundle %s (message %s) is held by %s for %.0f s more: left alone, back in"
-                 " %d s", key, message.id, owner, remaining, delay, extra=ids)
+        log.info("bundle %s (message %s) is held by %s (version %s, watched for %.0f s of"
+                 " %.0f): left alone, back in %d s", key, message.id, claim.owner, claim.rvn,
+                 now - seen[1], seen[2], delay, extra=ids)
 
     def _send(self, bundle: Bundle, results: list[tuple], reply_to: str, worker: str) -> None:
         bodies = self.codec.results_bodies(ResultBundle(bundle.job_id, bundle.seq, results,
@@ -603,41 +669,97 @@ class Worker:
     # --- heartbeat ------------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
+        """Every tick: end the bundles whose lease ran out without a beat landing, and hand
+        each bundle whose beat is due (and not in flight) to the beat pool."""
         tick = min(1.0, self.config.heartbeat_seconds / 4)
         while not self._halt.wait(tick):
             now = time.monotonic()
             with self._slots:
-                due = [r for r in self._running.values() if r.next_beat <= now]
-            for running in due:
-                try:
-                    self._beat(running)
-                except CloudKonError as exc:
-                    running.next_beat = time.monotonic() + min(AWS_ERROR_PAUSE_SECONDS, tick)
-                    log.error("heartbeat of bundle %s failed: %s", running.key, exc,
-                              extra=_ids(running.bundle, running.message))
-                except Exception:  # a bug must not end the heartbeats
-                    running.next_beat = time.monotonic() + self.config.heartbeat_seconds
-                    log.exception("heartbeat of bundle %s failed", running.key)
+                running = list(self._running.values())
+            for r in running:
+                expire = due = False
+                with r.lock:
+                    if r.finished or r.lost or r.expired:
+                        continue
+                    if now >= r.expires:
+                        r.expired = expire = True
+                    elif r.next_beat <= now and not r.beating:
+                        r.beating = due = True
+                if expire:
+                    self.executor.end(r.handle)
+                    log.error("bundle %s: no heartbeat landed within its lease (%.0f s):"
+                              " ending its running task and giving the lease up", r.key,
+                              self.lease_seconds, extra=_ids(r.bundle, r.message))
+                elif due:
+                    try:
+                        self._beats.submit(self._beat, r)
+                    except RuntimeError:  # the pool is shut down: the worker is stopping
+                        with r.lock:
+                            r.beating = False
+                        return
+
+    def _await_beat(self, running: _Running) -> None:
+        """Wait for the beat in flight of a finished bundle to end, so that no beat lands
+        after its completion or release; a beat stuck past the lease is not waited for
+        longer (the bundle then counts as expired)."""
+        with self._beat_done:
+            while running.beating:
+                left = running.expires - time.monotonic()
+                if left <= 0:
+                    return
+                self._beat_done.wait(min(left, _TICK))
 
     def _beat(self, running: _Running) -> None:
+        """One beat, on the beat pool: snapshot under the lock, call without it, apply the
+        outcome under it. A bundle finished meanwhile ignores the outcome (and its thread
+        waits for the beat before completing or releasing)."""
+        try:
+            self._beat_once(running)
+        except CloudKonError as exc:
+            with running.lock:
+                running.next_beat = time.monotonic() + min(AWS_ERROR_PAUSE_SECONDS,
+                                                           self.config.heartbeat_seconds / 4)
+            log.error("heartbeat of bundle %s failed: %s", running.key, exc,
+                      extra=_ids(running.bundle, running.message))
+        except Exception:  # a bug must not end the heartbeats
+            with running.lock:
+                running.next_beat = time.monotonic() + self.config.heartbeat_seconds
+            log.exception("heartbeat of bundle %s failed", running.key)
+        finally:
+            with running.lock:
+                running.beating = False
+            with self._beat_done:
+                self._beat_done.notify_all()
+
+    def _beat_once(self, running: _Running) -> None:
         """Extend the message's visibility and the lease; store new results."""
         cfg = self.config
-        # Under the lock: a bundle thread that completes or gives back waits for this beat,
-        # so no beat lands after a release or completion.
         with running.lock:
-            if running.finished or running.lost:
+            if running.finished or running.lost or running.expired:
                 return
-            packed = None
             finished = running.results[:]  # the bundle thread appends as tasks finish
-            if len(finished) > running.stored:
-                packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes)
-            stored = len(finished)
-            held = self.inbox.extend(running.message, cfg.visibility_seconds)
-            if not self.leases.heartbeat(running.key, running.owner, self.lease_seconds, packed):
-                running.lost = True
-                return
-            running.stored = stored
-            running.next_beat = time.monotonic() + cfg.heartbeat_seconds
+            stored = running.stored
+        packed = None
+        if len(finished) > stored:
+            packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes)
+        sent = time.monotonic()
+        held = self.inbox.extend(running.message, cfg.visibility_seconds)
+        kept = self.leases.heartbeat(running.key, running.owner, self.lease_seconds, packed)
+        with running.lock:
+            if running.expired:
+                return  # landed too late: the bundle is already being given up
+            if not kept:
+                lost = running.lost = not running.finished
+            else:
+                lost = False
+                running.stored = max(running.stored, len(finished))
+                running.expires = sent + self._lease_held_seconds
+                running.next_beat = time.monotonic() + cfg.heartbeat_seconds
+        if lost:
+            self.executor.end(running.handle)
+            return
+        if not kept:
+            return
         if not held:
             log.warning("bundle %s: message %s is no longer held (received again?); the lease"
                         " still is, so the bundle runs on", running.key, running.message.id,
@@ -654,6 +776,24 @@ class Worker:
             self.executor.cancel_job(job_id)
             log.info("bundle %s: job %s is cancelled: ending its running task", running.key,
                      job_id, extra=_ids(running.bundle, running.message))
+
+    def _give_up(self, running: _Running, ids: dict) -> None:
+        """The lease ran out by this worker's clock without a beat landing: the bundle's
+        task was ended; give the lease up (storing what finished, if the lease is still
+        this owner's) and the message back; nothing is completed or sent."""
+        self.counts.add("expired")
+        packed = None
+        if len(running.results) > 0:
+            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes)
+        try:
+            self.leases.release(running.key, running.owner, packed)
+        except CloudKonError as exc:
+            log.warning("bundle %s: could not give the lease up (%s); it expires by itself",
+                        running.key, exc, extra=ids)
+        self._give_back([running.message], f"bundle {running.key}, its lease ran out")
+        log.warning("bundle %s: its lease ran out without a heartbeat landing: %d of %d tasks"
+                    " done, nothing completed here; the lease is given up", running.key,
+                    len(running.results), len(running.bundle.tasks), extra=ids)
 
     # --- the registry ---------------------------------------------------------------------
 
@@ -690,10 +830,10 @@ class Worker:
         with self._slots:
             in_flight = len(self._held)
         log.info("%s: %d in flight; received %d, completed %d, replayed %d, failed %d, given"
-                 " back %d, dead-lettered %d, busy %d, lost %d, cancelled %d; %d tasks run",
-                 what, in_flight, c["received"], c["completed"], c["replayed"], c["failed"],
-                 c["given_back"], c["dead_lettered"], c["busy"], c["lost"], c["cancelled"],
-                 c["tasks"],
+                 " back %d, dead-lettered %d, busy %d, lost %d, expired %d, cancelled %d; %d"
+                 " tasks run", what, in_flight, c["received"], c["completed"], c["replayed"],
+                 c["failed"], c["given_back"], c["dead_lettered"], c["busy"], c["lost"],
+                 c["expired"], c["cancelled"], c["tasks"],
                  extra={"counts": {**c, "in_flight": in_flight}})
 
 

@@ -38,7 +38,8 @@ class MessageQueue(Protocol):
 
     def extend(self, message: Message, seconds: int) -> bool:
         """Keep a received message invisible for ``seconds`` from now; False if it is no
-        longer held (deleted; an earlier receive's handle may or may not still work)."""
+        longer held (deleted; an earlier receive's handle may or may not still work). It
+        gives up (raises) within a share of ``seconds`` (limits.EXTEND_BUDGET_SHARE)."""
 
     def give_back(self, messages: list[Message]) -> None:
         """Make received messages visible again at once; ones no longer held are skipped."""
@@ -97,6 +98,8 @@ class Claim(NamedTuple):
     results: bytes | None  # stored results: all when COMPLETED, else those finished so far
     attempt: int  # how many claims the key has had, this one included when CLAIMED
     sent_at: float = 0.0  # when the completed bundle was queued (its sent_at); 0: unknown
+    rvn: str = ""  # the record version: new at every claim, heartbeat and release
+    lease_seconds: float = 0.0  # how long the holder's lease lasts from its last write
 
 
 class LeaseStore(Protocol):
@@ -105,14 +108,18 @@ class LeaseStore(Protocol):
 
     max_results_bytes: int  # the largest results blob the store keeps
 
-    def claim(self, key: str, owner: str, lease_seconds: float) -> Claim:
+    def claim(self, key: str, owner: str, lease_seconds: float, seen: str = "") -> Claim:
         """Take the key for ``owner`` for ``lease_seconds`` in one conditional write if it is
-        new or its lease has expired (keeping stored results); else say who has it."""
+        new, released, or IN_PROGRESS with record version ``seen`` still (a takeover: the
+        caller watched that version unchanged for a lease's duration by its own clock),
+        keeping stored results; else say who has it (BUSY, with its record version). No
+        clock is compared across machines."""
 
     def heartbeat(self, key: str, owner: str, lease_seconds: float,
                   results: bytes | None = None) -> bool:
-        """Extend ``owner``'s live lease to ``lease_seconds`` from now, storing ``results``
-        if given; False if ``owner`` no longer holds the key."""
+        """Extend ``owner``'s lease to ``lease_seconds`` from now (a new record version),
+        storing ``results`` if given; False if ``owner`` no longer holds the key. It gives up
+        (raises) within a share of ``lease_seconds`` (limits.EXTEND_BUDGET_SHARE)."""
 
     def complete(self, key: str, owner: str, results: bytes, sent_at: float = 0.0) -> bool:
         """Mark the key COMPLETED with its results, and the bundle's ``sent_at`` (so that

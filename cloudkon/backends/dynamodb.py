@@ -1,21 +1,31 @@
 """The DynamoDB lease store behind the :mod:`cloudkon.backends` lease interface.
 
 One item per bundle, keyed ``pk``: its status (IN_PROGRESS or COMPLETED), the owner that
-holds it, when the owner's lease expires, the packed results of its finished tasks, and
-how many claims it has had. A claim is one conditional write, never a read and a write:
+holds it, its record version ``rvn`` (new at every claim, heartbeat and release), how long
+the owner's lease lasts from its last write (``lease_seconds``), when it expires by the
+owner's clock (``lease_expires``, for people; 0 once released), the packed results of its
+finished tasks, and how many claims it has had. A claim is one conditional write, never a
+read and a write:
 
-    attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires < :now)
+    attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires = :zero)
+    ... OR (#status = :in_progress AND rvn = :seen)       (a takeover)
+
+No clock is compared across machines (as in the DynamoDB Lock Client): a claimer that
+finds the key held remembers its ``rvn`` and, by its own monotonic clock, when it saw it
+first; only if the version is still the same a lease's duration later does it take the key,
+conditional on ``rvn = :seen``. A live owner's heartbeat changes the version in between.
 
 It is an UpdateItem rather than a PutItem so that the finished-task results a previous
 owner recorded survive a takeover (a put would replace the item and drop them); ALL_NEW
 hands them to the new owner, and ReturnValuesOnConditionCheckFailure=ALL_OLD tells a
 loser what it lost to, without a second read. Every later write is conditional on the
-owner (a fencing token). Expiry is compared here, in code: the TTL attribute only lets
-DynamoDB sweep old items, up to days late, and nothing relies on it.
+owner (a fencing token). The TTL attribute only lets DynamoDB sweep old items, up to days
+late, and nothing relies on it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -32,6 +42,7 @@ from cloudkon.backends import (
 )
 from cloudkon.limits import (
     DYNAMODB_MAX_BATCH_GET,
+    EXTEND_BUDGET_SHARE,
     LEASE_RESULTS_MAX_BYTES,
     SQS_MAX_RETENTION_SECONDS,
     WORKER_RECORD_RETENTION_SECONDS,
@@ -47,30 +58,42 @@ CANCELLED_ATTRIBUTE = "cancelled_at"
 
 
 class DynamoLeaseStore:
-    """Leases in the DynamoDB table ``table``; ``clock`` gives seconds since the epoch."""
+    """Leases in the DynamoDB table ``table``; ``clock`` gives seconds since the epoch (for
+    ``lease_expires``, which people read, and the TTL). Heartbeats go through
+    ``beat_client`` (one with short time-outs, aws.client(beat=True)), else ``client``."""
 
     def __init__(self, client, table: str, clock: Callable[[], float] = time.time,
                  max_results_bytes: int = LEASE_RESULTS_MAX_BYTES,
-                 retention_seconds: int = SQS_MAX_RETENTION_SECONDS) -> None:
+                 retention_seconds: int = SQS_MAX_RETENTION_SECONDS,
+                 beat_client=None) -> None:
         self.client = client
+        self.beat_client = beat_client or client
         self.table = table
         self.clock = clock
         self.max_results_bytes = max_results_bytes
         # Items outlive any copy of their bundle still in a queue, then TTL may sweep them.
         self.retention_seconds = retention_seconds
 
-    def claim(self, key: str, owner: str, lease_seconds: float) -> Claim:
+    def claim(self, key: str, owner: str, lease_seconds: float, seen: str = "") -> Claim:
         now = self.clock()
+        condition = ("attribute_not_exists(pk) OR (#status = :in_progress AND"
+                     " (lease_expires = :zero")
+        values = {":in_progress": {"S": IN_PROGRESS}, ":me": {"S": owner},
+                  ":lease": _number(now + lease_seconds), ":ttl": self._ttl(now),
+                  ":one": {"N": "1"}, ":zero": {"N": "0"}, ":rvn": _rvn(),
+                  ":seconds": _number(lease_seconds)}
+        if seen.startswith(_LEGACY):  # an item of a worker before record versions
+            condition += " OR (attribute_not_exists(rvn) AND lease_expires = :seen)"
+            values[":seen"] = {"N": seen[len(_LEGACY):]}
+        elif seen:
+            condition += " OR rvn = :seen"
+            values[":seen"] = {"S": seen}
         try:
             response = self._update(
                 f"claim bundle {key}", key,
                 "SET #status = :in_progress, #owner = :me, lease_expires = :lease,"
-                " expires_at = :ttl ADD attempts :one",
-                "attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires < :now)",
-                {":in_progress": {"S": IN_PROGRESS}, ":me": {"S": owner},
-                 ":lease": _number(now + lease_seconds), ":ttl": self._ttl(now),
-                 ":one": {"N": "1"}, ":now": _number(now)},
-                ReturnValues="ALL_NEW",
+                " lease_seconds = :seconds, rvn = :rvn, expires_at = :ttl ADD attempts :one",
+                condition + "))", values, ReturnValues="ALL_NEW",
             )
         except self.client.exceptions.ConditionalCheckFailedException as exc:
             item = exc.response.get("Item") or self._get(key)
@@ -88,10 +111,16 @@ class DynamoLeaseStore:
     def heartbeat(self, key: str, owner: str, lease_seconds: float,
                   results: bytes | None = None) -> bool:
         now = self.clock()
-        update = "SET lease_expires = :lease, expires_at = :ttl"
-        values = {":lease": _number(now + lease_seconds), ":ttl": self._ttl(now)}
+        update = ("SET lease_expires = :lease, lease_seconds = :seconds, rvn = :rvn,"
+                  " expires_at = :ttl")
+        values = {":lease": _number(now + lease_seconds), ":ttl": self._ttl(now),
+                  ":seconds": _number(lease_seconds), ":rvn": _rvn(), ":zero": {"N": "0"}}
+        # Not on a released lease: a late beat (a call that hung, then landed) must not
+        # take back what its owner gave up.
         return self._if_owner(f"heartbeat of bundle {key}", key, owner, update, values, results,
-                              in_progress=True)
+                              in_progress=True, client=self.beat_client,
+                              budget=lease_seconds * EXTEND_BUDGET_SHARE,
+                              also="lease_expires <> :zero")
 
     def complete(self, key: str, owner: str, results: bytes, sent_at: float = 0.0) -> bool:
         now = self.clock()
@@ -104,8 +133,9 @@ class DynamoLeaseStore:
                               in_progress=False)
 
     def release(self, key: str, owner: str, results: bytes | None = None) -> None:
-        self._if_owner(f"release bundle {key}", key, owner, "SET lease_expires = :zero",
-                       {":zero": {"N": "0"}}, results, in_progress=True)
+        self._if_owner(f"release bundle {key}", key, owner,
+                       "SET lease_expires = :zero, rvn = :rvn",
+                       {":zero": {"N": "0"}, ":rvn": _rvn()}, results, in_progress=True)
 
     def lookup(self, key: str) -> Claim | None:
         item = self._get(key)
@@ -140,8 +170,9 @@ class DynamoLeaseStore:
                     Key={KEY: {"S": key}}, ConsistentRead=True).get("Item")
 
     def _if_owner(self, what: str, key: str, owner: str, update: str, values: dict,
-                  results: bytes | None, in_progress: bool) -> bool:
-        condition = "#owner = :me"
+                  results: bytes | None, in_progress: bool, client=None,
+                  budget: float | None = None, also: str = "") -> bool:
+        condition = "#owner = :me" + (f" AND {also}" if also else "")
         values = {**values, ":me": {"S": owner}}
         if in_progress:
             condition += " AND #status = :in_progress"
@@ -150,14 +181,16 @@ class DynamoLeaseStore:
             update += ", results = :results"
             values[":results"] = {"B": results}
         try:
-            self._update(what, key, update, condition, values)
+            self._update(what, key, update, condition, values, client=client, budget=budget)
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
 
-    def _update(self, what: str, key: str, update: str, condition: str, values: dict, **extra):
+    def _update(self, what: str, key: str, update: str, condition: str, values: dict,
+                client=None, budget: float | None = None, **extra):
         names = {n: v for n, v in _NAMES.items() if n in update or n in condition}
-        return call(what, self.client.update_item, expected=_CHECK_FAILED,
+        client = client or self.client
+        return call(what, client.update_item, expected=_CHECK_FAILED, budget=budget,
                     TableName=self.table, Key={KEY: {"S": key}}, UpdateExpression=update,
                     ConditionExpression=condition, ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values,
@@ -171,13 +204,26 @@ def _number(value: float) -> dict:
     return {"N": f"{value:.6f}"}
 
 
+# The version of an item written by a worker older than record versions: its lease_expires
+# as written, which each of its heartbeats changed (so a fleet can be upgraded in place).
+_LEGACY = "lease_expires="
+
+
+def _rvn() -> dict:
+    """A new record version: random, so that no two writers ever pick the same."""
+    return {"S": os.urandom(8).hex()}
+
+
 def _claim(item: dict, outcome: str) -> Claim:
     results = item.get("results", {}).get("B")
     return Claim(outcome, item.get("owner", {}).get("S", ""),
                  float(item.get("lease_expires", {}).get("N", "0")),
                  bytes(results) if results is not None else None,
                  int(item.get("attempts", {}).get("N", "0")),
-                 float(item.get("sent_at", {}).get("N", "0")))
+                 float(item.get("sent_at", {}).get("N", "0")),
+                 item.get("rvn", {}).get("S")
+                 or _LEGACY + item.get("lease_expires", {}).get("N", "0"),
+                 float(item.get("lease_seconds", {}).get("N", "0")))
 
 
 # Worker registry records share the lease table under keys of their own, which start with

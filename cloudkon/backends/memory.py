@@ -199,14 +199,21 @@ class MemoryBroker:
 class _Lease:
     status: str
     owner: str
-    lease_expires: float
+    lease_expires: float  # by the writer's clock, for people to read; 0: released
     results: bytes | None
     attempt: int
     sent_at: float = 0.0
+    rvn: str = ""
+    lease_seconds: float = 0.0
+
+    def claim(self, outcome: str) -> Claim:
+        return Claim(outcome, self.owner, self.lease_expires, self.results, self.attempt,
+                     self.sent_at, self.rvn, self.lease_seconds)
 
 
 class MemoryLeaseStore:
-    """A lease store in memory; ``clock`` gives seconds since the epoch."""
+    """A lease store in memory; ``clock`` gives seconds since the epoch, only for the
+    ``lease_expires`` people read: takeovers go by record versions (LeaseStore.claim)."""
 
     def __init__(self, clock: Callable[[], float] = time.time,
                  max_results_bytes: int = LEASE_RESULTS_MAX_BYTES) -> None:
@@ -215,30 +222,34 @@ class MemoryLeaseStore:
         self._leases: dict[str, _Lease] = {}
         self._cancelled: set[str] = set()  # job ids
         self._lock = threading.Lock()
+        self._rvns = map(str, itertools.count(1))  # record versions: each write's is new
 
-    def claim(self, key: str, owner: str, lease_seconds: float) -> Claim:
+    def claim(self, key: str, owner: str, lease_seconds: float, seen: str = "") -> Claim:
         with self._lock:
             now = self.clock()
             lease = self._leases.get(key)
-            if lease is None or (lease.status == IN_PROGRESS and lease.lease_expires < now):
+            if lease is not None and lease.status == COMPLETED:
+                return lease.claim(COMPLETED)
+            if lease is not None and lease.owner == owner:
+                return lease.claim(CLAIMED)  # a retried claim: still the claimer's
+            if lease is None or lease.lease_expires == 0.0 or (seen and lease.rvn == seen):
                 results = lease.results if lease is not None else None
                 attempt = lease.attempt + 1 if lease is not None else 1
-                self._leases[key] = _Lease(IN_PROGRESS, owner, now + lease_seconds, results,
-                                           attempt)
-                return Claim(CLAIMED, owner, now + lease_seconds, results, attempt)
-            if lease.status == COMPLETED:
-                outcome = COMPLETED
-            else:  # a live lease: the claimer's own (a retried claim) or someone else's
-                outcome = CLAIMED if lease.owner == owner else BUSY
-            return Claim(outcome, lease.owner, lease.lease_expires, lease.results, lease.attempt)
+                lease = self._leases[key] = _Lease(IN_PROGRESS, owner, now + lease_seconds,
+                                                   results, attempt, 0.0, next(self._rvns),
+                                                   lease_seconds)
+                return lease.claim(CLAIMED)
+            return lease.claim(BUSY)
 
     def heartbeat(self, key: str, owner: str, lease_seconds: float,
                   results: bytes | None = None) -> bool:
         with self._lock:
             lease = self._held(key, owner)
-            if lease is None:
+            if lease is None or lease.lease_expires == 0.0:  # released: a late beat
                 return False
             lease.lease_expires = self.clock() + lease_seconds
+            lease.lease_seconds = lease_seconds
+            lease.rvn = next(self._rvns)
             if results is not None:
                 lease.results = self._checked(results)
             return True
@@ -258,6 +269,7 @@ class MemoryLeaseStore:
             lease = self._held(key, owner)
             if lease is not None:
                 lease.lease_expires = 0.0
+                lease.rvn = next(self._rvns)
                 if results is not None:
                     lease.results = self._checked(results)
 
@@ -266,8 +278,7 @@ class MemoryLeaseStore:
             lease = self._leases.get(key)
             if lease is None:
                 return None
-            return Claim(lease.status, lease.owner, lease.lease_expires, lease.results,
-                         lease.attempt, lease.sent_at)
+            return lease.claim(lease.status)
 
     def lookup_many(self, keys: list[str]) -> dict[str, Claim]:
         """The records of those ``keys`` that exist (as the DynamoDB store's)."""

@@ -20,6 +20,7 @@ from cloudkon.limits import (
     AWS_BACKOFF_BASE_SECONDS,
     AWS_BACKOFF_MAX_SECONDS,
     AWS_MAX_ATTEMPTS,
+    EXTEND_BUDGET_SHARE,
     SQS_LONG_POLL_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
@@ -51,10 +52,13 @@ class SqsQueue:
     """
 
     def __init__(self, client, url: str, name: str | None = None,
-                 dead_letter_url: str | None = None, batch_size: int = SQS_MAX_BATCH) -> None:
+                 dead_letter_url: str | None = None, batch_size: int = SQS_MAX_BATCH,
+                 beat_client=None) -> None:
         if not 1 <= batch_size <= SQS_MAX_BATCH:
             raise ValueError(f"batch_size {batch_size}: SQS takes 1 to {SQS_MAX_BATCH}")
         self.client = client
+        # extend() is the heartbeat's call: a client with short time-outs, if given.
+        self.beat_client = beat_client or client
         self.url = url
         self.name = name or url.rstrip("/").rsplit("/", 1)[-1]
         self.dead_letter_url = dead_letter_url
@@ -84,7 +88,8 @@ class SqsQueue:
     def extend(self, message: Message, seconds: int) -> bool:
         try:
             call(f"extend message {message.id} in queue {self.name}",
-                 self.client.change_message_visibility, expected=_NOT_HELD,
+                 self.beat_client.change_message_visibility, expected=_NOT_HELD,
+                 budget=seconds * EXTEND_BUDGET_SHARE,
                  QueueUrl=self.url, ReceiptHandle=message.receipt,
                  VisibilityTimeout=min(int(seconds), SQS_MAX_VISIBILITY_SECONDS))
         except ClientError:
@@ -183,8 +188,9 @@ class SqsBroker:
     """Finds SQS queues by name or URL, looking each name up once; its queues move
     ``batch_size`` messages per call at most."""
 
-    def __init__(self, client, batch_size: int = SQS_MAX_BATCH) -> None:
+    def __init__(self, client, batch_size: int = SQS_MAX_BATCH, beat_client=None) -> None:
         self.client = client
+        self.beat_client = beat_client
         self.batch_size = batch_size
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -204,4 +210,4 @@ class SqsBroker:
     def queue(self, name: str, dead_letter: str | None = None) -> SqsQueue:
         dlq_url = self.url(dead_letter) if dead_letter is not None else None
         return SqsQueue(self.client, self.url(name), None if "/" in name else name, dlq_url,
-                        self.batch_size)
+                        self.batch_size, self.beat_client)

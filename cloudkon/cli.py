@@ -39,6 +39,7 @@ from cloudkon.limits import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_LIVENESS_SECONDS,
     DEFAULT_REMOTE_BUNDLE_MS,
+    DEFAULT_REMOTE_BUNDLE_SIZE,
     DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
@@ -627,7 +628,8 @@ def _collect_options(f):
 @click.option("--wait", is_flag=True, help="Then collect the results, as `cloudkon collect` does.")
 @_collect_options
 @click.option("--job-id", metavar="ID", help="Name the job (task ids are ID:LINE). Default: generated.")
-@click.option("--bundle-size", type=click.IntRange(1, MAX_BUNDLE_TASKS), default=DEFAULT_BUNDLE_SIZE,
+@click.option("--bundle-size", type=click.IntRange(1, MAX_BUNDLE_TASKS),
+              default=DEFAULT_REMOTE_BUNDLE_SIZE,
               show_default=True, help="With --direct: most tasks per bundle.")
 @click.option("--bundle-ms", type=_Number(min=0), default=DEFAULT_REMOTE_BUNDLE_MS,
               show_default=True, metavar="MS",

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from cloudkon.aws import call
 from cloudkon.errors import WorkloadError
-from cloudkon.limits import DEFAULT_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS
+from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS
 from cloudkon.model import ResultBundle
 from cloudkon.workload import Workload
 from submitter.collect import Collection, Collector
@@ -45,7 +45,7 @@ def upload(deployment: Deployment, path: str, job_id: str) -> tuple[str, float]:
 
 
 def send_direct(deployment: Deployment, path: str, job_id: str,
-                bundle_size: int = DEFAULT_BUNDLE_SIZE,
+                bundle_size: int = DEFAULT_REMOTE_BUNDLE_SIZE,
                 bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS) -> Manifest:
     """Split the workload here and send its bundles to the input queue (no S3, no Lambda)."""
     workload = Workload(path)

@@ -40,6 +40,7 @@ from cloudkon.limits import (
     DEFAULT_LIVENESS_SECONDS,
     DEFAULT_REMOTE_BUNDLE_MS,
     DEFAULT_REMOTE_BUNDLE_SIZE,
+    DELETE_BATCH_SECONDS,
     DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
@@ -430,7 +431,7 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         visibility_seconds=visibility_timeout, wait_seconds=wait_seconds,
         drain_seconds=drain_seconds, liveness_seconds=liveness_seconds,
         task_timeout=task_timeout or None, tail_bytes=tail_bytes, instance_id=instance_id,
-        emf_metrics=emf_metrics,
+        emf_metrics=emf_metrics, delete_batch_seconds=DELETE_BATCH_SECONDS,
     )
     worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
                         create=not no_create)

@@ -148,6 +148,12 @@ MAX_BUNDLE_TASKS = 10000
 # `sleep 0` (about 200 KiB) share one message and cost a tenth of a request each.
 DEFAULT_REMOTE_BUNDLE_SIZE = MAX_BUNDLE_TASKS
 
+# How long the worker (`cloudkon worker`) lets the input message of a finished bundle wait
+# for others to be deleted with it in one DeleteMessageBatch (at most SQS_MAX_BATCH): short
+# next to the visibility timeout, and a worker that dies meanwhile leaves only messages
+# whose bundles are COMPLETED, replayed when they come back.
+DELETE_BATCH_SECONDS = 0.5
+
 # Senders of `cloudkon submit --direct` and of the Lambda: SendMessageBatch calls in flight
 # at once. On AWS one call takes 10-50 ms, so a few in parallel send a million-task
 # workload's bundles in seconds.

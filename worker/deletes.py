@@ -40,8 +40,11 @@ class DeleteBatcher:
 
     def add(self, message: Message) -> None:
         """Delete ``message`` soon (at once when batching is off or the batcher is closed)."""
+        if self.delay <= 0:
+            self.queue.delete(message)
+            return
         with self._cond:
-            batching = self.delay > 0 and not self._closed
+            batching = not self._closed
             if batching:
                 if not self._pending:
                     self._since = time.monotonic()

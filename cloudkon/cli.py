@@ -39,6 +39,8 @@ from cloudkon.limits import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_LIVENESS_SECONDS,
     DEFAULT_REMOTE_BUNDLE_MS,
+    DEFAULT_REMOTE_BUNDLE_SIZE,
+    DELETE_BATCH_SECONDS,
     DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
@@ -436,6 +438,7 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         drain_seconds=drain_seconds, liveness_seconds=liveness_seconds,
         task_timeout=task_timeout or None, tail_bytes=tail_bytes, instance_id=instance_id,
         emf_metrics=emf_metrics, task_env=task_env,
+        delete_batch_seconds=DELETE_BATCH_SECONDS,
     )
     worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
                         create=not no_create)
@@ -633,7 +636,8 @@ def _collect_options(f):
 @click.option("--wait", is_flag=True, help="Then collect the results, as `cloudkon collect` does.")
 @_collect_options
 @click.option("--job-id", metavar="ID", help="Name the job (task ids are ID:LINE). Default: generated.")
-@click.option("--bundle-size", type=click.IntRange(1, MAX_BUNDLE_TASKS), default=DEFAULT_BUNDLE_SIZE,
+@click.option("--bundle-size", type=click.IntRange(1, MAX_BUNDLE_TASKS),
+              default=DEFAULT_REMOTE_BUNDLE_SIZE,
               show_default=True, help="With --direct: most tasks per bundle.")
 @click.option("--bundle-ms", type=_Number(min=0), default=DEFAULT_REMOTE_BUNDLE_MS,
               show_default=True, metavar="MS",

@@ -107,6 +107,9 @@ class WorkerConfig:
     tail_bytes: int = DEFAULT_TAIL_BYTES
     instance_id: str = ""  # the EC2 instance it runs on, as the unit says; "" elsewhere
     emf_metrics: bool = False  # log a CloudWatch EMF line per bundle (cloudkon.metrics)
+    # Finished bundles' input messages are deleted in batches within this many seconds
+    # (worker/deletes.py); 0: each at once (`cloudkon run`).
+    delete_batch_seconds: float = 0.0
     # Variables tasks get besides the base ones (cloudkon.taskenv); None: the worker's
     # whole environment (`cloudkon run`, the user's own shell).
     task_env: tuple[str, ...] | None = None

@@ -8,8 +8,8 @@ spells a limit as a bare number.
 # terminating NUL included. A longer line could never run as `/bin/sh -c LINE`.
 MAX_LINE_BYTES = 131072 - 1
 
-# Tasks per bundle. Large enough that queue traffic is noise next to task execution
-# (CloudKon's task bundling), small enough that a bundle of results stays a few KiB.
+# Tasks per bundle of `cloudkon run`. Large enough that queue traffic is noise next to task
+# execution (CloudKon's task bundling), small enough that a bundle of results stays a few KiB.
 DEFAULT_BUNDLE_SIZE = 256
 
 # A bundle also closes once the estimated milliseconds of its tasks reach a budget, so that
@@ -165,6 +165,20 @@ LEASE_OBSERVATIONS_KEPT = 4096
 # The most tasks one bundle message may carry. Its results must fit one lease item (above)
 # even with their output cut away: a few bytes each, packed, so ten thousand leave room.
 MAX_BUNDLE_TASKS = 10000
+
+# Tasks per bundle of the remote flavour: as many as a bundle may carry. Through SQS and
+# DynamoDB every bundle costs requests (a send, a receive, a claim, a completion, a results
+# send and receive, two deletes), so a bundle is closed by its estimated work
+# (DEFAULT_REMOTE_BUNDLE_MS) and by its bytes (one message, SQS_MAX_MESSAGE_BYTES), not by a
+# small count: 100 shell commands or 200 `sleep 10` still travel per bundle, while 10,000
+# `sleep 0` (about 200 KiB) share one message and cost a tenth of a request each.
+DEFAULT_REMOTE_BUNDLE_SIZE = MAX_BUNDLE_TASKS
+
+# How long the worker (`cloudkon worker`) lets the input message of a finished bundle wait
+# for others to be deleted with it in one DeleteMessageBatch (at most SQS_MAX_BATCH): short
+# next to the visibility timeout, and a worker that dies meanwhile leaves only messages
+# whose bundles are COMPLETED, replayed when they come back.
+DELETE_BATCH_SECONDS = 0.5
 
 # Senders of `cloudkon submit --direct` and of the Lambda: SendMessageBatch calls in flight
 # at once. On AWS one call takes 10-50 ms, so a few in parallel send a million-task

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from cloudkon.aws import call
 from cloudkon.errors import JobConflictError, WorkloadError
-from cloudkon.limits import DEFAULT_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS
+from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_REMOTE_BUNDLE_SIZE
 from cloudkon.model import ResultBundle
 from cloudkon.workload import Workload
 from submitter.collect import Collection, Collector
@@ -99,7 +99,7 @@ _UPLOADS_LOOKED_AT = 10
 
 
 def send_direct(deployment: Deployment, path: str, job_id: str,
-                bundle_size: int = DEFAULT_BUNDLE_SIZE,
+                bundle_size: int = DEFAULT_REMOTE_BUNDLE_SIZE,
                 bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS) -> tuple[Manifest, bool]:
     """Split the workload here and send its bundles to the input queue (no S3, no Lambda);
     return the job's manifest and whether the job was submitted before with this workload

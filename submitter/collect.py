@@ -306,8 +306,8 @@ class Collector:
             self.outbox.give_back(others)
         for m in later:
             self.outbox.extend(m, OTHERS_DELAY_SECONDS)
-        for m in mine:  # after their results were written: a crash before loses nothing
-            self.outbox.delete(m)
+        if mine:  # after their results were written: a crash before loses nothing
+            self.outbox.delete_batch(mine)
         return bool(mine)
 
     def _add(self, bundle: ResultBundle, hand_on: bool = True) -> None:

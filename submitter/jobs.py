@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from cloudkon.backends import COMPLETED, IN_PROGRESS, WorkerRecord
 from cloudkon.codec import unpack_results
 from cloudkon.errors import CodecError, JobNotFoundError, UsageError
-from cloudkon.limits import DEFAULT_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS, MAX_JOB_ATTEMPTS
+from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS, MAX_JOB_ATTEMPTS
 from cloudkon.model import FAILED, SUCCEEDED, TIMED_OUT, bundle_key
 from cloudkon.workload import Workload
 from submitter.manifest import (
@@ -380,7 +380,7 @@ def _runs(lines: list[int]) -> list[list[int]]:
 
 
 def retry(deployment, job_id: str, statuses: tuple[str, ...], workload: str | None = None,
-          bundle_size: int = DEFAULT_BUNDLE_SIZE,
+          bundle_size: int = DEFAULT_REMOTE_BUNDLE_SIZE,
           bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS) -> Retry | None:
     """Send the job's tasks whose latest result has one of ``statuses`` again, as a new
     attempt with the same task ids, their commands read from the job's workload (the S3

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from cloudkon.aws import call
 from cloudkon.backends import MessageQueue
 from cloudkon.errors import JobConflictError, WorkloadError
-from cloudkon.limits import DEFAULT_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_SENDERS
+from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_REMOTE_BUNDLE_SIZE, DEFAULT_SENDERS
 from cloudkon.model import JOB_ID_PATTERN
 from cloudkon.workload import Workload
 from submitter.deployment import WORKLOADS_PREFIX, Deployment
@@ -46,7 +46,7 @@ def job_of_key(key: str) -> str | None:
 
 
 def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox: MessageQueue,
-                    reply_to: str, manifests, bundle_size: int = DEFAULT_BUNDLE_SIZE,
+                    reply_to: str, manifests, bundle_size: int = DEFAULT_REMOTE_BUNDLE_SIZE,
                     bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS,
                     senders: int = DEFAULT_SENDERS, digest: str | None = None,
                     etag: str = "", version_id: str = "") -> Manifest:
@@ -103,7 +103,7 @@ def _reject(manifests, started: Manifest, reason: str) -> Manifest:
 
 
 def handle_upload(deployment: Deployment, bucket: str, key: str,
-                  bundle_size: int = DEFAULT_BUNDLE_SIZE,
+                  bundle_size: int = DEFAULT_REMOTE_BUNDLE_SIZE,
                   bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS) -> Manifest | None:
     """Split the workload uploaded to ``bucket`` under ``key`` (decoded: S3 events carry
     keys quote_plus-encoded), streaming it; None if the key or object is not a workload."""

@@ -121,6 +121,19 @@ def test_deleted_message_never_comes_back(backend):
     assert backend.queue.receive(10, backend.settle_seconds, 30) == []
 
 
+def test_delete_batch_removes_every_message_for_good_across_several_calls(backend):
+    sent = [f"m{i}" for i in range(25)]  # more than one DeleteMessageBatch takes
+    backend.queue.send_batch(sent)
+    held = drain(backend.queue, SHORT)
+    assert sorted(bodies(held)) == sorted(sent)
+    backend.queue.delete(held[0])  # one already gone is skipped, not an error
+    backend.queue.delete_batch(held)
+    backend.queue.delete_batch(held[:3])  # deleting twice is not an error
+    backend.queue.delete_batch([])
+    backend.expire(SHORT)
+    assert backend.queue.receive(10, backend.settle_seconds, 30) == []
+
+
 def test_given_back_message_is_visible_at_once(backend):
     backend.queue.send_batch(["a", "b"])
     held = backend.queue.receive(10, 0, 600)

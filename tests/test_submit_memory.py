@@ -9,10 +9,15 @@ from dataclasses import replace
 import pytest
 
 from cloudkon.backends import Message
-from cloudkon.codec import decode_bundle, encode_results, pack_results
+from cloudkon.codec import decode_bundle, encode_results, pack_results, results_bodies
 from cloudkon.config import WorkerConfig
 from cloudkon.errors import AwsError, JobNotFoundError, WorkloadError
-from cloudkon.limits import MAX_REPORTED_BAD_LINES, SQS_MAX_MESSAGE_BYTES
+from cloudkon.limits import (
+    LEASE_RESULTS_MAX_BYTES,
+    MAX_REPORTED_BAD_LINES,
+    SQS_DEFAULT_MAX_MESSAGE_BYTES,
+    SQS_MAX_MESSAGE_BYTES,
+)
 from cloudkon.model import FAILED, SUCCEEDED, ResultBundle
 from cloudkon.workload import Workload
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
@@ -225,3 +230,35 @@ def test_a_bundle_whose_results_came_only_in_part_is_completed_from_the_lease_st
     collection = Collector("job-k", broker.queue("output"), manifests, leases,
                            quiet_seconds=0).run(timeout=3)
     assert collection.complete and collection.recovered == 1
+
+
+def test_a_100000_sleep_0_job_travels_in_bundles_of_thousands_that_fit_a_message_and_a_lease(
+        write_workload, broker):
+    path = write_workload("sleep 0\n" * 100_000)
+    manifest = submit_workload(Workload(str(path)), "job-big", 9.0, broker.queue("input"),
+                               "output", MemoryManifests())
+    messages = _drain(broker.queue("input"))
+    assert manifest.tasks == 100_000 and manifest.bundles == len(messages) <= 20
+    bundles = [decode_bundle(m.body)[0] for m in messages]
+    assert all(len(b.tasks) >= 5000 for b in bundles)
+    assert all(len(m.body.encode()) <= SQS_MAX_MESSAGE_BYTES for m in messages)
+    # The results of the largest bundle fit one lease item uncut, and results messages.
+    biggest = max(bundles, key=lambda b: len(b.tasks))
+    start = 1.7e9
+    results = [(line, command, SUCCEEDED, 0, None, start + i * 1e-5, start + i * 1e-5 + 2e-6,
+                "", "") for i, (line, command) in enumerate(biggest.tasks)]
+    packed, kept = pack_results(results, LEASE_RESULTS_MAX_BYTES)
+    assert kept is results and len(packed) < LEASE_RESULTS_MAX_BYTES / 2
+    bodies = results_bodies(ResultBundle("job-big", biggest.seq, results, 9.0, "w1"))
+    assert all(len(b) <= SQS_DEFAULT_MAX_MESSAGE_BYTES for b in bodies) and len(bodies) <= 4
+
+
+@pytest.mark.parametrize(("line", "per_bundle"), [("true", 100), ("sleep 10", 200)])
+def test_shell_commands_and_long_sleeps_still_travel_in_bundles_of_two_seconds_work(
+        write_workload, broker, line, per_bundle):
+    path = write_workload(f"{line}\n" * 3000)
+    submit_workload(Workload(str(path)), "job-work", 9.0, broker.queue("input"), "output",
+                    MemoryManifests())
+    sizes = sorted(len(b.tasks) for b in _bundles(broker.queue("input")))
+    assert sizes[-1] == per_bundle  # as with 256-task bundles: the work budget closes them
+    assert sum(sizes) == 3000

@@ -83,6 +83,7 @@ from cloudkon.limits import (
 )
 from cloudkon.metrics import BundleMetrics
 from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
+from worker.deletes import DeleteBatcher
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ class Worker:
         self._receiving = threading.Lock()  # held by the thread that receives
         self._followers = 0  # idle threads waiting on the handoff (under _slots)
         self._outboxes: dict[str, MessageQueue] = {}  # results queues by name
+        # Deletes finished bundles' messages, in batches with config.delete_batch_seconds.
+        self._deletes = DeleteBatcher(inbox, config.delete_batch_seconds)
         self._threads: list[threading.Thread] = []
         self._gone_since: float | None = None  # since when receives find no input queue
         self._gone: NotSetUpError | None = None  # why the worker stops to exit 2
@@ -288,6 +291,7 @@ class Worker:
         for _ in range(self.config.threads):
             self._handoff.put(_END)
         self._give_back_leftovers()
+        self._deletes.close(_GIVE_BACK_SECONDS)  # finished bundles' messages still pending
         self._log_liveness("stopped")
         if self._gone is not None:
             log.error("%s, for %.0f s: exiting (was the deployment torn down?)", self._gone,
@@ -596,7 +600,7 @@ class Worker:
                         " dropped", key, extra=ids)
             return
         self._send(bundle, results, reply_to, self.config.worker_id)
-        self.inbox.delete(running.message)
+        self._deletes.add(running.message)  # after COMPLETED and the send: in a batch soon
         self.counts.add("completed")
         if self.metrics is not None:
             ran = time.monotonic() - running.claimed_at
@@ -615,7 +619,7 @@ class Worker:
             raise CodecError(f"bundle {key} is COMPLETED but has no stored results")
         results = self.codec.unpack_results(stored, bundle.tasks)
         self._send(bundle, results, reply_to, owner.split("/", 1)[0])
-        self.inbox.delete(message)
+        self._deletes.add(message)
         self.counts.add("replayed")
         if self.metrics is not None:
             self.metrics.replayed(bundle)

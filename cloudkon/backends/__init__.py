@@ -36,6 +36,10 @@ class MessageQueue(Protocol):
     def delete(self, message: Message) -> None:
         """Remove a received message for good; deleting one already gone is not an error."""
 
+    def delete_batch(self, messages: list[Message]) -> None:
+        """Remove received messages for good, in as few calls as the limits allow (SQS: ten
+        per DeleteMessageBatch); ones already gone are skipped, not an error."""
+
     def extend(self, message: Message, seconds: int) -> bool:
         """Keep a received message invisible for ``seconds`` from now; False if it is no
         longer held (deleted; an earlier receive's handle may or may not still work). It

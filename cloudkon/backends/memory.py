@@ -100,6 +100,13 @@ class MemoryQueue:
             if stored is not None and stored.receipt == message.receipt:
                 del self._messages[message.id]
 
+    def delete_batch(self, messages: list[Message]) -> None:
+        with self._lock:
+            for message in messages:
+                stored = self._messages.get(message.id)
+                if stored is not None and stored.receipt == message.receipt:
+                    del self._messages[message.id]
+
     def extend(self, message: Message, seconds: int) -> bool:
         with self._lock:
             stored = self._messages.get(message.id)

@@ -85,6 +85,23 @@ class SqsQueue:
             call(f"delete message {message.id} from queue {self.name}", self.client.delete_message,
                  expected=_NOT_HELD, QueueUrl=self.url, ReceiptHandle=message.receipt)
 
+    def delete_batch(self, messages: list[Message]) -> None:
+        for start in range(0, len(messages), self.batch_size):
+            chunk = messages[start:start + self.batch_size]
+            if len(chunk) == 1:
+                self.delete(chunk[0])
+                continue
+            response = call(
+                f"delete {len(chunk)} messages from queue {self.name}",
+                self.client.delete_message_batch, QueueUrl=self.url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m.receipt} for i, m in enumerate(chunk)],
+            )
+            for failed in response.get("Failed", ()):
+                # Not held any more (received again, or gone): what deleting was for, or the
+                # message comes back and its bundle is found COMPLETED and replayed.
+                log.debug("message %s was no longer held when deleted (%s)",
+                          chunk[int(failed["Id"])].id, failed.get("Code"))
+
     def extend(self, message: Message, seconds: int) -> bool:
         try:
             call(f"extend message {message.id} in queue {self.name}",

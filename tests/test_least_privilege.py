@@ -1,0 +1,223 @@
+"""Least privilege, checked: every AWS call each role makes in an end-to-end run is allowed
+by that role's policy, and every action a policy grants is called (or listed below with the
+reason it is granted but not exercised here).
+
+The run goes through a moto server of its own behind tests/aws_recorder.py, which logs
+each request with the access key that signed it. Each role gets fake credentials of its
+own (moto accepts any): `cloudkon setup` and `teardown` sign with ``setup-...``, the
+worker subprocess with ``worker-...``, the Lambda's handler (in this process, driven by
+chalice.test.Client) with ``lambda-...``, every client command with ``client-...``. The
+test's own calls (a poison message) sign with ``admin-...`` and are not checked. moto
+does not enforce IAM: tests/iam_policy.py is what decides, for the subset of IAM the
+policies use (its docstring says what it does not model).
+
+To grant a role a new call: add the statement to its policy file (deploy/iam/ or
+.chalice/), and make the call happen in the flow below, or, if this flow cannot make it
+(a fleet-only call, one that needs a large output), add the (role, Sid, action) to
+NOT_EXERCISED with the reason. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aws_fixtures import _answers, _free_port, _stop
+from iam_policy import Policy, Request, request_of
+from submit_helpers import load_app
+
+ROOT = Path(__file__).resolve().parent.parent
+IAM = ROOT / "deploy" / "iam"
+ACCOUNT = "123456789012"  # moto's account for any access key
+REGION = "us-east-1"
+# The deployment's own names: .chalice/policy-dev.json names the default prefix's resources.
+PREFIX = "cloudkon"
+BUCKET = f"{PREFIX}-workloads-{ACCOUNT}"
+START_SECONDS = 60.0
+WORKER_ARGS = ("--no-create", "--threads", 2, "--visibility-timeout", 4, "--wait-seconds", 1,
+               "--task-timeout", 5)
+
+
+@dataclass(frozen=True)
+class Role:
+    key: str  # the access key id the role's processes sign with in this test
+    policies: tuple[Path, ...]
+
+
+ROLES = {
+    "setup": Role("setup-ops", (IAM / "setup-policy.json",)),
+    # The instance role holds three documents; the daemon uses the first only.
+    "worker": Role("worker-i0123", (IAM / "worker-policy.json",
+                                    IAM / "worker-install-policy.json",
+                                    IAM / "worker-logs-policy.json")),
+    "lambda": Role("lambda-split", (ROOT / ".chalice" / "policy-dev.json",)),
+    "client": Role("client-alice", (IAM / "client-policy.json",)),
+}
+ADMIN_KEY = "admin-test"
+
+# Granted, but not called in this run: (role, "file#Sid", action) -> why.
+NOT_EXERCISED = {
+    ("worker", "worker-install-policy.json#DownloadTheCloudKonWheel", "s3:GetObject"):
+        "the instance's user data downloads the wheel (deploy/user-data.sh), not the daemon",
+    **{("worker", "worker-logs-policy.json#ShipTheWorkerLogWithTheCloudWatchAgent", action):
+       "the CloudWatch agent ships the worker's log (deploy/cloudwatch-agent.json)"
+       for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams",
+                      "logs:PutLogEvents", "logs:PutRetentionPolicy")},
+    **{("lambda", "policy-dev.json#Logs", action):
+       "the Lambda runtime writes the function's log, not the handler"
+       for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")},
+}
+
+
+def _env(key: str) -> dict[str, str]:
+    return {**os.environ, "AWS_ACCESS_KEY_ID": key}
+
+
+@pytest.fixture
+def recorded(tmp_path, monkeypatch):
+    """A moto server of this test's own behind the recorder; returns the calls log's path."""
+    calls = tmp_path / "calls.jsonl"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "recorder.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "aws_recorder.py"),
+                                 "--port", str(port), "--log", str(calls)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while not _answers(url):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "recorder.log").read_text()[-2000:]
+            time.sleep(0.1)
+        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": ADMIN_KEY,
+                            "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": REGION}.items():
+            monkeypatch.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "CLOUDKON_PREFIX"):
+            monkeypatch.delenv(name, raising=False)
+        yield calls
+    finally:
+        _stop(proc)
+
+
+def _ok(proc: subprocess.CompletedProcess, *codes: int) -> subprocess.CompletedProcess:
+    assert proc.returncode in (codes or (0,)), proc.stderr
+    return proc
+
+
+def _run_every_role(tmp_path: Path, cloudkon, write_workload, wait_until, monkeypatch) -> None:
+    """The flow whose calls are checked: setup, a worker, an upload split by the Lambda,
+    --direct, collect, status, jobs, retry, cancel, dead letters, teardown."""
+    import boto3
+
+    def as_client(*args, codes=(0,)):
+        return _ok(cloudkon(*args, "--prefix", PREFIX, env=_env(ROLES["client"].key)), *codes)
+
+    _ok(cloudkon("setup", "--prefix", PREFIX, env=_env(ROLES["setup"].key)))
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cloudkon", "worker", "--prefix", PREFIX,
+             *map(str, WORKER_ARGS)], stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, env=_env(ROLES["worker"].key))
+    try:
+        wait_until(lambda: "serving queue" in log.read_text(), timeout=60, what="worker serving")
+        # An upload, split by the Lambda (its handler in this process, as the lambda role).
+        upload = write_workload("echo up 1\nfalse\necho up 3\n", "upload.txt")
+        as_client("submit", "--job-id", "up1", upload)
+        _split_as_the_lambda(tmp_path, monkeypatch, "workloads/up1/upload.txt")
+        as_client("collect", "up1", "--timeout", 60, codes=(1,))  # line 2 failed
+        as_client("retry", "up1", "--failed")  # reads the object again, sends attempt 2
+        as_client("collect", "up1", "--timeout", 60, codes=(1,))
+        # --direct, waited for; then the reads of an operator.
+        direct = write_workload("echo d 1\necho d 2\n", "direct.txt")
+        as_client("submit", "--direct", "--job-id", "d1", "--wait", "--timeout", 60, direct)
+        as_client("status", "d1")
+        as_client("status")
+        as_client("jobs")
+        # A cancel of a job still running.
+        slow = write_workload("/bin/sleep 3\n/bin/sleep 3\n/bin/sleep 3\n", "slow.txt")
+        as_client("submit", "--direct", "--job-id", "c1", slow)
+        assert "cancelled" in as_client("cancel", "c1").stdout
+        # A poison message, dead-lettered by the worker, listed and redriven by the client.
+        sqs = boto3.client("sqs", region_name=REGION)
+        sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=f"{PREFIX}-input")["QueueUrl"],
+                         MessageBody="not a bundle")
+        wait_until(lambda: "dead-letter" in log.read_text(), what="the poison dead-lettered")
+        as_client("dlq", "list")
+        as_client("dlq", "redrive", "--all")
+        worker.send_signal(signal.SIGTERM)  # it unregisters
+        assert worker.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    _ok(cloudkon("teardown", "--prefix", PREFIX, env=_env(ROLES["setup"].key)))
+
+
+def _split_as_the_lambda(tmp_path: Path, monkeypatch, key: str) -> None:
+    from chalice.test import Client
+    from urllib.parse import quote_plus
+
+    import submitter.s3_lambda
+
+    project = tmp_path / "chalice"
+    (project / ".chalice").mkdir(parents=True)
+    stage = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    stage["stages"]["dev"]["environment_variables"].update(CLOUDKON_PREFIX=PREFIX,
+                                                           CLOUDKON_BUCKET=BUCKET)
+    (project / ".chalice" / "config.json").write_text(json.dumps(stage))
+    with monkeypatch.context() as m:
+        m.setenv("AWS_ACCESS_KEY_ID", ROLES["lambda"].key)
+        m.setattr(submitter.s3_lambda, "_deployment", None)  # clients made with this key
+        client = Client(load_app(), stage_name="dev", project_dir=str(project))
+        event = client.events.generate_s3_event(bucket=BUCKET, key=quote_plus(key))
+        client.lambda_.invoke("split_workload", event)
+        client.lambda_.invoke("provision_workers", client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
+
+
+def check(calls_log: Path) -> tuple[list[str], list[str], dict]:
+    """(denied calls, granted actions never called, calls by role) of a recorded run."""
+    by_role: dict[str, list[Request]] = defaultdict(list)
+    keys = {role.key: name for name, role in ROLES.items()}
+    for line in calls_log.read_text().splitlines():
+        call = json.loads(line)
+        if call["key"] != ADMIN_KEY:
+            assert call["key"] in keys, f"a call signed by an unknown key: {call}"
+            by_role[keys[call["key"]]].append(request_of(call, ACCOUNT))
+    denied, unused = [], []
+    for name, role in ROLES.items():
+        policy = Policy.load(list(role.policies), PREFIX=PREFIX, REGION=REGION, ACCOUNT=ACCOUNT)
+        used = set()
+        for request in by_role[name]:
+            allowed, statements = policy.decide(request)
+            if not allowed:
+                denied.append(f"{name}: {request}")
+            used.update((s.source, request.action.lower()) for s in statements)
+        for statement, action in policy.grants():
+            called = any(src == statement.source and statement.matches_action(a)
+                         for src, a in used)
+            exempt = (name, statement.source, action) in NOT_EXERCISED
+            if called == exempt:
+                unused.append(f"{name}: {statement.source} {action}: "
+                              + ("listed in NOT_EXERCISED but called" if called
+                                 else "granted but never called"))
+    return sorted(set(denied)), unused, by_role
+
+
+def test_every_call_of_every_role_is_allowed_and_every_grant_is_used(
+        recorded, tmp_path, cloudkon, write_workload, wait_until, monkeypatch):
+    _run_every_role(tmp_path, cloudkon, write_workload, wait_until, monkeypatch)
+    denied, unused, by_role = check(recorded)
+    assert all(by_role[name] for name in ROLES), {n: len(c) for n, c in by_role.items()}
+    assert not denied, "\n".join(["calls the policies do not allow:", *denied])
+    assert not unused, "\n".join(unused)

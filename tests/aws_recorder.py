@@ -93,7 +93,15 @@ def describe(environ: dict, body: bytes) -> dict:
         path = urllib.parse.unquote(environ.get("PATH_INFO", "/")).lstrip("/")
         bucket, _, obj = path.partition("/")
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        record.update(bucket=bucket, object=obj, version="versionId" in query)
+        if not obj and "versions" in query:
+            record["operation"] = "ListObjectVersions"
+        # A version is named in the query, or (DeleteObjects) in the XML body.
+        if "prefix" in query:
+            record["prefix"] = query["prefix"][0]
+        record.update(bucket=bucket, object=obj,
+                      version="versionId" in query or b"<VersionId>" in body)
+    elif service == "autoscaling":
+        record["group"] = doc.get("AutoScalingGroupName", "")
     elif service == "ssm":
         record["names"] = [doc["Name"]] if "Name" in doc else list(doc.get("Names", ()))
     return record

@@ -31,6 +31,7 @@ for the operations the project calls, and raises ``Unsupported`` for one it does
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -87,8 +88,13 @@ def _any(patterns, value: str, match) -> bool:
 
 def _glob(pattern: str, value: str, case: bool = True) -> bool:
     """IAM's wildcards: ``*`` any run of characters, ``?`` one; nothing else is special."""
+    return _compiled(pattern, case).fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str, case: bool) -> re.Pattern:
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, 0 if case else re.IGNORECASE) is not None
+    return re.compile(regex, re.DOTALL | (0 if case else re.IGNORECASE))
 
 
 def _action_matches(pattern: str, action: str) -> bool:
@@ -165,10 +171,19 @@ class Policy:
         allowing = [s for s in matching if s.effect == ALLOW]
         return bool(allowing), allowing
 
-    def grants(self) -> list[tuple[Statement, str]]:
-        """Every (Allow statement, action) the documents grant."""
-        return [(s, a) for s in self.statements if s.effect == ALLOW and not s.not_action
-                for a in s.actions]
+    def grants(self) -> list[tuple[Statement, str, str]]:
+        """Every (Allow statement, action, resource) the documents grant (NotAction and
+        NotResource statements grant too much to list: :class:`Unsupported`)."""
+        if any(s.effect == ALLOW and (s.not_action or s.not_resource) for s in self.statements):
+            raise Unsupported("the grants of an Allow with NotAction or NotResource")
+        return [(s, a, r) for s in self.statements if s.effect == ALLOW
+                for a in s.actions for r in s.resources]
+
+
+def covers(action: str, resource: str, request: Request) -> bool:
+    """True if ``request`` is a use of the grant (``action``, ``resource``) of a statement."""
+    return _action_matches(action, request.action) and _resource_matches(resource,
+                                                                          request.resource)
 
 
 def parse(document: dict, name: str) -> list[Statement]:
@@ -201,6 +216,7 @@ _ACTIONS = {
     ("s3", "HeadObject"): "s3:GetObject",
     ("s3", "ListObjectsV2"): "s3:ListBucket",
     ("s3", "ListObjects"): "s3:ListBucket",
+    ("s3", "ListObjectVersions"): "s3:ListBucketVersions",
     ("s3", "HeadBucket"): "s3:ListBucket",
     ("s3", "CreateBucket"): "s3:CreateBucket",
     ("s3", "DeleteBucket"): "s3:DeleteBucket",
@@ -212,6 +228,9 @@ _ACTIONS = {
 }
 _S3_OBJECT_OPERATIONS = {"PutObject", "GetObject", "HeadObject", "DeleteObject"}
 _NO_RESOURCE = {"sts"}  # actions IAM authorises on "*"
+# Auto Scaling's Describe* calls have no resource-level permissions either.
+_GROUP_ARN = ("arn:aws:autoscaling:{region}:{account}:autoScalingGroup:"
+              "00000000-0000-0000-0000-000000000000:autoScalingGroupName/{group}")
 
 
 def request_of(call: dict, account: str) -> Request:
@@ -222,8 +241,9 @@ def request_of(call: dict, account: str) -> Request:
         if service == "s3":
             raise Unsupported(f"the S3 operation {op} has no action here yet: add it")
         action = f"{service}:{op}"
-    if service == "s3" and op == "GetObject" and call.get("version"):
-        action = "s3:GetObjectVersion"
+    if service == "s3" and call.get("version"):  # the calls on one version of an object
+        action = {"GetObject": "s3:GetObjectVersion", "HeadObject": "s3:GetObjectVersion",
+                  "DeleteObjects": "s3:DeleteObjectVersion"}.get(op, action)
     context = {"aws:RequestedRegion": [region]}
     if service in _NO_RESOURCE:
         resource = "*"
@@ -238,6 +258,12 @@ def request_of(call: dict, account: str) -> Request:
         obj = call["object"] if op in _S3_OBJECT_OPERATIONS else "*" if op == "DeleteObjects" \
             else ""
         resource = f"arn:aws:s3:::{call['bucket']}" + (f"/{obj}" if obj else "")
+        if "prefix" in call:  # a listing's
+            context["s3:prefix"] = [call["prefix"]]
+    elif service == "autoscaling":
+        group = call.get("group") if not op.startswith("Describe") else ""
+        resource = _GROUP_ARN.format(region=region, account=account, group=group) if group \
+            else "*"
     elif service == "ssm":
         [name] = call["names"]
         resource = f"arn:aws:ssm:{region}:{account}:parameter/{name.lstrip('/')}"

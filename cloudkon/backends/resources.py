@@ -257,12 +257,16 @@ def _ensure_bucket(s3, name: str) -> Resource:
 
 
 def _empty_bucket(s3, name: str) -> int:
+    """Delete every object of the bucket, each version of it if the bucket keeps versions
+    (and the delete markers); return how many objects (versions) were removed."""
     removed = 0
     while True:  # each listing is of what is left, so no continuation token is needed
-        page = call(f"list bucket {name}", s3.list_objects_v2, Bucket=name)
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+        page = call(f"list bucket {name}", s3.list_object_versions, Bucket=name)
+        versions = page.get("Versions", [])
+        keys = [{"Key": o["Key"], "VersionId": o["VersionId"]}
+                for o in versions + page.get("DeleteMarkers", [])]
         if not keys:
             return removed
         call(f"empty bucket {name}", s3.delete_objects, Bucket=name,
              Delete={"Objects": keys, "Quiet": True})
-        removed += len(keys)
+        removed += len(versions)

@@ -210,18 +210,20 @@ def _run_the_lambda(tmp_path: Path, monkeypatch, key: str) -> None:
             source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
 
 
-def check(calls_log: Path) -> tuple[list[str], list[str], dict]:
+def check(calls_log: Path, roles: dict[str, Role] = ROLES,
+          exempt: dict = NOT_EXERCISED) -> tuple[list[str], list[str], dict]:
     """(denied calls, grants never used, calls by role) of a recorded run. A grant is an
-    (action, resource) of an Allow statement: each must allow some call of the run."""
+    (action, resource) of an Allow statement: each must allow some call of the run, unless
+    ``exempt`` lists the (role, statement, action)."""
     by_role: dict[str, list[Request]] = defaultdict(list)
-    keys = {role.key: name for name, role in ROLES.items()}
+    keys = {role.key: name for name, role in roles.items()}
     for line in calls_log.read_text().splitlines():
         call = json.loads(line)
         if call["key"] != ADMIN_KEY:
             assert call["key"] in keys, f"a call signed by an unknown key: {call}"
             by_role[keys[call["key"]]].append(request_of(call, ACCOUNT))
     denied, unused = [], []
-    for name, role in ROLES.items():
+    for name, role in roles.items():
         policy = Policy.load(list(role.policies), PREFIX=PREFIX, REGION=REGION, ACCOUNT=ACCOUNT)
         used: dict[str, list[Request]] = defaultdict(list)  # statement -> the calls it allows
         for request in by_role[name]:
@@ -232,8 +234,7 @@ def check(calls_log: Path) -> tuple[list[str], list[str], dict]:
                 used[statement.source].append(request)
         for statement, action, resource in policy.grants():
             called = any(covers(action, resource, r) for r in used[statement.source])
-            exempt = (name, statement.source, action) in NOT_EXERCISED
-            if called == exempt:
+            if called == ((name, statement.source, action) in exempt):
                 unused.append(f"{name}: {statement.source} {action} on {resource}: "
                               + ("listed in NOT_EXERCISED but called" if called
                                  else "granted but never called"))
@@ -247,3 +248,35 @@ def test_every_call_of_every_role_is_allowed_and_every_grant_is_used(
     assert all(by_role[name] for name in ROLES), {n: len(c) for n, c in by_role.items()}
     assert not denied, "\n".join(["calls the policies do not allow:", *denied])
     assert not unused, "\n".join(unused)
+
+
+def test_the_check_reports_denied_calls_unused_grants_and_stale_exemptions(tmp_path):
+    policy = tmp_path / "p.json"
+    policy.write_text(json.dumps({"Statement": [
+        {"Sid": "Records", "Effect": "Allow", "Action": "dynamodb:PutItem",
+         "Resource": "arn:aws:dynamodb:REGION:ACCOUNT:table/PREFIX-leases",
+         "Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["*#manifest"]}}},
+        {"Sid": "Upload", "Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"],
+         "Resource": "arn:aws:s3:::PREFIX-workloads-ACCOUNT/workloads/*"}]}))
+    put = {"key": "client-x", "region": REGION, "service": "dynamodb", "operation": "PutItem",
+           "tables": [f"{PREFIX}-leases"]}
+    upload = {"key": "client-x", "region": REGION, "service": "s3", "operation": "PutObject",
+              "bucket": BUCKET, "object": "workloads/j/w.txt", "version": False}
+    calls = tmp_path / "calls.jsonl"
+    calls.write_text("\n".join(json.dumps(c) for c in (
+        {**put, "leading_keys": ["j#manifest"]}, {**put, "leading_keys": ["j#0"]}, upload,
+        {"key": ADMIN_KEY, "region": REGION, "service": "sqs", "operation": "DeleteQueue",
+         "queue": "q"})) + "\n")
+    roles = {"client": Role("client-x", (policy,))}
+    denied, unused, by_role = check(calls, roles, exempt={
+        ("client", "p.json#Upload", "s3:PutObject"): "a stale reason"})
+    assert len(by_role["client"]) == 3  # the admin's call is not checked
+    assert denied == [f"client: dynamodb:PutItem on arn:aws:dynamodb:{REGION}:{ACCOUNT}"
+                      f":table/{PREFIX}-leases keys ['j#0']"]
+    assert [u.split(" on ")[0] for u in unused] == [
+        "client: p.json#Upload s3:PutObject", "client: p.json#Upload s3:GetObject"]
+    assert "listed in NOT_EXERCISED but called" in unused[0]
+    assert "granted but never called" in unused[1]
+    calls.write_text(json.dumps({**upload, "key": "stranger"}) + "\n")
+    with pytest.raises(AssertionError, match="unknown key"):
+        check(calls, roles)

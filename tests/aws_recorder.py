@@ -4,8 +4,8 @@
 
 serves moto (as ``python -m moto.server`` does) behind a WSGI layer that appends one JSON
 line per AWS request to ``CALLS.jsonl``: the caller's access key id (from the SigV4
-``Authorization`` header: the tests give each role fake credentials of its own, so the key
-says which role called), the region, the service and operation as botocore names them, and
+``Authorization`` header or a presigned URL, ``-`` if unsigned: the tests give each role
+fake credentials of its own, so the key says which role called), the region, the service and operation as botocore names them, and
 what IAM needs to authorise it: the queue, table, bucket and object, the DynamoDB items'
 partition keys (``dynamodb:LeadingKeys``), an S3 read of a version. Nothing in the product
 knows of it: processes reach it through AWS_ENDPOINT_URL like any endpoint.
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.moto_server import operation  # noqa: E402 - after the path is set
+from benchmarks.moto_server import _s3_operation, operation  # noqa: E402 - after the path is set
 
 # The DynamoDB table's partition key attribute (cloudkon.backends.dynamodb.KEY).
 PARTITION_KEY = "pk"
@@ -44,11 +44,15 @@ def access_key(environ: dict) -> str:
 
 
 def _scope(environ: dict) -> list[str]:
+    """KEY/DATE/REGION/SERVICE of the request's signature: its Authorization header, or a
+    presigned URL's X-Amz-Credential; ["-", ...] for an unsigned request."""
     auth = environ.get("HTTP_AUTHORIZATION", "")
     start = auth.find("Credential=")
-    if start < 0:
-        return ["?", "", "?", "?"]
-    scope = auth[start + len("Credential="):].split(",", 1)[0].split("/")
+    if start >= 0:
+        scope = auth[start + len("Credential="):].split(",", 1)[0].split("/")
+    else:
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        scope = query.get("X-Amz-Credential", ["-"])[0].split("/")
     return scope + ["?"] * (4 - len(scope))
 
 
@@ -71,8 +75,10 @@ def _leading_keys(doc: dict) -> list[str]:
 
 def describe(environ: dict, body: bytes) -> dict:
     """What a request asks of which resource, as a JSON-able dict."""
-    key, _, region, _ = _scope(environ)[:4]
+    key, _, region, signed_for = _scope(environ)[:4]
     service, op = operation(environ, body)
+    if service == "?" and signed_for == "s3":  # a presigned URL's
+        service, op = "s3", _s3_operation(environ)
     record = {"key": key, "region": region, "service": service, "operation": op}
     doc: dict = {}
     if environ.get("HTTP_X_AMZ_TARGET") and body:
@@ -116,9 +122,10 @@ class RecordingApp:
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - for the server's life
 
     def __call__(self, environ: dict, start_response):
-        if environ.get("PATH_INFO", "").startswith("/moto-api") \
-                or "HTTP_AUTHORIZATION" not in environ:
-            return self.app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/moto-api") or (path == "/" and "HTTP_AUTHORIZATION" not in environ
+                                            and environ.get("REQUEST_METHOD") == "GET"):
+            return self.app(environ, start_response)  # moto's own API; the start-up probe
         body = b""
         length = environ.get("CONTENT_LENGTH")
         if length:

@@ -194,3 +194,42 @@ def test_each_role_writes_only_its_own_key_shapes(job_id, seq, attempt, worker):
     assert may(worker_role, "PutItem", registry) and may(worker_role, "DeleteItem", registry)
     for p in (client, splitter, worker_role):
         assert not may(p, "DeleteItem", record) and not may(p, "DeleteItem", lease)
+
+
+def _signed(key: str, service: str, **environ) -> dict:
+    auth = f"AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/{service}/aws4_request, x"
+    return {"HTTP_AUTHORIZATION": auth, "REQUEST_METHOD": "POST", "PATH_INFO": "/",
+            "QUERY_STRING": "", **environ}
+
+
+def test_the_recorder_names_caller_operation_and_resource_of_each_request():
+    from aws_recorder import describe
+
+    batch = json.dumps({"RequestItems": {"p-leases": {"Keys": [{"pk": {"S": "j#0"}},
+                                                               {"pk": {"S": "j#a2#1"}}]}}})
+    assert describe(_signed("client-a", "dynamodb",
+                            HTTP_X_AMZ_TARGET="DynamoDB_20120810.BatchGetItem"),
+                    batch.encode()) == {
+        "key": "client-a", "region": "us-east-1", "service": "dynamodb",
+        "operation": "BatchGetItem", "tables": ["p-leases"], "leading_keys": ["j#0", "j#a2#1"]}
+    send = describe(_signed("worker-w", "sqs", HTTP_X_AMZ_TARGET="AmazonSQS.SendMessageBatch"),
+                    b'{"QueueUrl": "http://127.0.0.1:5/123456789012/p-output"}')
+    assert (send["key"], send["operation"], send["queue"]) == ("worker-w", "SendMessageBatch",
+                                                                "p-output")
+    listing = describe(_signed("client-a", "s3", REQUEST_METHOD="GET", PATH_INFO="/b",
+                               QUERY_STRING="list-type=2&prefix=workloads%2Fj%2F"), b"")
+    assert (listing["operation"], listing["bucket"], listing["prefix"]) == (
+        "ListObjectsV2", "b", "workloads/j/")
+    versions = describe(_signed("setup-s", "s3", REQUEST_METHOD="GET", PATH_INFO="/b",
+                                QUERY_STRING="versions="), b"")
+    assert versions["operation"] == "ListObjectVersions"
+    emptying = describe(_signed("setup-s", "s3", PATH_INFO="/b", QUERY_STRING="delete="),
+                        b"<Delete><Object><Key>k</Key><VersionId>v1</VersionId></Object></Delete>")
+    assert (emptying["operation"], emptying["version"]) == ("DeleteObjects", True)
+    presigned = describe({"REQUEST_METHOD": "GET", "PATH_INFO": "/b/workloads/j/w.txt",
+                          "QUERY_STRING": "X-Amz-Credential=client-a%2F20260101%2Fus-east-1"
+                                          "%2Fs3%2Faws4_request&X-Amz-Signature=x"}, b"")
+    assert (presigned["key"], presigned["operation"], presigned["object"]) == (
+        "client-a", "GetObject", "workloads/j/w.txt")
+    # Unsigned: a key no role has, which the check refuses.
+    assert describe({"REQUEST_METHOD": "PUT", "PATH_INFO": "/b/k"}, b"")["key"] == "-"

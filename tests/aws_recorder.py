@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.moto_server import _s3_operation, operation  # noqa: E402 - after the path is set
+from benchmarks.moto_server import _s3_operation, operation
 
 # The DynamoDB table's partition key attribute (cloudkon.backends.dynamodb.KEY).
 PARTITION_KEY = "pk"

@@ -11,9 +11,12 @@ import io
 import json
 import math
 import zlib
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from clock import FakeClock
 
 from cloudkon.backends.memory import MemoryBroker
 from cloudkon.codec import (
@@ -271,6 +274,24 @@ def _forged(lines: list[int]) -> str:
     return json.dumps(doc)
 
 
+class _Drained:
+    """The output queue as the collector sees it, never waiting: a receive that finds
+    nothing moves the collector's clock past the wait it asked for instead."""
+
+    def __init__(self, queue, clock: FakeClock) -> None:
+        self.queue = queue
+        self.clock = clock
+
+    def __getattr__(self, name):
+        return getattr(self.queue, name)
+
+    def receive(self, n: int, wait_seconds: float, visibility_seconds: int):
+        got = self.queue.receive(n, 0, visibility_seconds)
+        if not got:
+            self.clock.advance(max(wait_seconds, 0.01))
+        return got
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_jobs())
 def test_the_collector_is_complete_only_when_every_task_line_has_a_result(job):
@@ -281,7 +302,7 @@ def test_the_collector_is_complete_only_when_every_task_line_has_a_result(job):
                   if not any(a <= n <= b for a, b in skipped)}
     manifests = MemoryManifests()
     manifests.save(manifest.done(tasks=len(task_lines)))
-    broker = MemoryBroker()
+    broker = MemoryBroker(FakeClock())
     broker.create("output")
     out = broker.queue("output")
     for seq, (job_id, lines) in enumerate(messages):
@@ -289,7 +310,13 @@ def test_the_collector_is_complete_only_when_every_task_line_has_a_result(job):
                 encode_results(ResultBundle(job_id, seq, [_result(n) for n in lines], 9.0)))
         out.send_batch([body])
     written = []
-    collection = Collector("job-p", out, manifests, on_results=written.append).run(timeout=0.02)
+    # The collector's own clock moves only when the queue has nothing more to give, so that
+    # its timeout ends the collection after every message was read, however loaded the
+    # machine (the queue has a clock of its own).
+    clock = FakeClock()
+    with mock.patch("submitter.collect.time.monotonic", clock):
+        collection = Collector("job-p", _Drained(out, clock), manifests,
+                               on_results=written.append).run(timeout=1.0)
 
     posted = [n for job_id, lines in messages if job_id == "job-p" for n in lines]
     have = set(posted) & task_lines

@@ -276,7 +276,8 @@ def _forged(lines: list[int]) -> str:
 
 class _Drained:
     """The output queue as the collector sees it, never waiting: a receive that finds
-    nothing moves the collector's clock past the wait it asked for instead."""
+    nothing moves the collector's clock past the wait it asked for instead, and any other
+    a tick (messages of other jobs are given back and come round again)."""
 
     def __init__(self, queue, clock: FakeClock) -> None:
         self.queue = queue
@@ -287,8 +288,7 @@ class _Drained:
 
     def receive(self, n: int, wait_seconds: float, visibility_seconds: int):
         got = self.queue.receive(n, 0, visibility_seconds)
-        if not got:
-            self.clock.advance(max(wait_seconds, 0.01))
+        self.clock.advance(0.01 if got else max(wait_seconds, 0.01))
         return got
 
 

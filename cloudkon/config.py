@@ -15,6 +15,7 @@ from cloudkon.limits import (
     DEFAULT_FLEET_MIN,
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_LIVENESS_SECONDS,
+    DEFAULT_REPLAY_WINDOW_SECONDS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
     DEFAULT_TASKS_PER_WORKER,
@@ -65,6 +66,9 @@ class AwsConfig:
     region: str | None = None
     endpoint_url: str | None = None
     bucket_suffix: str | None = None  # None: the account id
+    # Where the deployment's signing key is (cloudkon/signing.py): "file:/PATH" or
+    # "ssm:/NAME"; None: bundles and results are not signed.
+    signing_key: str | None = None
 
     def __post_init__(self) -> None:
         if not PREFIX_PATTERN.fullmatch(self.prefix):
@@ -113,6 +117,8 @@ class WorkerConfig:
     # Variables tasks get besides the base ones (cloudkon.taskenv); None: the worker's
     # whole environment (`cloudkon run`, the user's own shell).
     task_env: tuple[str, ...] | None = None
+    # With a signing key: a bundle signed longer ago than this is refused (cloudkon/limits.py).
+    replay_window_seconds: float = DEFAULT_REPLAY_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
         if self.task_env is not None:

@@ -15,6 +15,7 @@ from cloudkon.config import AwsConfig, WorkerConfig
 from cloudkon.errors import NotSetUpError
 from cloudkon.limits import HEARTBEAT_MAX_CONCURRENT
 from cloudkon.metrics import EmfMetrics
+from cloudkon.signing import SIGNING_KEY_VARIABLE, load_signer
 from worker.daemon import Worker
 
 log = logging.getLogger(__name__)
@@ -55,5 +56,10 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
     registry = DynamoWorkerRegistry(dynamodb, deployment.lease_table)
     metrics = (EmfMetrics(logs.metrics_writer(), deployment.input_queue, config.worker_id)
                if config.emf_metrics else None)
-    return Worker(inbox, broker, leases, config, codec=WireCodec(worker_threads=config.threads),
-                  registry=registry, metrics=metrics)
+    signer = load_signer(deployment.signing_key, deployment, config.replay_window_seconds)
+    if signer is None:
+        log.warning("no signing key configured (--signing-key, %s): bundles are run unchecked,"
+                    " whoever sent them, and results are not signed", SIGNING_KEY_VARIABLE)
+    codec = WireCodec(worker_threads=config.threads, signer=signer)
+    return Worker(inbox, broker, leases, config, codec=codec, registry=registry,
+                  metrics=metrics)

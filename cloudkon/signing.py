@@ -53,8 +53,9 @@ SCHEME = "hs1"
 SIGNING_KEY_VARIABLE = "CLOUDKON_SIGNING_KEY"
 FILE_SOURCE = "file:"
 SSM_SOURCE = "ssm:"
-# What a signature adds to a message body, at most: ',"sig":"hs1.' + 8 + '.' + 16 + '.' + 64 + '"'.
-SIGNATURE_CHARS = 100
+# What a signature adds to a message body, at most: ',"sig":"hs1.' (12), the key id (8),
+# '.', the time (up to 16 digits), '.', the MAC (64) and '"'.
+SIGNATURE_CHARS = 103
 _KID_CHARS = 8
 _TRAILER = re.compile(r',"sig":"hs1\.([0-9a-f]{8})\.([0-9]{1,16})\.([0-9a-f]{64})"\}\Z')
 SEAL_MAGIC = b"CKS1"
@@ -81,7 +82,8 @@ def split_signed(body: str | bytes) -> tuple[str | bytes, Token | None]:
             body = body.decode("ascii")
         except UnicodeDecodeError:
             return body, None
-    match = _TRAILER.search(body)
+    start = max(len(body) - SIGNATURE_CHARS - 1, 0)  # the trailer is at the very end
+    match = _TRAILER.search(body, start)
     if match is None:
         return body, None
     return body[:match.start()] + "}", Token(match[1], int(match[2]), match[3])

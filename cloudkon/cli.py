@@ -527,10 +527,14 @@ def fleet_group() -> None:
 @click.option("--tasks-per-worker", type=click.IntRange(min=1), default=DEFAULT_TASKS_PER_WORKER,
               show_default=True, metavar="N",
               help="The provisioner's target: queued tasks per worker.")
+@click.option("--signing-key", metavar="ssm:NAME", default=None,
+              help="The workers run only bundles signed with the key in this SSM parameter"
+                   " (README, \"Signed bundles\"). Default: none, unchecked.")
 def fleet_up_command(prefix: str | None, region: str | None, endpoint_url: str | None,
                      bucket_suffix: str | None, instances: int | None, min_size: int,
                      max_size: int, instance_type: str, spot: bool, threads: int | None,
-                     subnets: tuple[str, ...], ami: str | None, tasks_per_worker: int) -> int:
+                     subnets: tuple[str, ...], ami: str | None, tasks_per_worker: int,
+                     signing_key: str | None) -> int:
     """Create or update the fleet of PREFIX; print each resource and what was done to it.
 
     The worker role and instance profile (deploy/iam/), the wheel of this checkout in the
@@ -543,7 +547,8 @@ def fleet_up_command(prefix: str | None, region: str | None, endpoint_url: str |
 
     fleet = FleetConfig(instances=instances, min_size=min_size, max_size=max_size,
                         instance_type=instance_type, spot=spot, threads=threads,
-                        subnets=subnets, ami=ami, tasks_per_worker=tasks_per_worker)
+                        subnets=subnets, ami=ami, tasks_per_worker=tasks_per_worker,
+                        signing_key=signing_key)
     for resource in up(_aws_config(prefix, region, endpoint_url, bucket_suffix), fleet):
         click.echo(str(resource))
     return EXIT_OK

@@ -11,14 +11,23 @@ from pathlib import Path
 import boto3
 import pytest
 from aws_fixtures import messages_left, queue_url
-from submit_helpers import BUCKET_SUFFIX, REGION, chalice_project, deliver_upload, make_bucket
+from submit_helpers import (
+    BUCKET_SUFFIX,
+    REGION,
+    ROOT,
+    chalice_project,
+    deliver_upload,
+    make_bucket,
+)
 
 from cloudkon.backends.dynamodb import DynamoLeaseStore
 from cloudkon.codec import WireCodec, decode_bundle, encode_bundle, pack_results, unpack_results
+from cloudkon.config import AwsConfig, FleetConfig
 from cloudkon.errors import SignatureError, UsageError
 from cloudkon.limits import SQS_MAX_MESSAGE_BYTES
 from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
 from cloudkon.signing import Signer, load_signer
+from fleet.resources import _user_data
 from submitter.split import _fitting
 
 KEY = "k1-" + "0123456789abcdef" * 4
@@ -266,3 +275,12 @@ def encode_results_body(job_id: str, codec: WireCodec | None) -> str:
     bundle = ResultBundle(job_id, 0, [(1, "echo one", SUCCEEDED, 0, None, 1.0, 2.0,
                                        "forged\n", "")], 1.0, "forger")
     return (codec or WireCodec()).results_bodies(bundle)[0]
+
+
+def test_fleet_up_passes_an_ssm_signing_key_to_its_workers_and_refuses_other_sources():
+    fleet = FleetConfig(threads=4, signing_key="ssm:/tk-signing-key")
+    data = _user_data(ROOT, AwsConfig(prefix="tk"), "s3://b/dist/w.whl", fleet)
+    assert 'CLOUDKON_WORKER_ARGS="--threads 4 --signing-key ssm:/tk-signing-key"\n' in data
+    for source in ("file:/etc/key", "ssm:/k; reboot", "ssm:"):
+        with pytest.raises(UsageError, match="ssm:NAME"):
+            FleetConfig(signing_key=source)

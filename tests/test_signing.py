@@ -5,6 +5,7 @@ one, the worker says so once and everything works as before."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -21,14 +22,16 @@ from submit_helpers import (
 )
 
 from cloudkon.backends.dynamodb import DynamoLeaseStore
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from cloudkon.codec import WireCodec, decode_bundle, encode_bundle, pack_results, unpack_results
-from cloudkon.config import AwsConfig, FleetConfig
+from cloudkon.config import AwsConfig, FleetConfig, WorkerConfig
 from cloudkon.errors import SignatureError, UsageError
 from cloudkon.limits import SQS_MAX_MESSAGE_BYTES
 from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
 from cloudkon.signing import Signer, load_signer
 from fleet.resources import _user_data
 from submitter.split import _fitting
+from worker.daemon import Worker
 
 KEY = "k1-" + "0123456789abcdef" * 4
 OLD_KEY = "k0-" + "fedcba9876543210" * 4
@@ -144,6 +147,35 @@ def test_a_key_is_read_from_an_ssm_securestring(aws_config):
     assert signer.kid == _signer(KEY).kid and len(signer.kids) == 2
     with pytest.raises(UsageError, match="no such SSM parameter"):
         load_signer(f"ssm:/{aws_config.prefix}-nosuch", aws_config)
+
+
+def test_a_takeover_ignores_partial_results_that_fail_their_check_and_runs_every_task(
+        tmp_path, wait_until):
+    broker = MemoryBroker()
+    inbox = broker.create("in", dead_letter="in-dlq")
+    broker.create("out")
+    leases = MemoryLeaseStore()
+    # A record given up by "another owner", claiming line 1 done: unsealed, so not believed.
+    leases.claim("job-t#0", "forger/1", 60)
+    unsealed, _ = pack_results([_result(1, "forged\n")], 10_000)
+    leases.release("job-t#0", "forger/1", unsealed)
+    ran = tmp_path / "ran"
+    codec = WireCodec(signer=_signer())
+    inbox.send_batch([codec.encode_bundle(
+        Bundle("job-t", 0, [(1, f"echo 1 >> {ran}"), (2, f"echo 2 >> {ran}")]), "out")])
+    worker = Worker(inbox, broker, leases, WorkerConfig("w", threads=1, wait_seconds=0.1),
+                    codec=codec)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: ran.exists() and ran.read_text().split() == ["1", "2"],
+                   what="both tasks run")
+        stored = wait_until(lambda: (c := leases.lookup("job-t#0")).outcome == "COMPLETED" and c)
+        results = codec.unpack_results(stored.results, None, "job-t#0")
+        assert sorted((r[0], r[7]) for r in results) == [(1, ""), (2, "")]  # not "forged"
+    finally:
+        worker.stop(hard=True)
+        thread.join(30)
 
 
 # --- workers, the splitter and collect on the moto server --------------------------------------

@@ -139,6 +139,17 @@ def test_key_sources_that_cannot_serve_are_refused_in_one_line(tmp_path):
     assert load_signer(None) is None and load_signer("") is None
 
 
+def test_a_bad_key_ends_submit_and_worker_with_one_line_and_exit_2(cloudkon, write_workload,
+                                                                   tmp_path):
+    short = write_workload("short\n", name="short.key")
+    for args in (("submit", "--direct", short), ("worker",)):
+        proc = cloudkon(*args, "--prefix", "tnokey", "--region", REGION,
+                        "--endpoint-url", "http://127.0.0.1:9", "--signing-key", f"file:{short}")
+        assert proc.returncode == 2
+        assert proc.stderr == (f"cloudkon: error: signing key file:{short}, line 1: a key has at"
+                               " least 32 characters (make one with `openssl rand -hex 32`)\n")
+
+
 def test_a_key_is_read_from_an_ssm_securestring(aws_config):
     name = f"/{aws_config.prefix}-signing-key"
     boto3.client("ssm", region_name=REGION).put_parameter(

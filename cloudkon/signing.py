@@ -25,8 +25,9 @@ only that. A reader without a key decodes a signed body as any other (the field 
 ignored), so signing can be switched on with workers that do not check yet.
 
 Stored results (the lease item's packed results) are sealed: ``CKS1`` + KID (8 bytes) +
-the 32-byte HMAC of ``hs1 \\n stored \\n KID \\n LEASE KEY \\n PACKED`` + PACKED, which binds
-them to their bundle's lease key: results cannot be moved to another bundle or job.
+the 32-byte HMAC of ``hs1 \\n stored \\n KID \\n \\n LEASE KEY \\n PACKED`` (no time) +
+PACKED, which binds them to their bundle's lease key: results cannot be moved to another
+bundle or job.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -30,6 +31,8 @@ from cloudkon.limits import SQS_MAX_MESSAGE_BYTES
 from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
 from cloudkon.signing import Signer, load_signer
 from fleet.resources import _user_data
+from submitter import client
+from submitter.deployment import Deployment
 from submitter.split import _fitting
 from worker.daemon import Worker
 
@@ -307,10 +310,11 @@ def test_signed_jobs_run_end_to_end_direct_and_through_the_lambda_and_collect_dr
         f"file:{key_file}"
     (project / ".chalice" / "config.json").write_text(json.dumps(settings))
     deliver_upload(project, bucket, f"workloads/{job_id}/{workload.name}")
-    collected = cloudkon("collect", *aws, *key, job_id, "--timeout", 60, "--json")
-    assert collected.returncode == 0, collected.stderr
-    assert json.loads(collected.stdout)["succeeded"] == 3
-    assert "bad_signatures" not in json.loads(collected.stdout)
+    signed = Deployment(replace(config, bucket_suffix=BUCKET_SUFFIX,
+                                signing_key=f"file:{key_file}"))
+    collection = client.collect(signed, job_id, timeout=60)
+    assert collection.complete and collection.summary.counts[SUCCEEDED] == 3
+    assert collection.summary.bad_signatures == 0
 
 
 def encode_results_body(job_id: str, codec: WireCodec | None) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 from aws_fixtures import messages_left, queue_url
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from submit_helpers import (
     BUCKET_SUFFIX,
     REGION,
@@ -26,7 +28,7 @@ from cloudkon.backends.dynamodb import DynamoLeaseStore
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from cloudkon.codec import WireCodec, decode_bundle, encode_bundle, pack_results, unpack_results
 from cloudkon.config import AwsConfig, FleetConfig, WorkerConfig
-from cloudkon.errors import SignatureError, UsageError
+from cloudkon.errors import CodecError, SignatureError, UsageError
 from cloudkon.limits import SQS_MAX_MESSAGE_BYTES
 from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
 from cloudkon.signing import Signer, load_signer
@@ -77,6 +79,32 @@ def test_a_signed_bundle_decodes_as_signed_and_any_change_is_refused_as_forged()
     assert codec.decode_results(results).results[0][0] == 1
     with pytest.raises(SignatureError, match="forged"):
         codec.decode_results(results.replace('"job":"job-s"', '"job":"job-t"'))
+
+
+_SIGNED = WireCodec(signer=_signer()).encode_bundle(
+    Bundle("job-p", 4, [(1, "echo 'a b'"), (7, "sleep 1")], 2.5, 2), "https://q/out")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, len(_SIGNED) - 1), st.sampled_from(("flip", "insert", "delete")),
+       st.characters(codec="ascii"))
+def test_any_change_to_a_signed_bundle_is_refused(at, how, char):
+    if how == "flip":
+        assume(_SIGNED[at] != char)
+        body = _SIGNED[:at] + char + _SIGNED[at + 1:]
+    elif how == "insert":
+        body = _SIGNED[:at] + char + _SIGNED[at:]
+    else:
+        body = _SIGNED[:at] + _SIGNED[at + 1:]
+    with pytest.raises(CodecError):  # a SignatureError, or not even a message
+        WireCodec(signer=_signer()).decode_bundle(body)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300))
+def test_any_other_body_is_refused_with_a_codec_error_and_nothing_else(body):
+    with pytest.raises(CodecError):
+        WireCodec(signer=_signer()).decode_bundle(body)
 
 
 def test_a_bundle_older_than_the_replay_window_or_from_the_future_is_refused():

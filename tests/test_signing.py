@@ -34,7 +34,9 @@ from cloudkon.model import SUCCEEDED, Bundle, ResultBundle, bundle_key
 from cloudkon.signing import Signer, load_signer
 from fleet.resources import _user_data
 from submitter import client
+from submitter.collect import Collector
 from submitter.deployment import Deployment
+from submitter.manifest import SUBMITTED, Manifest, MemoryManifests
 from submitter.split import _fitting
 from worker.daemon import Worker
 
@@ -218,6 +220,28 @@ def test_a_takeover_ignores_partial_results_that_fail_their_check_and_runs_every
     finally:
         worker.stop(hard=True)
         thread.join(30)
+
+
+def test_collect_drops_and_counts_results_messages_and_stored_results_that_fail_their_check():
+    manifests = MemoryManifests()
+    manifests.save(Manifest("job-c", SUBMITTED, "w.txt", 9.0, bundles=3, last_line=3)
+                   .done(tasks=3))
+    broker = MemoryBroker()
+    out = broker.create("output")
+    leases = MemoryLeaseStore()
+    codec = WireCodec(signer=_signer())
+    out.send_batch(codec.results_bodies(ResultBundle("job-c", 0, [_result(1, "ok\n")], 9.0))
+                   + WireCodec().results_bodies(ResultBundle("job-c", 1, [_result(2)], 9.0)))
+    for seq, line, packed in ((1, 2, pack_results([_result(2, "forged\n")], 10_000)[0]),
+                              (2, 3, codec.pack_results([_result(3, "ok\n")], 10_000,
+                                                        "job-c#1")[0])):  # another bundle's
+        leases.claim(f"job-c#{seq}", "w/1", 60)
+        leases.complete(f"job-c#{seq}", "w/1", packed)
+    collection = Collector("job-c", out, manifests, leases, quiet_seconds=0,
+                           codec=codec).run(timeout=1)
+    assert not collection.complete and collection.missing_count == 2
+    assert collection.summary.bad_signatures == 3  # one message, two stored bundles
+    assert collection.summary.to_dict()["bad_signatures"] == 3
 
 
 # --- workers, the splitter and collect on the moto server --------------------------------------

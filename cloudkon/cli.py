@@ -40,6 +40,7 @@ from cloudkon.limits import (
     DEFAULT_LIVENESS_SECONDS,
     DEFAULT_REMOTE_BUNDLE_MS,
     DEFAULT_REMOTE_BUNDLE_SIZE,
+    DEFAULT_REPLAY_WINDOW_SECONDS,
     DELETE_BATCH_SECONDS,
     DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
@@ -307,9 +308,18 @@ def _deployment_of(config: AwsConfig):
 
 
 def _aws_config(prefix: str | None, region: str | None, endpoint_url: str | None,
-                bucket_suffix: str | None = None) -> AwsConfig:
+                bucket_suffix: str | None = None, signing_key: str | None = None) -> AwsConfig:
     return AwsConfig(prefix=prefix or DEFAULT_PREFIX, region=region or None,
-                     endpoint_url=endpoint_url or None, bucket_suffix=bucket_suffix or None)
+                     endpoint_url=endpoint_url or None, bucket_suffix=bucket_suffix or None,
+                     signing_key=signing_key or None)
+
+
+_SIGNING_KEY = click.option(
+    "--signing-key", metavar="file:PATH|ssm:NAME", envvar="CLOUDKON_SIGNING_KEY", default=None,
+    help="The deployment's signing key: a file or an SSM SecureString parameter, one key a"
+         " line (the first signs, the others are still accepted). Bundles are signed, and"
+         " bundles and results checked (README, \"Signed bundles\") [env:"
+         " CLOUDKON_SIGNING_KEY].")
 
 
 _BUCKET_SUFFIX = click.option(
@@ -414,13 +424,20 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
                    " the variable separates names by spaces). Tasks get only these, PATH,"
                    " HOME, LANG, LANGUAGE, LC_*, TZ, USER, LOGNAME, TMPDIR and their"
                    " CLOUDKON_* ids; never AWS_* [env: CLOUDKON_TASK_ENV].")
+@_SIGNING_KEY
+@click.option("--replay-window", type=_Number(min=1), default=DEFAULT_REPLAY_WINDOW_SECONDS,
+              show_default=True, metavar="SECONDS",
+              help="With --signing-key: refuse bundles signed longer ago than this (the"
+                   " default is the input queue's retention, so that no bundle waiting in"
+                   " the queue is refused).")
 @click.pass_obj
 def worker_command(verbose: int, prefix: str | None, region: str | None,
                    endpoint_url: str | None, threads: int, no_create: bool,
                    drain_seconds: float, visibility_timeout: int, wait_seconds: int,
                    task_timeout: float, tail_bytes: int, liveness_seconds: float,
                    log_json: bool, worker_id: str | None, batch_size: int, instance_id: str,
-                   emf_metrics: bool, task_env: tuple[str, ...]) -> int:
+                   emf_metrics: bool, task_env: tuple[str, ...], signing_key: str | None,
+                   replay_window: float) -> int:
     """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
 
     SIGTERM drains: nothing new starts, what has not started is given back at once,
@@ -438,10 +455,10 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         drain_seconds=drain_seconds, liveness_seconds=liveness_seconds,
         task_timeout=task_timeout or None, tail_bytes=tail_bytes, instance_id=instance_id,
         emf_metrics=emf_metrics, task_env=task_env,
-        delete_batch_seconds=DELETE_BATCH_SECONDS,
+        delete_batch_seconds=DELETE_BATCH_SECONDS, replay_window_seconds=replay_window,
     )
-    worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
-                        create=not no_create)
+    worker = aws_worker(_aws_config(prefix, region, endpoint_url, signing_key=signing_key),
+                        config, batch_size, create=not no_create)
     return worker.run()
 
 
@@ -510,10 +527,14 @@ def fleet_group() -> None:
 @click.option("--tasks-per-worker", type=click.IntRange(min=1), default=DEFAULT_TASKS_PER_WORKER,
               show_default=True, metavar="N",
               help="The provisioner's target: queued tasks per worker.")
+@click.option("--signing-key", metavar="ssm:NAME", default=None,
+              help="The workers run only bundles signed with the key in this SSM parameter"
+                   " (README, \"Signed bundles\"). Default: none, unchecked.")
 def fleet_up_command(prefix: str | None, region: str | None, endpoint_url: str | None,
                      bucket_suffix: str | None, instances: int | None, min_size: int,
                      max_size: int, instance_type: str, spot: bool, threads: int | None,
-                     subnets: tuple[str, ...], ami: str | None, tasks_per_worker: int) -> int:
+                     subnets: tuple[str, ...], ami: str | None, tasks_per_worker: int,
+                     signing_key: str | None) -> int:
     """Create or update the fleet of PREFIX; print each resource and what was done to it.
 
     The worker role and instance profile (deploy/iam/), the wheel of this checkout in the
@@ -526,7 +547,8 @@ def fleet_up_command(prefix: str | None, region: str | None, endpoint_url: str |
 
     fleet = FleetConfig(instances=instances, min_size=min_size, max_size=max_size,
                         instance_type=instance_type, spot=spot, threads=threads,
-                        subnets=subnets, ami=ami, tasks_per_worker=tasks_per_worker)
+                        subnets=subnets, ami=ami, tasks_per_worker=tasks_per_worker,
+                        signing_key=signing_key)
     for resource in up(_aws_config(prefix, region, endpoint_url, bucket_suffix), fleet):
         click.echo(str(resource))
     return EXIT_OK
@@ -647,11 +669,12 @@ def _collect_options(f):
               help="With --direct: SendMessageBatch calls in flight at once.")
 @click.option("--batch-size", type=click.IntRange(1, SQS_MAX_BATCH), default=SQS_MAX_BATCH,
               show_default=True, help=_BATCH_SIZE_HELP)
+@_SIGNING_KEY
 def submit_command(prefix: str | None, region: str | None, endpoint_url: str | None,
                    bucket_suffix: str | None, workload: str, direct: bool, wait: bool,
                    output: str | None, as_json: bool, timeout: float | None,
                    progress: bool | None, job_id: str | None, bundle_size: int, bundle_ms: float,
-                   senders: int, batch_size: int) -> int:
+                   senders: int, batch_size: int, signing_key: str | None) -> int:
     """Submit the tasks of WORKLOAD to the workers of PREFIX; print the job id.
 
     By default the workload is uploaded to the bucket, where the Lambda (`chalice deploy`)
@@ -662,8 +685,8 @@ def submit_command(prefix: str | None, region: str | None, endpoint_url: str | N
 
     if (output or as_json or timeout is not None) and not wait:
         raise click.UsageError("--output, --json and --timeout go with --wait")
-    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix), senders,
-                            batch_size)
+    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix,
+                                        signing_key), senders, batch_size)
     job_id = check_job_id(job_id) if job_id else new_job_id("job")
     with _deployment_of(deployment.config):
         return _submit(deployment, workload, job_id, direct, wait, output, as_json, timeout,
@@ -709,9 +732,11 @@ def _submit(deployment, workload: str, job_id: str, direct: bool, wait: bool,
 @_BUCKET_SUFFIX
 @click.argument("job_id", metavar="JOB_ID")
 @_collect_options
+@_SIGNING_KEY
 def collect_command(prefix: str | None, region: str | None, endpoint_url: str | None,
                     bucket_suffix: str | None, job_id: str, output: str | None, as_json: bool,
-                    timeout: float | None, progress: bool | None) -> int:
+                    timeout: float | None, progress: bool | None,
+                    signing_key: str | None) -> int:
     """Collect the results of job JOB_ID and print the summary, as `cloudkon run` does.
 
     Results of other jobs on the shared output queue are left to their own collectors.
@@ -724,7 +749,8 @@ def collect_command(prefix: str | None, region: str | None, endpoint_url: str | 
     """
     from submitter.deployment import Deployment
 
-    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix))
+    deployment = Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix,
+                                        signing_key))
     with _deployment_of(deployment.config):
         return _collect_and_report(deployment, job_id, output, as_json, timeout, progress,
                                    resume=True)
@@ -832,10 +858,10 @@ def _resume_command(config: AwsConfig, job_id: str, output: str | None) -> str:
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
-def _deployment(prefix, region, endpoint_url, bucket_suffix=None):
+def _deployment(prefix, region, endpoint_url, bucket_suffix=None, signing_key=None):
     from submitter.deployment import Deployment
 
-    return Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix))
+    return Deployment(_aws_config(prefix, region, endpoint_url, bucket_suffix, signing_key))
 
 
 @cli.command("status")
@@ -962,8 +988,9 @@ def cancel_command(prefix, region, endpoint_url, job_id: str) -> int:
 @click.option("--workload", metavar="FILE",
               help="Read the commands from FILE instead of the job's workload (needed for a"
                    " job submitted with --direct from another machine).")
+@_SIGNING_KEY
 def retry_command(prefix, region, endpoint_url, bucket_suffix, job_id: str, failed: bool,
-                  timed_out: bool, workload: str | None) -> int:
+                  timed_out: bool, workload: str | None, signing_key: str | None) -> int:
     """Submit the failed tasks of finished job JOB_ID again (with --timed-out, the timed-out
     ones too), as a new attempt of the same job with the same task ids; `collect JOB_ID`
     then returns the latest attempt of each task. Exit code: 0 (also when nothing failed);
@@ -971,7 +998,7 @@ def retry_command(prefix, region, endpoint_url, bucket_suffix, job_id: str, fail
     from cloudkon.model import FAILED, TIMED_OUT
     from submitter import jobs
 
-    deployment = _deployment(prefix, region, endpoint_url, bucket_suffix)
+    deployment = _deployment(prefix, region, endpoint_url, bucket_suffix, signing_key)
     statuses = (FAILED, TIMED_OUT) if timed_out else (FAILED,)
     done = jobs.retry(deployment, check_job_id(job_id), statuses, workload)
     what = " or ".join(s.replace("_", " ") for s in statuses)

@@ -21,7 +21,11 @@ worker that reads only version 1 dead-letters a retry's bundle instead of runnin
 the first attempt's lease key.
 
 Stored results (the lease store's copy, for replay and takeover) are the same columns
-without the commands, which the bundle holds, compressed with zlib. Anything that does
+without the commands, which the bundle holds, compressed with zlib.
+
+A deployment with a signing key signs bodies and seals stored results
+(:mod:`cloudkon.signing`, through :class:`WireCodec`): a signed body is the body above with
+a last field ``"sig"`` appended, which readers without a key ignore. Anything that does
 not decode and validate raises :class:`~cloudkon.errors.CodecError`.
 """
 
@@ -35,6 +39,7 @@ from collections.abc import Iterable
 from cloudkon.errors import CodecError
 from cloudkon.limits import MAX_BUNDLE_TASKS, SQS_DEFAULT_MAX_MESSAGE_BYTES
 from cloudkon.model import STATUSES, Bundle, ResultBundle
+from cloudkon.signing import SEAL_BYTES, SIGNATURE_CHARS, Signer, split_signed, unseal
 
 VERSION = 1
 RETRY_VERSION = 2  # a message of attempt 2 or later: it carries "attempt"
@@ -165,9 +170,10 @@ def pack_results(results: list[tuple], max_bytes: int) -> tuple[bytes, list[tupl
 def unpack_results(data: bytes, tasks: Iterable[tuple[int, str]] | None = None) -> list[tuple]:
     """Stored results as tuples laid out as Result, their commands taken from ``tasks``
     (the bundle's), or '' for a reader that does not have the bundle (a collector reading
-    them back); CodecError if they are not valid or name a line not in ``tasks``."""
+    them back); CodecError if they are not valid or name a line not in ``tasks``. A seal
+    (signed results, cloudkon/signing.py) is cut off unchecked: WireCodec checks it."""
     try:
-        doc = json.loads(zlib.decompress(data))
+        doc = json.loads(zlib.decompress(unseal(data)))
     except (zlib.error, ValueError, TypeError, RecursionError) as exc:
         raise CodecError(f"stored results do not unpack: {str(exc)[:200]}") from None
     if tasks is None:
@@ -303,22 +309,64 @@ class WireCodec:
     """Bodies and stored results as they cross SQS and DynamoDB: the JSON and packed
     columns above. The worker loop reaches the codec only through this interface.
     ``worker_threads``, if given, is said in every results message (the collector's
-    summary counts the threads of the workers)."""
+    summary counts the threads of the workers). With a ``signer`` (cloudkon/signing.py),
+    bundles and results are signed as they are encoded and checked as they are decoded,
+    stored results sealed for their lease key and checked as they are unpacked: anything
+    unsigned, forged or (a bundle) too old raises SignatureError, a CodecError."""
 
-    def __init__(self, worker_threads: int = 0) -> None:
+    def __init__(self, worker_threads: int = 0, signer: Signer | None = None) -> None:
         self.worker_threads = worker_threads
+        self.signer = signer
+
+    @property
+    def bundle_overhead(self) -> int:
+        """How many characters the encoding adds to a bundle's unsigned body, at most."""
+        return SIGNATURE_CHARS if self.signer is not None else 0
+
+    def encode_bundle(self, bundle: Bundle, reply_to: str) -> str:
+        body = encode_bundle(bundle, reply_to)
+        return body if self.signer is None else self.signer.sign(body, TASKS, bundle.job_id)
+
+    def decode_bundle(self, body: str | bytes) -> tuple[Bundle, str]:
+        if self.signer is None:
+            return decode_bundle(body)
+        signed, token = split_signed(body)
+        bundle, reply_to = decode_bundle(signed)
+        self.signer.check(signed, token, TASKS, bundle.job_id, replay_window=True)
+        return bundle, reply_to
 
     def results_bodies(self, bundle: ResultBundle) -> list[str]:
         if self.worker_threads and not bundle.threads:
             bundle = ResultBundle(bundle.job_id, bundle.seq, bundle.results, bundle.sent_at,
                                   bundle.worker, self.worker_threads, bundle.attempt)
-        return results_bodies(bundle)
+        if self.signer is None:
+            return results_bodies(bundle)
+        bodies = results_bodies(bundle, SQS_DEFAULT_MAX_MESSAGE_BYTES - SIGNATURE_CHARS)
+        return [self.signer.sign(body, RESULTS, bundle.job_id) for body in bodies]
 
-    encode_bundle = staticmethod(encode_bundle)
-    decode_bundle = staticmethod(decode_bundle)
-    decode_results = staticmethod(decode_results)
-    pack_results = staticmethod(pack_results)
-    unpack_results = staticmethod(unpack_results)
+    def decode_results(self, body: str | bytes) -> ResultBundle:
+        if self.signer is None:
+            return decode_results(body)
+        signed, token = split_signed(body)
+        bundle = decode_results(signed)
+        self.signer.check(signed, token, RESULTS, bundle.job_id, replay_window=False)
+        return bundle
+
+    def pack_results(self, results: list[tuple], max_bytes: int,
+                     key: str = "") -> tuple[bytes, list[tuple]]:
+        """As :func:`pack_results`; with a signer, sealed for the lease key ``key``."""
+        if self.signer is None:
+            return pack_results(results, max_bytes)
+        packed, kept = pack_results(results, max_bytes - SEAL_BYTES)
+        return self.signer.seal(packed, key), kept
+
+    def unpack_results(self, data: bytes, tasks: Iterable[tuple[int, str]] | None = None,
+                       key: str = "") -> list[tuple]:
+        """As :func:`unpack_results`; with a signer, SignatureError unless sealed for
+        ``key``."""
+        if self.signer is not None:
+            data = self.signer.open(data, key)
+        return unpack_results(data, tasks)
 
 
 class InProcessCodec:
@@ -343,12 +391,14 @@ class InProcessCodec:
         return body
 
     @staticmethod
-    def pack_results(results: list[tuple], max_bytes: int) -> tuple[list[tuple], list[tuple]]:
+    def pack_results(results: list[tuple], max_bytes: int,
+                     key: str = "") -> tuple[list[tuple], list[tuple]]:
         # Stored as a copy, for the caller may go on appending to ``results``; nothing cut.
         return list(results), results
 
     @staticmethod
-    def unpack_results(data: list[tuple], tasks: Iterable[tuple[int, str]]) -> list[tuple]:
+    def unpack_results(data: list[tuple], tasks: Iterable[tuple[int, str]],
+                       key: str = "") -> list[tuple]:
         return list(data)
 
 

@@ -15,6 +15,7 @@ from cloudkon.limits import (
     DEFAULT_FLEET_MIN,
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_LIVENESS_SECONDS,
+    DEFAULT_REPLAY_WINDOW_SECONDS,
     DEFAULT_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
     DEFAULT_TASKS_PER_WORKER,
@@ -65,6 +66,9 @@ class AwsConfig:
     region: str | None = None
     endpoint_url: str | None = None
     bucket_suffix: str | None = None  # None: the account id
+    # Where the deployment's signing key is (cloudkon/signing.py): "file:/PATH" or
+    # "ssm:/NAME"; None: bundles and results are not signed.
+    signing_key: str | None = None
 
     def __post_init__(self) -> None:
         if not PREFIX_PATTERN.fullmatch(self.prefix):
@@ -113,6 +117,8 @@ class WorkerConfig:
     # Variables tasks get besides the base ones (cloudkon.taskenv); None: the worker's
     # whole environment (`cloudkon run`, the user's own shell).
     task_env: tuple[str, ...] | None = None
+    # With a signing key: a bundle signed longer ago than this is refused (cloudkon/limits.py).
+    replay_window_seconds: float = DEFAULT_REPLAY_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
         if self.task_env is not None:
@@ -135,6 +141,11 @@ class SandboxConfig:
     region: str = SANDBOX_REGION
 
 
+# An SSM parameter name as a fleet's workers are given it: no character the shell of the
+# user data would read.
+_SSM_KEY = re.compile(r"ssm:[A-Za-z0-9_.\-/]{1,2048}")
+
+
 @dataclass(frozen=True)
 class FleetConfig:
     """What `cloudkon fleet up` makes: the group's size and bounds, its instances, and the
@@ -149,8 +160,12 @@ class FleetConfig:
     subnets: tuple[str, ...] = ()  # empty: the default VPC's default subnets
     ami: str | None = None  # None: the latest Amazon Linux 2023
     tasks_per_worker: int = DEFAULT_TASKS_PER_WORKER
+    signing_key: str | None = None  # "ssm:NAME" the workers read their signing key from
 
     def __post_init__(self) -> None:
+        if self.signing_key is not None and not _SSM_KEY.fullmatch(self.signing_key):
+            raise UsageError(f"--signing-key {self.signing_key!r}: a fleet's workers read"
+                             " their key from SSM: ssm:NAME (letters, digits, '_.-/')")
         if self.min_size > self.max_size:
             raise UsageError(f"--min {self.min_size} is above --max {self.max_size}")
         if self.instances is not None and not self.min_size <= self.instances <= self.max_size:

@@ -54,6 +54,11 @@ class CodecError(CloudKonError):
     missing or ill-typed field."""
 
 
+class SignatureError(CodecError):
+    """A signed deployment's message or stored results that are unsigned, forged, signed
+    with a key not configured, or (a task bundle) older than the replay window."""
+
+
 class AwsError(CloudKonError):
     """An AWS call failed: at once for an error that retrying cannot mend, or after the
     retries for throttling, 5xx and dropped connections ran out."""

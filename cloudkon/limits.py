@@ -253,3 +253,15 @@ DEFAULT_SCALE_IDLE_SECONDS = 600
 
 # How often `fleet scale --auto` (and the Lambda's schedule) decides.
 SCALE_INTERVAL_SECONDS = 60
+
+# Signed bundles (cloudkon/signing.py). A signed task bundle older than the replay window is
+# refused. The default is the input queue's retention (14 days): no bundle legitimately
+# waits in the queue longer, so none is refused for its age, and the lease of a bundle that
+# ran is kept at least as long after it ran, so a copy resent within the window finds it
+# COMPLETED and runs nothing. A bundle signed further in the future than the skew allowed
+# (the signer's clock ahead of the worker's) is refused too.
+DEFAULT_REPLAY_WINDOW_SECONDS = SQS_MAX_RETENTION_SECONDS
+SIGNATURE_MAX_FUTURE_SECONDS = 300
+# A signing key (a line of the key file or SSM parameter) has at least this many
+# characters: 32 hex digits are 128 bits (`openssl rand -hex 32` gives 64).
+MIN_SIGNING_KEY_CHARS = 32

@@ -141,6 +141,7 @@ class Summary:
         self.not_read_at_least = False  # not_read is a lower bound: counting them stopped
         self.bad_lines = 0
         self.dropped_results = 0  # results for lines that are no task of the job (collect)
+        self.bad_signatures = 0  # results messages or stored results refused (collect)
         self._only_sleeps = True  # every result so far was of a `sleep N` task
         self.slept_seconds = 0.0  # the time they slept: their durations, at most N ms each
         self.wall_seconds = 0.0
@@ -232,6 +233,8 @@ class Summary:
         n_ran = self.done
         threads = {"threads": self.threads} if self.threads else {}
         dropped = {"dropped_results": self.dropped_results} if self.dropped_results else {}
+        if self.bad_signatures:
+            dropped["bad_signatures"] = self.bad_signatures
         return {
             "job_id": self.job_id,
             "workers": self.workers,
@@ -278,6 +281,8 @@ class Summary:
             extra.append(f"bad lines {d['bad_lines']:,} (not run)")
         if d.get("dropped_results"):
             extra.append(f"dropped results {d['dropped_results']:,} (no task of the job)")
+        if d.get("bad_signatures"):
+            extra.append(f"bad signatures {d['bad_signatures']:,} (results dropped)")
         if d["cancelled"]:
             extra.append(f"cancelled {d['cancelled']:,}")
         if d["not_run"]:

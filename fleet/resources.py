@@ -195,8 +195,9 @@ def _user_data(root: Path, config: AwsConfig, source: str, fleet: FleetConfig) -
     """deploy/user-data.sh with its three settings filled in."""
     text = (root / "deploy" / "user-data.sh").read_text(encoding="utf-8")
     threads = str(fleet.threads) if fleet.threads else "$(nproc)"
+    key = f" --signing-key {fleet.signing_key}" if fleet.signing_key else ""
     settings = {"CLOUDKON_PREFIX": config.prefix, "CLOUDKON_SOURCE": source,
-                "CLOUDKON_WORKER_ARGS": f'"--threads {threads}"'}
+                "CLOUDKON_WORKER_ARGS": f'"--threads {threads}{key}"'}
     for name, value in settings.items():
         text, n = re.subn(rf"^{name}=.*$", lambda _m, n=name, v=value: f"{n}={v}", text,
                           count=1, flags=re.MULTILINE)

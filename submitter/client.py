@@ -106,10 +106,12 @@ def send_direct(deployment: Deployment, path: str, job_id: str,
     (then nothing was sent again). JobConflictError, nothing sent, if with another one."""
     workload = Workload(path)
     workload.check()
+    codec = deployment.codec  # the signing key read before anything is recorded
     submitted_at = time.time()
     manifest = submit_workload(workload, job_id, submitted_at, deployment.input_queue,
                                deployment.output_queue.url, deployment.manifests, bundle_size,
-                               bundle_ms, deployment.senders, digest=workload.sha256())
+                               bundle_ms, deployment.senders, digest=workload.sha256(),
+                               codec=codec)
     if manifest.error:
         raise WorkloadError(path, manifest.error)
     return manifest, manifest.submitted_at != submitted_at
@@ -131,7 +133,7 @@ def collect(deployment: Deployment, job_id: str, timeout: float | None,
                           on_results=on_results, on_total=on_total,
                           exists=lambda: uploaded(deployment, job_id), already=already,
                           commands=lambda lines: workload_commands(deployment, job_id, lines),
-                          digest=digest)
+                          digest=digest, codec=deployment.codec)
     return collector.run(timeout)
 
 

@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
-from cloudkon.codec import decode_results, unpack_results
+from cloudkon.codec import WIRE, WireCodec, decode_results
 from cloudkon.errors import (
     CloudKonError,
     CodecError,
     JobConflictError,
     JobNotFoundError,
+    SignatureError,
     WorkloadError,
 )
 from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
@@ -121,7 +122,7 @@ class Collector:
                  quiet_seconds: float = RECOVERY_QUIET_SECONDS,
                  already: list[ResultBundle] | None = None,
                  commands: Callable[[set[int]], dict[int, str]] | None = None,
-                 digest: str | None = None) -> None:
+                 digest: str | None = None, codec: WireCodec = WIRE) -> None:
         """``exists`` tells whether the job was submitted though it has no manifest yet (its
         workload uploaded, not split yet); without it, no manifest means no such job.
         After ``quiet_seconds`` without a result of the job, the lease store is read.
@@ -129,8 +130,10 @@ class Collector:
         they count, and are not handed on again. ``commands`` gives the commands of lines
         (from the workload), for results read back from the lease store, which lack them.
         ``digest``, if given, is the workload submitted: a job of another one is refused
-        (JobConflictError), not collected."""
+        (JobConflictError), not collected. ``codec`` checks signatures if it has a key:
+        results of the job that fail the check are dropped, with a warning, and counted."""
         self.job_id = job_id
+        self.codec = codec
         self.outbox = outbox
         self.manifests = manifests
         self.leases = leases
@@ -158,6 +161,7 @@ class Collector:
         self._pending: list[ResultBundle] = []
         self._pending_results = 0
         self.dropped = 0
+        self._unsigned: set[tuple[int, int]] = set()  # (attempt, bundle) stored unsigned
 
     def run(self, timeout: float | None = None) -> Collection:
         """Collect until every task has a result, the job is cancelled, ``timeout`` passes
@@ -295,6 +299,9 @@ class Collector:
                 first_seen = self._others.setdefault(message.id, now)
                 (later if now - first_seen >= OTHERS_GRACE_SECONDS else others).append(message)
                 continue
+            if self.codec.signer is not None and not self._signed(message):
+                mine.append(message)  # dropped: deleted with this job's results
+                continue
             if self._tasks is None and self._pending_results >= MAX_PENDING_RESULTS:
                 held.append(message)  # no room until the split ends: left on the queue
                 continue
@@ -309,6 +316,21 @@ class Collector:
         if mine:  # after their results were written: a crash before loses nothing
             self.outbox.delete_batch(mine)
         return bool(mine)
+
+    def _signed(self, message: Message) -> bool:
+        """Whether a results message of this job passes the signature check; if not, it
+        is counted and said."""
+        try:
+            self.codec.decode_results(message.body)
+            return True
+        except SignatureError as exc:
+            self._bad_signature(f"results message {message.id}", exc)
+            return False
+
+    def _bad_signature(self, what: str, exc: SignatureError) -> None:
+        self.summary.bad_signatures += 1
+        log.warning("job %s: %s %s; its results are dropped", self.job_id, what, exc,
+                    extra={"job_id": self.job_id})
 
     def _add(self, bundle: ResultBundle, hand_on: bool = True) -> None:
         """Count and hand on the results not seen before, of the attempt that counts, for
@@ -375,8 +397,14 @@ class Collector:
             claim = self.leases.lookup(bundle_key(self.job_id, seq, attempt))
             if claim is None or claim.outcome != COMPLETED or not claim.results:
                 continue
+            key = bundle_key(self.job_id, seq, attempt)
             try:
-                results = unpack_results(claim.results)
+                results = self.codec.unpack_results(claim.results, None, key)
+            except SignatureError as exc:
+                if (attempt, seq) not in self._unsigned:
+                    self._unsigned.add((attempt, seq))
+                    self._bad_signature(f"bundle {key}:", exc)
+                continue
             except CodecError as exc:
                 log.warning("job %s: bundle %d's stored results do not unpack: %s", self.job_id,
                             seq, exc, extra={"job_id": self.job_id, "bundle": seq})

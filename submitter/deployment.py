@@ -12,8 +12,10 @@ import functools
 from cloudkon import aws
 from cloudkon.backends.dynamodb import DynamoLeaseStore, DynamoWorkerRegistry
 from cloudkon.backends.sqs import SqsBroker, SqsQueue
+from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig
 from cloudkon.limits import DEFAULT_SENDERS, SQS_MAX_BATCH
+from cloudkon.signing import load_signer
 from submitter.manifest import DynamoManifests
 
 # Where uploaded workloads go in the bucket, and what the Lambda listens to:
@@ -29,6 +31,12 @@ class Deployment:
         self.config = config
         self.senders = senders
         self.batch_size = batch_size  # messages per SQS call: sends and receives
+
+    @functools.cached_property
+    def codec(self) -> WireCodec:
+        """How bodies and stored results are made and read: signed and checked if the
+        configuration names a signing key (read once, at the first use)."""
+        return WireCodec(signer=load_signer(self.config.signing_key, self.config))
 
     @functools.cached_property
     def broker(self) -> SqsBroker:

@@ -414,7 +414,7 @@ def retry(deployment, job_id: str, statuses: tuple[str, ...], workload: str | No
     version = record.manifest.version_id if source == record.manifest.source else ""
     report = split(job_workload(deployment, source, NotIn(wanted), version), job_id,
                    deployment.input_queue, deployment.output_queue.url, bundle_size, bundle_ms,
-                   deployment.senders, attempt=attempt)
+                   deployment.senders, attempt=attempt, codec=deployment.codec)
     if report.tasks != len(wanted):
         log.warning("job %s: %d tasks to retry, but %s holds %d of them as tasks; those"
                     " sent run again", job_id, len(wanted), source, report.tasks,

@@ -2,7 +2,8 @@
 
 Its settings are the environment variables of the Chalice stage (``.chalice/config.json``):
 ``CLOUDKON_PREFIX`` names the queues and lease table (as ``--prefix`` does for every
-command) and ``CLOUDKON_BUCKET`` the workload bucket. In the Lambda they are environment
+command), ``CLOUDKON_BUCKET`` the workload bucket and ``CLOUDKON_SIGNING_KEY``, if set, the
+key the bundles are signed with (``ssm:/NAME``; read at the first event, then kept). In the Lambda they are environment
 variables. When Chalice imports ``app.py`` to deploy or package it, the decorator already
 needs the bucket's name; Chalice sets the stage's variables then too, and where nothing has
 set them (a test importing ``app.py``), they are read from ``.chalice/config.json``.
@@ -22,6 +23,7 @@ import threading
 
 from cloudkon.config import AwsConfig
 from cloudkon.errors import CloudKonError, UsageError
+from cloudkon.signing import SIGNING_KEY_VARIABLE
 from submitter.deployment import Deployment
 from submitter.manifest import Manifest
 from submitter.submit import handle_upload
@@ -148,10 +150,11 @@ def _current_deployment() -> Deployment:
     """The deployment the stage names, made at the first event (not at import time) and
     kept for the next events of this Lambda instance."""
     global _deployment
-    prefix = os.environ.get(PREFIX_VARIABLE) or AwsConfig.prefix
+    config = AwsConfig(prefix=os.environ.get(PREFIX_VARIABLE) or AwsConfig.prefix,
+                       signing_key=os.environ.get(SIGNING_KEY_VARIABLE) or None)
     with _lock:
-        if _deployment is None or _deployment.config.prefix != prefix:
-            _deployment = Deployment(AwsConfig(prefix=prefix))
+        if _deployment is None or _deployment.config != config:
+            _deployment = Deployment(config)
         return _deployment
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cloudkon.backends import MessageQueue, batches
-from cloudkon.codec import encode_bundle
+from cloudkon.codec import WIRE, WireCodec, encode_bundle
 from cloudkon.limits import (
     DEFAULT_SENDERS,
     MAX_REPORTED_BAD_LINES,
@@ -51,10 +51,11 @@ class SplitReport:
 
 def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
           bundle_size: int, bundle_ms: float, senders: int = DEFAULT_SENDERS,
-          attempt: int = 1) -> SplitReport:
+          attempt: int = 1, codec: WireCodec = WIRE) -> SplitReport:
     """Send every task of ``workload`` to ``queue`` in bundles numbered from 0 in file order,
-    as attempt ``attempt`` of the job, results to go to ``reply_to``; return what was read.
-    Raises the first send error, after the batches already in flight have finished."""
+    as attempt ``attempt`` of the job, results to go to ``reply_to``, encoded (and signed,
+    if it signs) by ``codec``; return what was read. Raises the first send error, after the
+    batches already in flight have finished."""
     report = SplitReport()
 
     def on_bad_line(bad: BadLine) -> None:
@@ -76,7 +77,7 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
         # Leaving the pool waits for the batches in flight, so none is lost on an error.
         with ThreadPoolExecutor(senders, thread_name_prefix="cloudkon-sender") as pool:
             for batch in batches(_bodies(workload, job_id, reply_to, bundle_size, bundle_ms,
-                                         report, attempt)):
+                                         report, attempt, codec)):
                 slots.acquire()
                 if failure:
                     break
@@ -92,30 +93,33 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
 
 
 def _bodies(workload: Workload, job_id: str, reply_to: str, bundle_size: int,
-            bundle_ms: float, report: SplitReport, attempt: int = 1) -> Iterator[str]:
+            bundle_ms: float, report: SplitReport, attempt: int = 1,
+            codec: WireCodec = WIRE) -> Iterator[str]:
     """The message bodies of the workload's bundles, renumbered so that a bundle too large
     for one message travels as several, still in a deterministic order."""
     seq = 0
     for bundle in workload.bundles(job_id, bundle_size, bundle_ms, ramp=True):
         _note_lines(report, bundle.tasks)
-        for part in _fitting(bundle.tasks, job_id, reply_to, attempt):
+        for part in _fitting(bundle.tasks, job_id, reply_to, attempt, codec.bundle_overhead):
             part.seq = seq
             seq += 1
             report.tasks += len(part.tasks)
             report.bundles += 1
             part.sent_at = time.time()
-            yield encode_bundle(part, reply_to)
+            yield codec.encode_bundle(part, reply_to)
 
 
 def _fitting(tasks: list[tuple[int, str]], job_id: str, reply_to: str,
-             attempt: int = 1) -> list[Bundle]:
-    """The tasks as one bundle, or halved until each part fits one message."""
+             attempt: int = 1, overhead: int = 0) -> list[Bundle]:
+    """The tasks as one bundle, or halved until each part, with ``overhead`` characters
+    more (a signature), fits one message."""
     bundle = Bundle(job_id, 0, tasks, attempt=attempt)
-    if len(tasks) <= 1 or len(encode_bundle(bundle, reply_to)) <= SQS_MAX_MESSAGE_BYTES:
+    if (len(tasks) <= 1
+            or len(encode_bundle(bundle, reply_to)) + overhead <= SQS_MAX_MESSAGE_BYTES):
         return [bundle]
     half = len(tasks) // 2
-    return (_fitting(tasks[:half], job_id, reply_to, attempt)
-            + _fitting(tasks[half:], job_id, reply_to, attempt))
+    return (_fitting(tasks[:half], job_id, reply_to, attempt, overhead)
+            + _fitting(tasks[half:], job_id, reply_to, attempt, overhead))
 
 
 def _note_lines(report: SplitReport, tasks: list[tuple[int, str]]) -> None:

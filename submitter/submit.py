@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from cloudkon.aws import call
 from cloudkon.backends import MessageQueue
+from cloudkon.codec import WIRE, WireCodec
 from cloudkon.errors import JobConflictError, WorkloadError
 from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_MS, DEFAULT_REMOTE_BUNDLE_SIZE, DEFAULT_SENDERS
 from cloudkon.model import JOB_ID_PATTERN
@@ -49,7 +50,8 @@ def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox:
                     reply_to: str, manifests, bundle_size: int = DEFAULT_REMOTE_BUNDLE_SIZE,
                     bundle_ms: float = DEFAULT_REMOTE_BUNDLE_MS,
                     senders: int = DEFAULT_SENDERS, digest: str | None = None,
-                    etag: str = "", version_id: str = "") -> Manifest:
+                    etag: str = "", version_id: str = "",
+                    codec: WireCodec = WIRE) -> Manifest:
     """Send the workload's tasks to ``inbox`` and record the job's manifest; return it.
 
     ``digest`` is the workload's SHA-256 (read here if not given): a job id names one
@@ -57,7 +59,8 @@ def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox:
     sent; if with this one, its manifest is returned and nothing is sent again (unless
     its split did not finish: then it goes on, the bundles deduplicated by their keys).
     A workload that cannot be used at all (empty, binary, no tasks) is recorded REJECTED
-    with the reason, and nothing is sent."""
+    with the reason, and nothing is sent. Bundles are encoded (and signed, if it signs) by
+    ``codec``."""
     if digest is None:
         digest = workload.sha256()
     started = Manifest(job_id, SUBMITTING, workload.path, submitted_at, split_at=time.time(),
@@ -76,7 +79,8 @@ def submit_workload(workload: Workload, job_id: str, submitted_at: float, inbox:
         workload.check()
     except WorkloadError as exc:
         return _reject(manifests, started, exc.reason)
-    report = split(workload, job_id, inbox, reply_to, bundle_size, bundle_ms, senders)
+    report = split(workload, job_id, inbox, reply_to, bundle_size, bundle_ms, senders,
+                   codec=codec)
     if not report.tasks:
         reason = (f"no line is a task ({report.bad_line_count} bad line(s))"
                   if report.bad_line_count else "holds no tasks (only blank lines and comments)")
@@ -144,7 +148,8 @@ def handle_upload(deployment: Deployment, bucket: str, key: str,
         manifest = submit_workload(workload, job_id, submitted_at, deployment.input_queue,
                                    deployment.output_queue.url, deployment.manifests,
                                    bundle_size, bundle_ms, deployment.senders, digest=digest,
-                                   etag=etag, version_id=head.get("VersionId") or "")
+                                   etag=etag, version_id=head.get("VersionId") or "",
+                                   codec=deployment.codec)
     except JobConflictError as exc:
         log.warning("job %s: %s refused: %s", job_id, source, exc, extra={"job_id": job_id})
         deployment.manifests.refuse_upload(job_id, RefusedUpload(

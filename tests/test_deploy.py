@@ -89,7 +89,10 @@ def test_worker_policy_allows_exactly_the_calls_of_a_worker_on_its_own_resources
         "sqs:DeleteMessage", "sqs:SendMessage",
         "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:UpdateItem",
         "dynamodb:PutItem", "dynamodb:DeleteItem",
+        "ssm:GetParameter",  # --signing-key ssm:/PREFIX-signing-key
     }
+    [key] = [s for s in policy["Statement"] if "ssm:GetParameter" in s["Action"]]
+    assert key["Resource"] == "arn:aws:ssm:REGION:ACCOUNT:parameter/PREFIX-signing-key"
     # Whole items are put and deleted only under the worker's own registry keys.
     [registry] = [s for s in policy["Statement"] if "dynamodb:DeleteItem" in s["Action"]]
     assert set(registry["Action"]) == {"dynamodb:PutItem", "dynamodb:DeleteItem"}

@@ -7,9 +7,12 @@ each request with the access key that signed it. Each role gets fake credentials
 own (moto accepts any): `cloudkon setup` and `teardown` sign with ``setup-...``, the
 worker subprocess with ``worker-...``, the Lambda's handler (in this process, driven by
 chalice.test.Client) with ``lambda-...``, every client command with ``client-...``. The
-test's own calls (a poison message) sign with ``admin-...`` and are not checked. moto
-does not enforce IAM: tests/iam_policy.py is what decides, for the subset of IAM the
-policies use (its docstring says what it does not model).
+test's own calls (a poison message, the signing key's SSM parameter) sign with
+``admin-...`` and are not checked. The deployment signs its bundles (--signing-key
+ssm:/cloudkon-signing-key for the worker and the clients, the Lambda's stage variable), so
+every role's read of the key is checked too. moto does not enforce IAM:
+tests/iam_policy.py is what decides, for the subset of IAM the policies use (its
+docstring says what it does not model).
 
 To grant a role a new call: add the statement to its policy file (deploy/iam/ or
 .chalice/), and make the call happen in the flow below, or, if this flow cannot make it
@@ -42,8 +45,10 @@ REGION = "us-east-1"
 PREFIX = "cloudkon"
 BUCKET = f"{PREFIX}-workloads-{ACCOUNT}"
 START_SECONDS = 60.0
+# The deployment signs its bundles, with the key in the SSM parameter the policies name.
+SIGNING_KEY = f"ssm:/{PREFIX}-signing-key"
 WORKER_ARGS = ("--no-create", "--threads", 2, "--visibility-timeout", 4, "--wait-seconds", 1,
-               "--task-timeout", 30, "--drain-seconds", 1)
+               "--task-timeout", 30, "--drain-seconds", 1, "--signing-key", SIGNING_KEY)
 
 
 @dataclass(frozen=True)
@@ -126,9 +131,12 @@ def _run_every_role(tmp_path: Path, cloudkon, write_workload, wait_until, monkey
     import boto3
 
     def as_client(*args, codes=(0,)):
-        return _ok(cloudkon(*args, "--prefix", PREFIX, env=_env(ROLES["client"].key)), *codes)
+        env = {**_env(ROLES["client"].key), "CLOUDKON_SIGNING_KEY": SIGNING_KEY}
+        return _ok(cloudkon(*args, "--prefix", PREFIX, env=env), *codes)
 
     _ok(cloudkon("setup", "--prefix", PREFIX, env=_env(ROLES["setup"].key)))
+    boto3.client("ssm", region_name=REGION).put_parameter(  # as an administrator would
+        Name=SIGNING_KEY.removeprefix("ssm:"), Type="SecureString", Value=os.urandom(32).hex())
     _give_the_prefix_a_fleet()
     # An upload, split by the Lambda (its handler in this process, as the lambda role); the
     # provisioner then sees the backlog and scales the group out.
@@ -201,8 +209,8 @@ def _run_the_lambda(tmp_path: Path, monkeypatch, key: str) -> None:
     project = tmp_path / "chalice"
     (project / ".chalice").mkdir(parents=True)
     stage = json.loads((ROOT / ".chalice" / "config.json").read_text())
-    stage["stages"]["dev"]["environment_variables"].update(CLOUDKON_PREFIX=PREFIX,
-                                                           CLOUDKON_BUCKET=BUCKET)
+    stage["stages"]["dev"]["environment_variables"].update(
+        CLOUDKON_PREFIX=PREFIX, CLOUDKON_BUCKET=BUCKET, CLOUDKON_SIGNING_KEY=SIGNING_KEY)
     (project / ".chalice" / "config.json").write_text(json.dumps(stage))
     with monkeypatch.context() as m:
         m.setenv("AWS_ACCESS_KEY_ID", ROLES["lambda"].key)

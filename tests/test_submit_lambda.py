@@ -98,7 +98,8 @@ def test_an_upload_outside_a_job_folder_is_ignored(provisioned, tmp_path):
 # the Lambda's zip.
 SPLITTER_MODULES = {
     "cloudkon/__init__.py", "cloudkon/aws.py", "cloudkon/codec.py", "cloudkon/config.py",
-    "cloudkon/errors.py", "cloudkon/limits.py", "cloudkon/model.py", "cloudkon/taskenv.py",
+    "cloudkon/errors.py", "cloudkon/limits.py", "cloudkon/model.py", "cloudkon/signing.py",
+    "cloudkon/taskenv.py",
     "cloudkon/workload.py",
     "cloudkon/backends/__init__.py", "cloudkon/backends/dynamodb.py", "cloudkon/backends/sqs.py",
     "submitter/__init__.py", "submitter/deployment.py", "submitter/manifest.py",

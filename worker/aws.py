@@ -15,6 +15,7 @@ from cloudkon.config import AwsConfig, WorkerConfig
 from cloudkon.errors import NotSetUpError
 from cloudkon.limits import HEARTBEAT_MAX_CONCURRENT
 from cloudkon.metrics import EmfMetrics
+from cloudkon.signing import SIGNING_KEY_VARIABLE, load_signer
 from worker.daemon import Worker
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,12 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
                create: bool = True) -> Worker:
     """A worker serving ``deployment``'s input queue. With ``create``, queues and table that
     are missing are created first (as the original design's worker does); without,
-    NotSetUpError names what is missing."""
+    NotSetUpError names what is missing. The signing key, if named, is read first (a key
+    that cannot be read is a UsageError); without one, a warning says so."""
+    signer = load_signer(deployment.signing_key, deployment, config.replay_window_seconds)
+    if signer is None:
+        log.warning("no signing key configured (--signing-key, %s): bundles are run unchecked,"
+                    " whoever sent them, and results are not signed", SIGNING_KEY_VARIABLE)
     if create:
         for resource in resources.setup(deployment, config.visibility_seconds, bucket=False,
                                         update=False):
@@ -55,5 +61,6 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
     registry = DynamoWorkerRegistry(dynamodb, deployment.lease_table)
     metrics = (EmfMetrics(logs.metrics_writer(), deployment.input_queue, config.worker_id)
                if config.emf_metrics else None)
-    return Worker(inbox, broker, leases, config, codec=WireCodec(worker_threads=config.threads),
-                  registry=registry, metrics=metrics)
+    codec = WireCodec(worker_threads=config.threads, signer=signer)
+    return Worker(inbox, broker, leases, config, codec=codec, registry=registry,
+                  metrics=metrics)

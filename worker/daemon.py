@@ -67,7 +67,7 @@ from cloudkon.backends import (
 )
 from cloudkon.codec import WIRE, WireCodec
 from cloudkon.config import WorkerConfig
-from cloudkon.errors import CloudKonError, CodecError, NotSetUpError
+from cloudkon.errors import CloudKonError, CodecError, NotSetUpError, SignatureError
 from cloudkon.executor import Executor, TaskHandle, signal_name
 from cloudkon.limits import (
     AWS_ERROR_PAUSE_SECONDS,
@@ -468,8 +468,10 @@ class Worker:
         except CodecError as exc:
             self.inbox.dead_letter(message, str(exc))
             self.counts.add("dead_lettered")
-            log.warning("message %s is not a task bundle (%s): moved to the dead-letter queue",
-                        message.id, exc, extra={"message_id": message.id})
+            what = ("refused" if isinstance(exc, SignatureError)
+                    else "is not a task bundle")
+            log.warning("message %s %s (%s): moved to the dead-letter queue", message.id,
+                        what, exc, extra={"message_id": message.id})
             return
         ids = _ids(bundle, message)
         key = bundle_key(bundle.job_id, bundle.seq, bundle.attempt)
@@ -494,7 +496,7 @@ class Worker:
         if claim.outcome == COMPLETED:
             self._replay(message, bundle, reply_to, claim.results, claim.owner, ids)
             return
-        done = self.codec.unpack_results(claim.results, bundle.tasks) if claim.results else []
+        done = self._taken_over(claim.results, bundle, key, ids) if claim.results else []
         claimed = time.monotonic()
         running = _Running(message, bundle, key, owner, done, len(done),
                            claimed + self.config.heartbeat_seconds, claimed,
@@ -528,7 +530,8 @@ class Worker:
                         extra=ids)
             return
         if len(running.results) < len(bundle.tasks):
-            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes)
+            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes,
+                                                key)
             self.leases.release(key, owner, packed)
             self.inbox.give_back([message])
             self.counts.add("given_back")
@@ -583,7 +586,7 @@ class Worker:
         bundle, key = running.bundle, running.key
         try:
             packed, results = self.codec.pack_results(running.results,
-                                                      self.leases.max_results_bytes)
+                                                      self.leases.max_results_bytes, key)
         except CodecError as exc:
             self.leases.release(running.key, running.owner)
             self.inbox.dead_letter(running.message, f"results do not fit: {exc}")
@@ -617,7 +620,16 @@ class Worker:
         key = bundle_key(bundle.job_id, bundle.seq, bundle.attempt)
         if stored is None:
             raise CodecError(f"bundle {key} is COMPLETED but has no stored results")
-        results = self.codec.unpack_results(stored, bundle.tasks)
+        try:
+            results = self.codec.unpack_results(stored, bundle.tasks, key)
+        except SignatureError as exc:
+            # Neither replayed (they may be anyone's) nor run (it may have run): an operator
+            # decides, with the reason in the dead-letter queue.
+            self.inbox.dead_letter(message, f"not replayed: {exc}")
+            self.counts.add("dead_lettered")
+            log.error("bundle %s (message %s) is COMPLETED but %s: not replayed, not run;"
+                      " moved to the dead-letter queue", key, message.id, exc, extra=ids)
+            return
         self._send(bundle, results, reply_to, owner.split("/", 1)[0])
         self._deletes.add(message)
         self.counts.add("replayed")
@@ -625,6 +637,17 @@ class Worker:
             self.metrics.replayed(bundle)
         log.info("replayed bundle %s (message %s): completed earlier by %s; %d stored results"
                  " sent again, nothing run", key, message.id, owner, len(results), extra=ids)
+
+    def _taken_over(self, stored: bytes, bundle: Bundle, key: str, ids: dict) -> list[tuple]:
+        """The results an earlier owner of the lease stored; none (so every task runs) if
+        they fail their signature check: a task may then run twice, none is skipped on the
+        word of a forged record."""
+        try:
+            return self.codec.unpack_results(stored, bundle.tasks, key)
+        except SignatureError as exc:
+            log.error("bundle %s: %s; ignored, all %d tasks run", key, exc, len(bundle.tasks),
+                      extra=ids)
+            return []
 
     def _takeover_version(self, key: str) -> str:
         """The record version of ``key`` this worker has watched unchanged for the holder's
@@ -745,7 +768,8 @@ class Worker:
             stored = running.stored
         packed = None
         if len(finished) > stored:
-            packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes)
+            packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes,
+                                                running.key)
         sent = time.monotonic()
         held = self.inbox.extend(running.message, cfg.visibility_seconds)
         kept = self.leases.heartbeat(running.key, running.owner, self.lease_seconds, packed)
@@ -788,7 +812,8 @@ class Worker:
         self.counts.add("expired")
         packed = None
         if len(running.results) > 0:
-            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes)
+            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes,
+                                                running.key)
         try:
             self.leases.release(running.key, running.owner, packed)
         except CloudKonError as exc:

@@ -1,0 +1,1 @@
+../../cloudkon/signing.py

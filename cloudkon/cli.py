@@ -43,6 +43,7 @@ from cloudkon.limits import (
     DELETE_BATCH_SECONDS,
     DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
+    MAX_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
     DEFAULT_TASKS_PER_WORKER,
     DEFAULT_VISIBILITY_SECONDS,
@@ -147,7 +148,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
               help="A bundle closes once its tasks add up to about MS of work (a sleep N"
                    " counts N, a shell command 20): shell tasks travel alone by default.")
 @click.option("--tail-bytes", type=click.IntRange(min=0), default=DEFAULT_TAIL_BYTES,
-              show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
+              show_default=True, help="How much of the end of stdout and of stderr a result keeps"
+                                      f" (at most {MAX_TAIL_BYTES}).")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar on stderr. Default: only when stderr is a terminal.")
 @click.option("--resume", metavar="FILE",
@@ -394,7 +396,9 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
               show_default=True, metavar="SECONDS",
               help="Time limit of each task; 0 for none.")
 @click.option("--tail-bytes", type=click.IntRange(min=0), default=DEFAULT_TAIL_BYTES,
-              show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
+              show_default=True, help="How much of the end of stdout and of stderr a result keeps"
+                                      f" (at most {MAX_TAIL_BYTES}).")
+@_BUCKET_SUFFIX
 @click.option("--liveness-seconds", type=_Number(min=1), default=DEFAULT_LIVENESS_SECONDS,
               show_default=True, metavar="SECONDS", help="How often to log a line of counts.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines (for CloudWatch Logs, jq).")
@@ -418,8 +422,8 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
 def worker_command(verbose: int, prefix: str | None, region: str | None,
                    endpoint_url: str | None, threads: int, no_create: bool,
                    drain_seconds: float, visibility_timeout: int, wait_seconds: int,
-                   task_timeout: float, tail_bytes: int, liveness_seconds: float,
-                   log_json: bool, worker_id: str | None, batch_size: int, instance_id: str,
+                   task_timeout: float, tail_bytes: int, bucket_suffix: str | None,
+                   liveness_seconds: float, log_json: bool, worker_id: str | None, batch_size: int, instance_id: str,
                    emf_metrics: bool, task_env: tuple[str, ...]) -> int:
     """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
 
@@ -440,7 +444,8 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         emf_metrics=emf_metrics, task_env=task_env,
         delete_batch_seconds=DELETE_BATCH_SECONDS,
     )
-    worker = aws_worker(_aws_config(prefix, region, endpoint_url), config, batch_size,
+    worker = aws_worker(_aws_config(prefix, region, endpoint_url, bucket_suffix), config,
+                        batch_size,
                         create=not no_create)
     return worker.run()
 

@@ -195,8 +195,10 @@ def _user_data(root: Path, config: AwsConfig, source: str, fleet: FleetConfig) -
     """deploy/user-data.sh with its three settings filled in."""
     text = (root / "deploy" / "user-data.sh").read_text(encoding="utf-8")
     threads = str(fleet.threads) if fleet.threads else "$(nproc)"
+    # The bucket's suffix, so that workers spill large results to the deployment's bucket.
+    suffix = f" --bucket-suffix {config.bucket_suffix}" if config.bucket_suffix else ""
     settings = {"CLOUDKON_PREFIX": config.prefix, "CLOUDKON_SOURCE": source,
-                "CLOUDKON_WORKER_ARGS": f'"--threads {threads}"'}
+                "CLOUDKON_WORKER_ARGS": f'"--threads {threads}{suffix}"'}
     for name, value in settings.items():
         text, n = re.subn(rf"^{name}=.*$", lambda _m, n=name, v=value: f"{n}={v}", text,
                           count=1, flags=re.MULTILINE)

@@ -528,7 +528,8 @@ class Worker:
                         extra=ids)
             return
         if len(running.results) < len(bundle.tasks):
-            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes)
+            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes,
+                                                key)
             self.leases.release(key, owner, packed)
             self.inbox.give_back([message])
             self.counts.add("given_back")
@@ -583,7 +584,7 @@ class Worker:
         bundle, key = running.bundle, running.key
         try:
             packed, results = self.codec.pack_results(running.results,
-                                                      self.leases.max_results_bytes)
+                                                      self.leases.max_results_bytes, key)
         except CodecError as exc:
             self.leases.release(running.key, running.owner)
             self.inbox.dead_letter(running.message, f"results do not fit: {exc}")
@@ -745,7 +746,8 @@ class Worker:
             stored = running.stored
         packed = None
         if len(finished) > stored:
-            packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes)
+            packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes,
+                                                running.key)
         sent = time.monotonic()
         held = self.inbox.extend(running.message, cfg.visibility_seconds)
         kept = self.leases.heartbeat(running.key, running.owner, self.lease_seconds, packed)
@@ -786,10 +788,11 @@ class Worker:
         task was ended; give the lease up (storing what finished, if the lease is still
         this owner's) and the message back; nothing is completed or sent."""
         self.counts.add("expired")
-        packed = None
-        if len(running.results) > 0:
-            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes)
         try:
+            packed = None
+            if len(running.results) > 0:
+                packed, _ = self.codec.pack_results(running.results,
+                                                    self.leases.max_results_bytes, running.key)
             self.leases.release(running.key, running.owner, packed)
         except CloudKonError as exc:
             log.warning("bundle %s: could not give the lease up (%s); it expires by itself",

@@ -874,7 +874,8 @@ def status_command(prefix, region, endpoint_url, bucket_suffix, job_id: str | No
         click.echo(json.dumps(view.to_dict()) if as_json else view.to_text())
         return EXIT_OK if view.healthy else EXIT_FAILED
     reader = jobs.ProgressReader(check_job_id(job_id), deployment.manifests, deployment.leases,
-                                 exists=lambda: client.uploaded(deployment, job_id))
+                                 exists=lambda: client.uploaded(deployment, job_id),
+                                 codec=deployment.codec)
     if watch:
         progress = jobs.watch(reader, _Redraw(as_json))
     else:

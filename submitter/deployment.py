@@ -11,7 +11,9 @@ import functools
 
 from cloudkon import aws
 from cloudkon.backends.dynamodb import DynamoLeaseStore, DynamoWorkerRegistry
+from cloudkon.backends.s3spill import S3SpillStore
 from cloudkon.backends.sqs import SqsBroker, SqsQueue
+from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig
 from cloudkon.limits import DEFAULT_SENDERS, SQS_MAX_BATCH
 from submitter.manifest import DynamoManifests
@@ -62,6 +64,11 @@ class Deployment:
     @functools.cached_property
     def s3(self):
         return aws.s3_client(self.config)
+
+    @functools.cached_property
+    def codec(self) -> WireCodec:
+        """Reads results and follows pointers to results spilled to the workload bucket."""
+        return WireCodec(spill=S3SpillStore(self.s3, lambda: self.bucket))
 
     @functools.cached_property
     def bucket(self) -> str:

@@ -288,8 +288,9 @@ class Collector:
         return True
 
     def _take(self, messages: list[Message]) -> bool:
-        """Keep this job's results, give the rest back; True if any was this job's."""
-        mine, others, later, held, spilled = [], [], [], [], []
+        """Keep this job's results, give the rest back; True if any results were this job's
+        (a message whose spilled results cannot be read is dropped, and does not count)."""
+        mine, others, later, held, spilled, unreadable = [], [], [], [], [], []
         now = time.monotonic()
         for message in messages:
             try:
@@ -312,7 +313,7 @@ class Collector:
                     bundle = self.codec.fetch(bundle)
                 except CodecError as exc:
                     self._spill_gone(bundle, exc)
-                    mine.append(message)  # it can never be read: dropped from the queue
+                    unreadable.append(message)  # it never can be: dropped from the queue
                     continue
                 spilled.append(pointer)
             self._add(bundle)
@@ -323,8 +324,8 @@ class Collector:
             self.outbox.give_back(others)
         for m in later:
             self.outbox.extend(m, OTHERS_DELAY_SECONDS)
-        if mine:  # after their results were written: a crash before loses nothing
-            self.outbox.delete_batch(mine)
+        if mine or unreadable:  # after their results were written: a crash loses nothing
+            self.outbox.delete_batch(mine + unreadable)
         for pointer in spilled:  # after the messages: a crash before leaves no dangling pointer
             self._remove_spilled(pointer)
         return bool(mine)

@@ -444,7 +444,7 @@ class WireCodec:
         """The spilled packed results stored results ``data`` (a pointer) point to."""
         try:
             pointer = check_pointer(json.loads(data)[SPILL])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             raise CodecError("stored results are neither packed nor a spill pointer") from None
         if self.spill is None:
             raise CodecError(f"stored results spilled to s3://{pointer['bucket']}/"

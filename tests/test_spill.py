@@ -11,6 +11,8 @@ import os
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloudkon.backends import COMPLETED
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore, MemorySpillStore
@@ -19,7 +21,6 @@ from cloudkon.codec import (
     decode_results,
     encode_results,
     pack_results,
-    results_bodies,
     unpack_results,
 )
 from cloudkon.errors import CodecError, SpillError
@@ -122,9 +123,9 @@ def test_tail_bytes_over_the_maximum_is_one_clear_line_and_exit_2(cloudkon, writ
             else ("worker", "--prefix", "never-made", "--region", "us-east-1"))
     proc = cloudkon(*args, "--tail-bytes", MAX_TAIL_BYTES + 1)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert proc.stderr.strip().splitlines() == [(
         f"cloudkon: error: --tail-bytes {MAX_TAIL_BYTES + 1}: a result keeps at most"
-        f" {MAX_TAIL_BYTES} bytes of the end of stdout and of stderr"]
+        f" {MAX_TAIL_BYTES} bytes of the end of stdout and of stderr")]
 
 
 def test_the_largest_tail_runs_locally_and_comes_back_whole(cloudkon, write_workload,
@@ -248,9 +249,9 @@ def test_a_gone_spilled_object_is_one_warning_and_the_lease_copy_is_read(caplog)
     assert collection.complete and collection.recovered == 9
     assert sorted(r[7] for b in written for r in b.results) == sorted(r[7] for r in results)
     gone = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
-    assert gone == [f"job job-g: bundle 0's results cannot be read: spilled results"
-                    f" s3://memory/{message_key} are gone; they are read back from the lease"
-                    " table instead"]
+    assert gone == [(f"job job-g: bundle 0's results cannot be read: spilled results"
+                     f" s3://memory/{message_key} are gone; they are read back from the lease"
+                     " table instead")]
 
 
 def test_when_every_spilled_copy_is_gone_the_collection_says_so_and_ends_incomplete(caplog):
@@ -264,3 +265,22 @@ def test_when_every_spilled_copy_is_gone_the_collection_says_so_and_ends_incompl
     assert "bundle 0's results cannot be read" in said
     assert "bundle 0's stored results do not unpack: spilled results" in said
     assert len(out) == 0  # the unreadable message does not cycle on the queue
+
+
+# --- untrusted pointers ------------------------------------------------------------------------
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pointer=_json | st.fixed_dictionaries(
+    {"bucket": _json, "key": st.just("spill/j/x") | _json, "size": _json, "sha256": _json}))
+def test_any_pointer_in_a_message_or_a_lease_item_is_followed_or_refused(pointer):
+    codec = WireCodec(spill=MemorySpillStore())
+    body = json.dumps({"v": 1, "kind": "results", "job": "j", "seq": 0, "spill": pointer})
+    for read in (lambda: codec.decode_results(body),
+                 lambda: codec.unpack_results(json.dumps({"spill": pointer}).encode())):
+        with pytest.raises(CodecError):
+            read()

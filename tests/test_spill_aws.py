@@ -90,7 +90,7 @@ def test_large_and_binary_outputs_spill_and_are_collected_whole(
 
 def test_a_spilled_object_that_is_gone_is_reported_by_collect_in_one_line(
         spilling, cloudkon, write_workload, tmp_path, wait_until):
-    config, worker = spilling
+    config, _ = spilling
     proc = cloudkon("submit", "--prefix", config.prefix, "--bucket-suffix", BUCKET_SUFFIX,
                     "--direct", write_workload(_workload()))
     assert proc.returncode == 0, proc.stderr

@@ -68,7 +68,7 @@ class Deployment:
     @functools.cached_property
     def codec(self) -> WireCodec:
         """Reads results and follows pointers to results spilled to the workload bucket."""
-        return WireCodec(spill=S3SpillStore(self.s3, lambda: self.bucket))
+        return WireCodec(spill=S3SpillStore(lambda: self.s3, lambda: self.bucket))
 
     @functools.cached_property
     def bucket(self) -> str:

@@ -58,7 +58,7 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
                if config.emf_metrics else None)
     # Results too large for a message or a lease item spill to the workload bucket, whose
     # name (an STS call for the account id) is looked up at the first spill.
-    spill = S3SpillStore(aws.s3_client(deployment), lambda: deployment.bucket(
+    spill = S3SpillStore(lambda: aws.s3_client(deployment), lambda: deployment.bucket(
         deployment.bucket_suffix or aws.account_id(deployment)))
     codec = WireCodec(worker_threads=config.threads, spill=spill)
     return Worker(inbox, broker, leases, config, codec=codec, registry=registry,

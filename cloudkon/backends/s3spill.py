@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -18,13 +19,21 @@ _GONE = ("NoSuchKey", "404")
 
 
 class S3SpillStore:
-    """Spills to one bucket; its name comes from ``bucket`` on first use (it may cost an
-    STS call for the account id, which a worker that never spills does not make)."""
+    """Spills to one bucket. The S3 client (from ``client``, a function) and the bucket's
+    name (from ``bucket``, a function or the name) are made at first use: a process that
+    never spills makes neither (a name may cost an STS call for the account id)."""
 
-    def __init__(self, client, bucket: str | Callable[[], str]) -> None:
-        self.client = client
+    def __init__(self, client: Callable[[], Any], bucket: str | Callable[[], str]) -> None:
+        self._client = client
         self._bucket = bucket
         self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        with self._lock:
+            if not hasattr(self, "_made"):
+                self._made = self._client()
+            return self._made
 
     @property
     def bucket(self) -> str:

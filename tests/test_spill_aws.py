@@ -110,3 +110,27 @@ def test_a_spilled_object_that_is_gone_is_reported_by_collect_in_one_line(
     assert len(gone) == 1 and f"spill/{job_id}/results-" in gone[0] and "are gone" in gone[0]
     assert f"{MEDIUM} of {RAMP + MEDIUM} tasks have no result" in collected.stderr
     assert messages_left(sqs, config.output_queue) == 0  # dropped, not cycling
+
+
+def test_setup_gives_the_bucket_a_rule_that_expires_spilled_results_and_keeps_others(
+        aws_config, cloudkon):
+    from cloudkon.backends.resources import SPILL_RULE_ID
+    from cloudkon.limits import SPILL_RETENTION_DAYS
+
+    s3 = boto3.client("s3", region_name=REGION)
+    bucket = aws_config.bucket(BUCKET_SUFFIX)
+    s3.create_bucket(Bucket=bucket)  # made before, with a rule of the user's own
+    own = {"ID": "mine", "Filter": {"Prefix": "logs/"}, "Status": "Enabled",
+           "Expiration": {"Days": 3}}
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket,
+                                          LifecycleConfiguration={"Rules": [own]})
+    args = ("setup", "--prefix", aws_config.prefix, "--bucket-suffix", BUCKET_SUFFIX)
+    first = cloudkon(*args)
+    assert first.returncode == 0, first.stderr
+    assert any(bucket in line and "updated" in line for line in first.stdout.splitlines())
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert rules["mine"]["Filter"] == {"Prefix": "logs/"}
+    assert rules[SPILL_RULE_ID]["Filter"] == {"Prefix": "spill/"}
+    assert rules[SPILL_RULE_ID]["Expiration"] == {"Days": SPILL_RETENTION_DAYS}
+    again = cloudkon(*args)
+    assert any(bucket in line and "exists" in line for line in again.stdout.splitlines())

@@ -252,18 +252,19 @@ def _ensure_bucket(s3, name: str, update: bool = True) -> Resource:
     if _bucket_state(s3, name) == EXISTS:
         changed = update and _ensure_spill_expiry(s3, name)
         return Resource(BUCKET_KIND, name, UPDATED if changed else EXISTS,
-                        "spilled results now expire" if changed else "")
+                        _SPILL_EXPIRY if changed else "")
     region = s3.meta.region_name
     params = {"Bucket": name}
     if region != "us-east-1":  # us-east-1 is the one region that refuses a LocationConstraint
         params["CreateBucketConfiguration"] = {"LocationConstraint": region}
     call(f"create bucket {name}", s3.create_bucket, **params)
     _ensure_spill_expiry(s3, name)
-    return Resource(BUCKET_KIND, name, CREATED)
+    return Resource(BUCKET_KIND, name, CREATED, _SPILL_EXPIRY)
 
 
 # The bucket's lifecycle rule that removes spilled results (cloudkon.spill).
 SPILL_RULE_ID = "cloudkon-spilled-results"
+_SPILL_EXPIRY = f"{SPILL_FOLDER} expires after {SPILL_RETENTION_DAYS} days"
 
 
 def _ensure_spill_expiry(s3, name: str) -> bool:

@@ -51,7 +51,7 @@ from cloudkon.limits import (
     SQS_DEFAULT_MAX_MESSAGE_BYTES,
 )
 from cloudkon.model import STATUSES, Bundle, ResultBundle, bundle_key
-from cloudkon.spill import SpillStore, check_pointer
+from cloudkon.spill import SpillStore, check_pointer, job_folder
 
 VERSION = 1
 RETRY_VERSION = 2  # a message of attempt 2 or later: it carries "attempt"
@@ -157,12 +157,13 @@ def decode_pointer(body: str | bytes) -> ResultBundle:
     doc = _load(body, RESULTS)
     if SPILL not in doc:
         return decode_results(body)
-    try:
-        pointer = check_pointer(doc[SPILL])
-    except CodecError as exc:
-        raise CodecError(str(exc)) from None
-    bundle = ResultBundle(_string(doc, "job", _MAX_ID_CHARS), _count(doc, "seq"), [],
-                          _time(doc, "sent_at"), attempt=_attempt(doc))
+    pointer = check_pointer(doc[SPILL])
+    job_id = _string(doc, "job", _MAX_ID_CHARS)
+    if not pointer["key"].startswith(job_folder(job_id)):
+        raise CodecError(f"spill pointer {pointer['key'][:200]} is outside job {job_id}'s"
+                         " folder")
+    bundle = ResultBundle(job_id, _count(doc, "seq"), [], _time(doc, "sent_at"),
+                          attempt=_attempt(doc))
     bundle.spilled = pointer
     return bundle
 

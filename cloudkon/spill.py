@@ -39,6 +39,15 @@ def check_pointer(pointer: object) -> dict:
     return pointer
 
 
+def check_bucket(pointer: dict, bucket: str) -> dict:
+    """``pointer`` if it points into ``bucket`` (the deployment's); SpillError if not: a
+    pointer never makes a reader fetch from elsewhere."""
+    if pointer["bucket"] != bucket:
+        raise SpillError(f"spill pointer to bucket {pointer['bucket'][:80]!r}, not to this"
+                         f" deployment's {bucket}")
+    return pointer
+
+
 def verified(pointer: dict, data: bytes) -> bytes:
     """``data`` if it is what ``pointer`` points to; SpillError if its size or digest differ."""
     where = f"s3://{pointer['bucket']}/{pointer['key']}"

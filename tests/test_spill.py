@@ -284,3 +284,18 @@ def test_any_pointer_in_a_message_or_a_lease_item_is_followed_or_refused(pointer
                  lambda: codec.unpack_results(json.dumps({"spill": pointer}).encode())):
         with pytest.raises(CodecError):
             read()
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"bucket": "elsewhere"}, "not to this deployment's memory"),
+    ({"key": "spill/other-job/results-x"}, "outside job job-p's folder"),
+])
+def test_a_pointer_to_another_bucket_or_job_is_refused_without_fetching(change, said):
+    spill = MemorySpillStore()
+    codec = WireCodec(spill=spill)
+    body = codec.results_bodies(ResultBundle(
+        "job-p", 0, [_result(n, _noise_text(60_000)) for n in range(1, 8)], T0))[0]
+    doc = json.loads(body)
+    doc["spill"].update(change)
+    with pytest.raises(CodecError, match=said):
+        codec.decode_results(json.dumps(doc))

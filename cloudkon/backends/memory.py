@@ -27,7 +27,7 @@ from cloudkon.backends import (
 )
 from cloudkon.errors import CloudKonError, NotSetUpError, SpillError
 from cloudkon.limits import LEASE_RESULTS_MAX_BYTES
-from cloudkon.spill import check_pointer, spill_key, verified
+from cloudkon.spill import check_bucket, check_pointer, spill_key, verified
 
 _WAIT_SLICE = 0.02  # seconds a waiting receive sleeps between looks
 
@@ -359,7 +359,7 @@ class MemorySpillStore:
         return {"bucket": self.bucket, "key": key, "size": len(data), "sha256": digest}
 
     def get(self, pointer: dict) -> bytes:
-        pointer = check_pointer(pointer)
+        pointer = check_bucket(check_pointer(pointer), self.bucket)
         with self._lock:
             data = self.objects.get(pointer["key"])
         if data is None:
@@ -368,4 +368,4 @@ class MemorySpillStore:
 
     def delete(self, pointer: dict) -> None:
         with self._lock:
-            self.objects.pop(check_pointer(pointer)["key"], None)
+            self.objects.pop(check_bucket(check_pointer(pointer), self.bucket)["key"], None)

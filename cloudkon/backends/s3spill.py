@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from cloudkon.aws import call
 from cloudkon.errors import SpillError
-from cloudkon.spill import check_pointer, spill_key, verified
+from cloudkon.spill import check_bucket, check_pointer, spill_key, verified
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class S3SpillStore:
         return {"bucket": bucket, "key": key, "size": len(data), "sha256": digest}
 
     def get(self, pointer: dict) -> bytes:
-        pointer = check_pointer(pointer)
+        pointer = check_bucket(check_pointer(pointer), self.bucket)
         where = f"s3://{pointer['bucket']}/{pointer['key']}"
         try:
             answer = call(f"read spilled results {where}", self.client.get_object,
@@ -64,6 +64,6 @@ class S3SpillStore:
         return verified(pointer, data)
 
     def delete(self, pointer: dict) -> None:
-        pointer = check_pointer(pointer)
+        pointer = check_bucket(check_pointer(pointer), self.bucket)
         call(f"delete spilled results s3://{pointer['bucket']}/{pointer['key']}",
              self.client.delete_object, Bucket=pointer["bucket"], Key=pointer["key"])

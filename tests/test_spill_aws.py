@@ -7,6 +7,7 @@ and a spilled object that is gone is reported in one warning, never a traceback.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 
 import boto3
@@ -82,7 +83,7 @@ def test_large_and_binary_outputs_spill_and_are_collected_whole(
     assert len(keys) >= 1 and all("/stored-" in k for k in keys), keys
 
     # A second collector reads the results back from the lease item, through its pointer.
-    deployment = Deployment(config)
+    deployment = Deployment(dataclasses.replace(config, bucket_suffix=BUCKET_SUFFIX))
     again = Collector(job_id, deployment.output_queue, deployment.manifests, deployment.leases,
                       quiet_seconds=0, codec=deployment.codec).run(timeout=5)
     assert again.complete and again.recovered == TASKS

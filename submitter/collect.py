@@ -347,7 +347,7 @@ class Collector:
             return
         try:
             spill.delete(pointer)
-        except AwsError as exc:
+        except (AwsError, CodecError) as exc:
             log.warning("job %s: could not remove spilled results (the bucket's lifecycle rule"
                         " removes them later): %s", self.job_id, exc,
                         extra={"job_id": self.job_id})

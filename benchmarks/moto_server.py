@@ -57,6 +57,9 @@ def _s3_operation(environ: dict) -> str:
     if "/" in path:  # /bucket/key
         return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject",
                 "DELETE": "DeleteObject", "POST": "PostObject"}.get(method, method)
+    if "lifecycle" in query:
+        return {"GET": "GetBucketLifecycleConfiguration",
+                "PUT": "PutBucketLifecycleConfiguration"}.get(method, method)
     if method == "GET":
         return "ListObjectsV2" if query.get("list-type") == ["2"] else (
             "ListBuckets" if not path else "ListObjects")

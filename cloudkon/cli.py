@@ -44,6 +44,7 @@ from cloudkon.limits import (
     DELETE_BATCH_SECONDS,
     DEFAULT_SENDERS,
     DEFAULT_TAIL_BYTES,
+    MAX_TAIL_BYTES,
     DEFAULT_TASK_TIMEOUT,
     DEFAULT_TASKS_PER_WORKER,
     DEFAULT_VISIBILITY_SECONDS,
@@ -148,7 +149,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
               help="A bundle closes once its tasks add up to about MS of work (a sleep N"
                    " counts N, a shell command 20): shell tasks travel alone by default.")
 @click.option("--tail-bytes", type=click.IntRange(min=0), default=DEFAULT_TAIL_BYTES,
-              show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
+              show_default=True, help="How much of the end of stdout and of stderr a result keeps"
+                                      f" (at most {MAX_TAIL_BYTES}).")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar on stderr. Default: only when stderr is a terminal.")
 @click.option("--resume", metavar="FILE",
@@ -404,7 +406,9 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
               show_default=True, metavar="SECONDS",
               help="Time limit of each task; 0 for none.")
 @click.option("--tail-bytes", type=click.IntRange(min=0), default=DEFAULT_TAIL_BYTES,
-              show_default=True, help="How much of the end of stdout and of stderr a result keeps.")
+              show_default=True, help="How much of the end of stdout and of stderr a result keeps"
+                                      f" (at most {MAX_TAIL_BYTES}).")
+@_BUCKET_SUFFIX
 @click.option("--liveness-seconds", type=_Number(min=1), default=DEFAULT_LIVENESS_SECONDS,
               show_default=True, metavar="SECONDS", help="How often to log a line of counts.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines (for CloudWatch Logs, jq).")
@@ -434,9 +438,10 @@ def teardown_command(prefix: str, region: str | None, endpoint_url: str | None,
 def worker_command(verbose: int, prefix: str | None, region: str | None,
                    endpoint_url: str | None, threads: int, no_create: bool,
                    drain_seconds: float, visibility_timeout: int, wait_seconds: int,
-                   task_timeout: float, tail_bytes: int, liveness_seconds: float,
-                   log_json: bool, worker_id: str | None, batch_size: int, instance_id: str,
-                   emf_metrics: bool, task_env: tuple[str, ...], signing_key: str | None,
+                   task_timeout: float, tail_bytes: int, bucket_suffix: str | None,
+                   liveness_seconds: float, log_json: bool, worker_id: str | None,
+                   batch_size: int, instance_id: str, emf_metrics: bool,
+                   task_env: tuple[str, ...], signing_key: str | None,
                    replay_window: float) -> int:
     """Run the worker daemon: execute the task bundles of PREFIX-input until SIGTERM.
 
@@ -457,7 +462,8 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         emf_metrics=emf_metrics, task_env=task_env,
         delete_batch_seconds=DELETE_BATCH_SECONDS, replay_window_seconds=replay_window,
     )
-    worker = aws_worker(_aws_config(prefix, region, endpoint_url, signing_key=signing_key),
+    worker = aws_worker(_aws_config(prefix, region, endpoint_url, bucket_suffix,
+                                    signing_key=signing_key),
                         config, batch_size, create=not no_create)
     return worker.run()
 
@@ -895,7 +901,8 @@ def status_command(prefix, region, endpoint_url, bucket_suffix, job_id: str | No
         click.echo(json.dumps(view.to_dict()) if as_json else view.to_text())
         return EXIT_OK if view.healthy else EXIT_FAILED
     reader = jobs.ProgressReader(check_job_id(job_id), deployment.manifests, deployment.leases,
-                                 exists=lambda: client.uploaded(deployment, job_id))
+                                 exists=lambda: client.uploaded(deployment, job_id),
+                                 codec=deployment.codec)
     if watch:
         progress = jobs.watch(reader, _Redraw(as_json))
     else:

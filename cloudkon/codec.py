@@ -27,19 +27,36 @@ A deployment with a signing key signs bodies and seals stored results
 (:mod:`cloudkon.signing`, through :class:`WireCodec`): a signed body is the body above with
 a last field ``"sig"`` appended, which readers without a key ignore. Anything that does
 not decode and validate raises :class:`~cloudkon.errors.CodecError`.
+
+Output that is not UTF-8 (binary) is carried exactly and compactly: an entry of the
+``stdout`` or ``stderr`` column is then ``{"b64": "<base64 of the bytes>"}`` instead of a
+string (a reader that knows only strings refuses the message rather than misreading it).
+
+Spilling (docs/design.md, "Large results"): a results body over RESULTS_INLINE_MAX_BYTES
+goes to the workload bucket, and the message carries ``"spill": {pointer}`` instead of
+``"results"``; packed stored results over the lease store's room go there too, and the
+item holds the pointer as JSON (``{"spill": {...}}``, told from zlib data by its first
+byte). Only a :class:`WireCodec` given a spill store writes or follows pointers.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import zlib
 from collections.abc import Iterable
 
 from cloudkon.errors import CodecError
-from cloudkon.limits import MAX_BUNDLE_TASKS, SQS_DEFAULT_MAX_MESSAGE_BYTES
-from cloudkon.model import STATUSES, Bundle, ResultBundle
+from cloudkon.limits import (
+    MAX_BUNDLE_TASKS,
+    RESULTS_INLINE_MAX_BYTES,
+    SQS_DEFAULT_MAX_MESSAGE_BYTES,
+)
+from cloudkon.model import STATUSES, Bundle, ResultBundle, bundle_key
 from cloudkon.signing import SEAL_BYTES, SIGNATURE_CHARS, Signer, split_signed, unseal
+from cloudkon.spill import SpillStore, check_pointer, job_folder
 
 VERSION = 1
 RETRY_VERSION = 2  # a message of attempt 2 or later: it carries "attempt"
@@ -50,6 +67,9 @@ _MAX_ID_CHARS = 256  # job ids, worker ids
 _MAX_REPLY_TO_CHARS = 1024  # an SQS queue URL is well under this
 _MAX_JSON_NUMBER = 2 ** 63  # larger integers are no time, count or exit code of ours
 _MAX_MICROSECONDS = 10 ** 15  # about 31 years: a start offset or duration beyond is garbage
+_B64 = "b64"  # an output entry of bytes that are not UTF-8: {"b64": "..."}
+SPILL = "spill"  # a results message's, or stored results', pointer to a spilled payload
+_SPILLED_PREFIX = b"{"  # stored results that are a pointer (zlib data starts with 0x78)
 
 # ensure_ascii: SQS refuses some characters (U+FFFE, U+FFFF, most controls) in bodies;
 # escaped, every string travels.
@@ -120,6 +140,9 @@ def encode_results(bundle: ResultBundle) -> str:
 def decode_results(body: str | bytes) -> ResultBundle:
     """The result bundle in a results message body; CodecError if invalid."""
     doc = _load(body, RESULTS)
+    if SPILL in doc:
+        raise CodecError("the results were spilled to the workload bucket; this reader has"
+                         " no bucket to read them from")
     job_id = _string(doc, "job", _MAX_ID_CHARS)
     seq = _count(doc, "seq")
     worker = doc.get("worker", "")
@@ -131,6 +154,23 @@ def decode_results(body: str | bytes) -> ResultBundle:
     results = _rows(doc.get("results"), commands=None)
     return ResultBundle(job_id, seq, results, _time(doc, "sent_at"), worker, threads,
                         _attempt(doc))
+
+
+def decode_pointer(body: str | bytes) -> ResultBundle:
+    """The results message in ``body``: a ResultBundle whose ``spilled`` is the pointer to
+    its results (then ``results`` is empty) if they were spilled; CodecError if invalid."""
+    doc = _load(body, RESULTS)
+    if SPILL not in doc:
+        return decode_results(body)
+    pointer = check_pointer(doc[SPILL])
+    job_id = _string(doc, "job", _MAX_ID_CHARS)
+    if not pointer["key"].startswith(job_folder(job_id)):
+        raise CodecError(f"spill pointer {pointer['key'][:200]} is outside job {job_id}'s"
+                         " folder")
+    bundle = ResultBundle(job_id, _count(doc, "seq"), [], _time(doc, "sent_at"),
+                          attempt=_attempt(doc))
+    bundle.spilled = pointer
+    return bundle
 
 
 def results_bodies(bundle: ResultBundle,
@@ -172,8 +212,12 @@ def unpack_results(data: bytes, tasks: Iterable[tuple[int, str]] | None = None) 
     (the bundle's), or '' for a reader that does not have the bundle (a collector reading
     them back); CodecError if they are not valid or name a line not in ``tasks``. A seal
     (signed results, cloudkon/signing.py) is cut off unchecked: WireCodec checks it."""
+    data = unseal(data)
+    if data[:1] == _SPILLED_PREFIX:
+        raise CodecError("stored results were spilled to the workload bucket; this reader"
+                         " has no bucket to read them from")
     try:
-        doc = json.loads(zlib.decompress(unseal(data)))
+        doc = json.loads(zlib.decompress(data))
     except (zlib.error, ValueError, TypeError, RecursionError) as exc:
         raise CodecError(f"stored results do not unpack: {str(exc)[:200]}") from None
     if tasks is None:
@@ -203,8 +247,8 @@ def _columns(results: list[tuple], with_commands: bool) -> dict:
         "signal": [r[4] for r in results],
         "start_us": [round((r[5] - t0) * 1e6) for r in results],
         "dur_us": [max(round((r[6] - r[5]) * 1e6), 0) for r in results],
-        "stdout": [r[7] for r in results],
-        "stderr": [r[8] for r in results],
+        "stdout": [_wire_text(r[7]) for r in results],
+        "stderr": [_wire_text(r[8]) for r in results],
     }
     if with_commands:
         cols["command"] = [r[1] for r in results]
@@ -233,6 +277,7 @@ def _rows(cols: object, commands: dict[int, str] | None) -> list[tuple]:
     rows = []
     for i in range(n):
         line, status, code, sig, start_us, dur_us, out, err = (c[i] for c in columns[:8])
+        out, err = _text(out), _text(err)
         if not _is_int(line) or line < 1:
             raise CodecError(f"result {i}: line {str(line)[:40]} is not a line number >= 1")
         if status not in STATUSES:
@@ -253,6 +298,35 @@ def _rows(cols: object, commands: dict[int, str] | None) -> list[tuple]:
         start = t0 + start_us / 1e6
         rows.append((line, command, status, code, sig, start, start + dur_us / 1e6, out, err))
     return rows
+
+
+def _wire_text(text: str) -> str | dict:
+    """An output tail as it travels: the string if it is UTF-8, else its bytes (kept by the
+    executor as surrogate escapes) in base64, 4/3 of their size rather than the 6 bytes of
+    a JSON escape per byte."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate no executor makes (a forged message's)
+            data = text.encode("utf-8", "replace")
+        return {_B64: base64.b64encode(data).decode("ascii")}
+
+
+def _text(value: object) -> object:
+    """An output entry back as a string (bytes as surrogate escapes); anything else is
+    returned as it is, for the caller to refuse."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get(_B64), str):
+        try:
+            return base64.b64decode(value[_B64], validate=True).decode("utf-8",
+                                                                       "surrogateescape")
+        except (binascii.Error, ValueError):
+            return value
+    return value
 
 
 def _load(body: str | bytes, kind: str) -> dict:
@@ -312,11 +386,16 @@ class WireCodec:
     summary counts the threads of the workers). With a ``signer`` (cloudkon/signing.py),
     bundles and results are signed as they are encoded and checked as they are decoded,
     stored results sealed for their lease key and checked as they are unpacked: anything
-    unsigned, forged or (a bundle) too old raises SignatureError, a CodecError."""
+    unsigned, forged or (a bundle) too old raises SignatureError, a CodecError. With a
+    ``spill`` store, results that do not fit a message or the lease store are spilled
+    there and pointed to (the pointer is what is signed or sealed), and pointers are
+    followed; without, results are split over messages and stored tails cut."""
 
-    def __init__(self, worker_threads: int = 0, signer: Signer | None = None) -> None:
+    def __init__(self, worker_threads: int = 0, signer: Signer | None = None,
+                 spill: SpillStore | None = None) -> None:
         self.worker_threads = worker_threads
         self.signer = signer
+        self.spill = spill
 
     @property
     def bundle_overhead(self) -> int:
@@ -339,34 +418,96 @@ class WireCodec:
         if self.worker_threads and not bundle.threads:
             bundle = ResultBundle(bundle.job_id, bundle.seq, bundle.results, bundle.sent_at,
                                   bundle.worker, self.worker_threads, bundle.attempt)
+        bodies = self._unsigned_results_bodies(bundle)
         if self.signer is None:
-            return results_bodies(bundle)
-        bodies = results_bodies(bundle, SQS_DEFAULT_MAX_MESSAGE_BYTES - SIGNATURE_CHARS)
+            return bodies
         return [self.signer.sign(body, RESULTS, bundle.job_id) for body in bodies]
 
+    def _unsigned_results_bodies(self, bundle: ResultBundle) -> list[str]:
+        room = SQS_DEFAULT_MAX_MESSAGE_BYTES - (SIGNATURE_CHARS if self.signer else 0)
+        if self.spill is None:
+            return results_bodies(bundle, room)
+        body = encode_results(bundle)
+        if len(body) <= RESULTS_INLINE_MAX_BYTES:
+            return [body]
+        what = f"results-{bundle_key(bundle.job_id, bundle.seq, bundle.attempt)}"
+        pointer = self.spill.put(bundle.job_id, what.replace("#", "-"), body.encode("ascii"))
+        doc = {**_version(bundle.attempt), "kind": RESULTS, "job": bundle.job_id,
+               "seq": bundle.seq, "worker": bundle.worker, "sent_at": bundle.sent_at,
+               SPILL: pointer}
+        return [_dumps(doc)]
+
     def decode_results(self, body: str | bytes) -> ResultBundle:
-        if self.signer is None:
-            return decode_results(body)
-        signed, token = split_signed(body)
-        bundle = decode_results(signed)
-        self.signer.check(signed, token, RESULTS, bundle.job_id, replay_window=False)
-        return bundle
+        """The results in a results message body, its signature checked if this reader
+        has a key, fetched from the spill store if spilled (SpillError if they are gone or
+        not what the pointer says; the pointer's SHA-256 is what the signature covers)."""
+        if self.signer is not None:
+            signed, _ = split_signed(body)
+            bundle = decode_pointer(signed)
+            self.verify_results(body, bundle.job_id)
+        else:
+            bundle = decode_pointer(body)
+        return self.fetch(bundle) if bundle.spilled is not None else bundle
+
+    def verify_results(self, body: str | bytes, job_id: str) -> None:
+        """Check the signature of a results message of job ``job_id`` (SignatureError if it
+        fails; nothing without a key), without reading what it may point to."""
+        if self.signer is not None:
+            signed, token = split_signed(body)
+            self.signer.check(signed, token, RESULTS, job_id, replay_window=False)
+
+    def fetch(self, bundle: ResultBundle) -> ResultBundle:
+        """The spilled results ``bundle`` (from :func:`decode_pointer`) points to."""
+        if self.spill is None:
+            raise CodecError(f"results spilled to s3://{bundle.spilled['bucket']}/"
+                             f"{bundle.spilled['key']}; this reader has no bucket to read")
+        fetched = decode_results(self.spill.get(bundle.spilled))
+        if (fetched.job_id, fetched.seq, fetched.attempt) != \
+                (bundle.job_id, bundle.seq, bundle.attempt):
+            raise CodecError(f"spilled results s3://{bundle.spilled['bucket']}/"
+                             f"{bundle.spilled['key']} are of job {fetched.job_id} bundle"
+                             f" {fetched.seq}, not of the message's")
+        fetched.spilled = bundle.spilled
+        return fetched
 
     def pack_results(self, results: list[tuple], max_bytes: int,
                      key: str = "") -> tuple[bytes, list[tuple]]:
-        """As :func:`pack_results`; with a signer, sealed for the lease key ``key``."""
-        if self.signer is None:
-            return pack_results(results, max_bytes)
-        packed, kept = pack_results(results, max_bytes - SEAL_BYTES)
-        return self.signer.seal(packed, key), kept
+        """Results packed for the lease store of bundle ``key``: spilled, with the pointer
+        stored instead, when they do not fit ``max_bytes`` and a spill store is at hand;
+        else as :func:`pack_results` (tails cut to fit). With a signer, what is stored is
+        sealed for ``key``."""
+        room = max_bytes - (SEAL_BYTES if self.signer is not None else 0)
+        if self.spill is None or not key:
+            packed, kept = pack_results(results, room)
+        else:
+            packed, kept = zlib.compress(_dumps(_columns(results, with_commands=False))
+                                         .encode("ascii")), results
+            if len(packed) > room:
+                job_id = key.split("#", 1)[0]
+                pointer = self.spill.put(job_id, "stored-" + key.replace("#", "-"), packed)
+                packed = _dumps({SPILL: pointer}).encode("ascii")
+        return (packed if self.signer is None else self.signer.seal(packed, key)), kept
 
     def unpack_results(self, data: bytes, tasks: Iterable[tuple[int, str]] | None = None,
                        key: str = "") -> list[tuple]:
-        """As :func:`unpack_results`; with a signer, SignatureError unless sealed for
-        ``key``."""
+        """Stored results (following a pointer to spilled ones) as :func:`unpack_results`;
+        with a signer, SignatureError unless sealed for ``key``."""
         if self.signer is not None:
             data = self.signer.open(data, key)
+        if data[:1] == _SPILLED_PREFIX:
+            data = self.spill_of(data)
         return unpack_results(data, tasks)
+
+    def spill_of(self, data: bytes) -> bytes:
+        """The spilled packed results stored results ``data`` (a pointer) point to."""
+        try:
+            pointer = check_pointer(json.loads(data)[SPILL])
+        except (ValueError, TypeError, KeyError, RecursionError):
+            raise CodecError("stored results are neither packed nor a spill pointer") from None
+        if self.spill is None:
+            raise CodecError(f"stored results spilled to s3://{pointer['bucket']}/"
+                             f"{pointer['key']}; this reader has no bucket to read")
+        return self.spill.get(pointer)
 
 
 class InProcessCodec:

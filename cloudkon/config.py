@@ -21,6 +21,7 @@ from cloudkon.limits import (
     DEFAULT_TASKS_PER_WORKER,
     DEFAULT_VISIBILITY_SECONDS,
     HEARTBEATS_PER_VISIBILITY,
+    MAX_TAIL_BYTES,
     SANDBOX_PORT,
     SANDBOX_REGION,
     SQS_LONG_POLL_SECONDS,
@@ -40,6 +41,17 @@ class RunConfig:
     bundle_ms: float = DEFAULT_BUNDLE_MS
     tail_bytes: int = DEFAULT_TAIL_BYTES
     strict: bool = False
+
+    def __post_init__(self) -> None:
+        check_tail_bytes(self.tail_bytes)
+
+
+def check_tail_bytes(tail_bytes: int) -> int:
+    """``tail_bytes`` if it is within 0 and MAX_TAIL_BYTES; else UsageError naming the option."""
+    if not 0 <= tail_bytes <= MAX_TAIL_BYTES:
+        raise UsageError(f"--tail-bytes {tail_bytes}: a result keeps at most {MAX_TAIL_BYTES}"
+                         " bytes of the end of stdout and of stderr")
+    return tail_bytes
 
 
 # A prefix names every AWS resource of one deployment. S3 bucket names are the strictest
@@ -121,6 +133,7 @@ class WorkerConfig:
     replay_window_seconds: float = DEFAULT_REPLAY_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
+        check_tail_bytes(self.tail_bytes)
         if self.task_env is not None:
             object.__setattr__(self, "task_env", check_names(self.task_env))
 

@@ -59,6 +59,11 @@ class SignatureError(CodecError):
     with a key not configured, or (a task bundle) older than the replay window."""
 
 
+class SpillError(CodecError):
+    """Results spilled to the workload bucket cannot be read back: the object is gone
+    (removed, expired) or is not what the pointer to it says (size, SHA-256)."""
+
+
 class AwsError(CloudKonError):
     """An AWS call failed: at once for an error that retrying cannot mend, or after the
     retries for throttling, 5xx and dropped connections ran out."""

@@ -338,4 +338,16 @@ def _decode_tail(data: bytearray, keep: int) -> str:
         return ""
     if len(data) > keep:
         data = data[len(data) - keep:]
-    return data.decode("utf-8", "replace")
+        # A cut inside a UTF-8 character of text: its leftover continuation bytes are
+        # dropped, so that the tail of a text output stays text.
+        skip = 0
+        while skip < 3 and skip < len(data) and 0x80 <= data[skip] <= 0xBF:
+            skip += 1
+        if skip:
+            try:
+                return bytes(data[skip:]).decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+    # Bytes that are not UTF-8 are kept as surrogate escapes: the codec carries them exactly
+    # (base64), a results file shows them as U+FFFD with the exact bytes beside.
+    return data.decode("utf-8", "surrogateescape")

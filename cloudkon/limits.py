@@ -23,8 +23,13 @@ DEFAULT_BUNDLE_MS = 20
 # two seconds' work (100 shell commands, 200 `sleep 10`) makes them about 1% of its time.
 DEFAULT_REMOTE_BUNDLE_MS = 2000
 
-# How much of the end of each of stdout and stderr a result keeps.
+# How much of the end of each of stdout and stderr a result keeps, and the most it may keep
+# (--tail-bytes). 64 KiB: a result with both tails full, binary ones carried as base64
+# (4/3), takes about 171 KiB, so one result still fits a message of the 256 KiB default
+# without spilling to S3; a task being read holds at most twice that per stream, so 1,024
+# bundle threads hold at most 256 MiB of tails.
 DEFAULT_TAIL_BYTES = 4096
+MAX_TAIL_BYTES = 65536
 
 # The time limit of one task, in seconds, unless --task-timeout says otherwise.
 DEFAULT_TASK_TIMEOUT = 3600.0
@@ -73,6 +78,16 @@ SQS_MAX_BATCH_BYTES = 1048576
 # default). Results messages stay under it, so they fit any queue they are sent to.
 SQS_DEFAULT_MAX_MESSAGE_BYTES = 262144
 
+# A results message larger than this is spilled: its body goes to the workload bucket and
+# the message carries a pointer (the SQS Extended Client's pattern). The 256 KiB default
+# less 8 KiB for the message attributes and the pointer's own envelope.
+RESULTS_INLINE_MAX_BYTES = SQS_DEFAULT_MAX_MESSAGE_BYTES - 8192
+
+# Spilled objects (results of messages and of lease items) expire from the bucket after
+# this many days, by a lifecycle rule `cloudkon setup` sets: as long as SQS keeps a message
+# and the lease table a COMPLETED lease (14 days), so no pointer outlives its object.
+SPILL_RETENTION_DAYS = 14
+
 # The longest long poll: ReceiveMessage WaitTimeSeconds is 0 to 20.
 SQS_LONG_POLL_SECONDS = 20
 
@@ -92,8 +107,9 @@ DYNAMODB_MAX_BATCH_GET = 100
 DYNAMODB_MAX_ITEM_BYTES = 400 * 1024
 
 # Of that, what a lease item may spend on the packed results of its bundle; the rest is
-# room for the key, owner, status and times. Results that do not fit get their output tails
-# cut (codec.pack_results).
+# room for the key, owner, status and times. Results that do not fit are spilled to the
+# workload bucket and the item holds a pointer (codec.WireCodec); where nothing can spill
+# (no bucket), their output tails are cut (codec.pack_results).
 LEASE_RESULTS_MAX_BYTES = 360 * 1024
 
 # The worker's visibility timeout and lease, in seconds: how long a bundle of a worker that

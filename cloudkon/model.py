@@ -11,6 +11,7 @@ hundreds); ``Result._make(t)`` gives the named view where it is wanted.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -79,7 +80,7 @@ class Result(NamedTuple):
     signal: str | None  # e.g. "SIGKILL" when a signal ended it
     start: float
     end: float
-    stdout: str  # the last bytes of stdout, decoded with replacement
+    stdout: str  # the last bytes of stdout; bytes that are not UTF-8 as surrogate escapes
     stderr: str
 
     def to_record(self, job_id: str, worker: str = "", queued: float = 0.0) -> dict:
@@ -99,11 +100,45 @@ class Result(NamedTuple):
             "start": round(self.start, 6),
             "end": round(self.end, 6),
             "duration": round(self.end - self.start, 6),
-            "stdout": self.stdout,
-            "stderr": self.stderr,
+            "stdout": _readable(self.stdout),
+            "stderr": _readable(self.stderr),
             "worker": worker,
             "queued": round(queued, 6),
+            **_exact("stdout", self.stdout),
+            **_exact("stderr", self.stderr),
         }
+
+
+def _readable(text: str) -> str:
+    """An output tail as text: bytes that are not UTF-8 as U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
+            if _escapes_only(text) else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _escapes_only(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _exact(name: str, text: str) -> dict:
+    """``{NAME_base64: ...}``, the tail's exact bytes, for a tail that is not UTF-8."""
+    if text.isascii() or not _escapes_only(text):
+        return {}
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        data.decode("utf-8")
+        return {}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
 
 
 class Bundle:
@@ -126,7 +161,8 @@ class Bundle:
 class ResultBundle:
     """The results of one bundle's tasks (tuples laid out as Result), in the order they ran."""
 
-    __slots__ = ("job_id", "seq", "results", "sent_at", "worker", "threads", "attempt")
+    __slots__ = ("job_id", "seq", "results", "sent_at", "worker", "threads", "attempt",
+                 "spilled")
 
     def __init__(self, job_id: str, seq: int, results: list[tuple], sent_at: float,
                  worker: str = "", threads: int = 0, attempt: int = 1) -> None:
@@ -137,6 +173,9 @@ class ResultBundle:
         self.worker = worker  # who ran the bundle
         self.threads = threads  # the bundle threads of that worker; 0 if not said
         self.attempt = attempt  # copied from the task bundle
+        # The pointer to the results spilled to the bucket (cloudkon.spill), when a message
+        # carried one instead of them; None for results carried inline.
+        self.spilled: dict | None = None
 
     def records(self) -> list[dict]:
         """The results as results-file records (with ``attempt`` when it is a retry's)."""

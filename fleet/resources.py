@@ -196,8 +196,10 @@ def _user_data(root: Path, config: AwsConfig, source: str, fleet: FleetConfig) -
     text = (root / "deploy" / "user-data.sh").read_text(encoding="utf-8")
     threads = str(fleet.threads) if fleet.threads else "$(nproc)"
     key = f" --signing-key {fleet.signing_key}" if fleet.signing_key else ""
+    # The bucket's suffix, so that workers spill large results to the deployment's bucket.
+    suffix = f" --bucket-suffix {config.bucket_suffix}" if config.bucket_suffix else ""
     settings = {"CLOUDKON_PREFIX": config.prefix, "CLOUDKON_SOURCE": source,
-                "CLOUDKON_WORKER_ARGS": f'"--threads {threads}{key}"'}
+                "CLOUDKON_WORKER_ARGS": f'"--threads {threads}{suffix}{key}"'}
     for name, value in settings.items():
         text, n = re.subn(rf"^{name}=.*$", lambda _m, n=name, v=value: f"{n}={v}", text,
                           count=1, flags=re.MULTILINE)

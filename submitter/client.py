@@ -127,13 +127,14 @@ def collect(deployment: Deployment, job_id: str, timeout: float | None,
     (the workload just submitted), a job of another workload is JobConflictError."""
     try:
         outbox = deployment.output_queue
+        codec = deployment.codec
     except KeyboardInterrupt:
         return Collector.interrupted(job_id)
     collector = Collector(job_id, outbox, deployment.manifests, deployment.leases,
                           on_results=on_results, on_total=on_total,
                           exists=lambda: uploaded(deployment, job_id), already=already,
                           commands=lambda lines: workload_commands(deployment, job_id, lines),
-                          digest=digest, codec=deployment.codec)
+                          digest=digest, codec=codec)
     return collector.run(timeout)
 
 

@@ -9,6 +9,11 @@ or at its deadline. When the queue has had nothing of the job for a while, the r
 bundles it has not seen are read back from the lease store, where the workers recorded
 them before sending: a previous collector that took them and died loses nothing.
 
+Results too large for a message were spilled by the worker to the workload bucket, and
+the message points to them (docs/design.md, "Large results"): the collector reads them
+from there (and removes them once written); a pointer to an object that is gone is said in
+one warning, and the bundle's results are read back from the lease store instead.
+
 A job retried (`cloudkon retry`) has several attempts: for each task, only the result of
 the latest attempt that ran it counts, and an earlier attempt's result of a retried task
 is dropped. A job cancelled while collecting (`cloudkon cancel`) ends the collection with
@@ -23,8 +28,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
-from cloudkon.codec import WIRE, WireCodec, decode_results
+from cloudkon.codec import WireCodec, decode_pointer
 from cloudkon.errors import (
+    AwsError,
     CloudKonError,
     CodecError,
     JobConflictError,
@@ -122,7 +128,7 @@ class Collector:
                  quiet_seconds: float = RECOVERY_QUIET_SECONDS,
                  already: list[ResultBundle] | None = None,
                  commands: Callable[[set[int]], dict[int, str]] | None = None,
-                 digest: str | None = None, codec: WireCodec = WIRE) -> None:
+                 digest: str | None = None, codec: WireCodec | None = None) -> None:
         """``exists`` tells whether the job was submitted though it has no manifest yet (its
         workload uploaded, not split yet); without it, no manifest means no such job.
         After ``quiet_seconds`` without a result of the job, the lease store is read.
@@ -130,10 +136,12 @@ class Collector:
         they count, and are not handed on again. ``commands`` gives the commands of lines
         (from the workload), for results read back from the lease store, which lack them.
         ``digest``, if given, is the workload submitted: a job of another one is refused
-        (JobConflictError), not collected. ``codec`` checks signatures if it has a key:
-        results of the job that fail the check are dropped, with a warning, and counted."""
+        (JobConflictError), not collected. ``codec`` reads spilled results (from the
+        workload bucket; without, a spilled bundle is read back from the lease store) and
+        checks signatures if it has a key: results of the job that fail the check are
+        dropped, with a warning, and counted."""
         self.job_id = job_id
-        self.codec = codec
+        self.codec = codec or WireCodec()
         self.outbox = outbox
         self.manifests = manifests
         self.leases = leases
@@ -284,12 +292,13 @@ class Collector:
         return True
 
     def _take(self, messages: list[Message]) -> bool:
-        """Keep this job's results, give the rest back; True if any was this job's."""
-        mine, others, later, held = [], [], [], []
+        """Keep this job's results, give the rest back; True if any results were this job's
+        (a message whose spilled results cannot be read is dropped, and does not count)."""
+        mine, others, later, held, spilled, unreadable = [], [], [], [], [], []
         now = time.monotonic()
         for message in messages:
             try:
-                bundle = decode_results(message.body)
+                bundle = decode_pointer(message.body)
             except CodecError as exc:
                 log.warning("message %s on queue %s is not a results message (%s); left there",
                             message.id, self.outbox.name, exc, extra={"message_id": message.id})
@@ -305,6 +314,15 @@ class Collector:
             if self._tasks is None and self._pending_results >= MAX_PENDING_RESULTS:
                 held.append(message)  # no room until the split ends: left on the queue
                 continue
+            if bundle.spilled is not None:
+                pointer = bundle.spilled
+                try:
+                    bundle = self.codec.fetch(bundle)
+                except CodecError as exc:
+                    self._spill_gone(bundle, exc)
+                    unreadable.append(message)  # it never can be: dropped from the queue
+                    continue
+                spilled.append(pointer)
             self._add(bundle)
             mine.append(message)
         for m in held:
@@ -313,15 +331,17 @@ class Collector:
             self.outbox.give_back(others)
         for m in later:
             self.outbox.extend(m, OTHERS_DELAY_SECONDS)
-        if mine:  # after their results were written: a crash before loses nothing
-            self.outbox.delete_batch(mine)
+        if mine or unreadable:  # after their results were written: a crash loses nothing
+            self.outbox.delete_batch(mine + unreadable)
+        for pointer in spilled:  # after the messages: a crash before leaves no dangling pointer
+            self._remove_spilled(pointer)
         return bool(mine)
 
     def _signed(self, message: Message) -> bool:
         """Whether a results message of this job passes the signature check; if not, it
         is counted and said."""
         try:
-            self.codec.decode_results(message.body)
+            self.codec.verify_results(message.body, self.job_id)
             return True
         except SignatureError as exc:
             self._bad_signature(f"results message {message.id}", exc)
@@ -331,6 +351,28 @@ class Collector:
         self.summary.bad_signatures += 1
         log.warning("job %s: %s %s; its results are dropped", self.job_id, what, exc,
                     extra={"job_id": self.job_id})
+
+    def _spill_gone(self, bundle: ResultBundle, exc: CodecError) -> None:
+        """A results message whose spilled results cannot be read: said once (unless the
+        bundle's results are already in), the bundle is left to the lease store."""
+        ids = {"job_id": self.job_id, "bundle": bundle.seq}
+        if (bundle.attempt, bundle.seq) in self._seqs:
+            log.debug("job %s: bundle %d's results came again, spilled, and cannot be read"
+                      " (%s); they are already in", self.job_id, bundle.seq, exc, extra=ids)
+            return
+        log.warning("job %s: bundle %d's results cannot be read: %s; they are read back from"
+                    " the lease table instead", self.job_id, bundle.seq, exc, extra=ids)
+
+    def _remove_spilled(self, pointer: dict) -> None:
+        spill = self.codec.spill
+        if spill is None:
+            return
+        try:
+            spill.delete(pointer)
+        except (AwsError, CodecError) as exc:
+            log.warning("job %s: could not remove spilled results (the bucket's lifecycle rule"
+                        " removes them later): %s", self.job_id, exc,
+                        extra={"job_id": self.job_id})
 
     def _add(self, bundle: ResultBundle, hand_on: bool = True) -> None:
         """Count and hand on the results not seen before, of the attempt that counts, for

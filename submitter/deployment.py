@@ -11,6 +11,7 @@ import functools
 
 from cloudkon import aws
 from cloudkon.backends.dynamodb import DynamoLeaseStore, DynamoWorkerRegistry
+from cloudkon.backends.s3spill import S3SpillStore
 from cloudkon.backends.sqs import SqsBroker, SqsQueue
 from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig
@@ -35,8 +36,10 @@ class Deployment:
     @functools.cached_property
     def codec(self) -> WireCodec:
         """How bodies and stored results are made and read: signed and checked if the
-        configuration names a signing key (read once, at the first use)."""
-        return WireCodec(signer=load_signer(self.config.signing_key, self.config))
+        configuration names a signing key (read once, at the first use); pointers to
+        results spilled to the workload bucket followed."""
+        return WireCodec(signer=load_signer(self.config.signing_key, self.config),
+                         spill=S3SpillStore(lambda: self.s3, lambda: self.bucket))
 
     @functools.cached_property
     def broker(self) -> SqsBroker:

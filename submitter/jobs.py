@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from cloudkon.backends import COMPLETED, IN_PROGRESS, WorkerRecord
-from cloudkon.codec import unpack_results
+from cloudkon.codec import WireCodec
 from cloudkon.errors import CodecError, JobNotFoundError, UsageError
 from cloudkon.limits import DEFAULT_REMOTE_BUNDLE_SIZE, DEFAULT_REMOTE_BUNDLE_MS, MAX_JOB_ATTEMPTS
 from cloudkon.model import FAILED, SUCCEEDED, TIMED_OUT, bundle_key
@@ -158,8 +158,10 @@ class ProgressReader:
     workload not split yet); without it, no record means no such job."""
 
     def __init__(self, job_id: str, manifests, leases, exists: Callable[[], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, codec: WireCodec | None = None) -> None:
+        """``codec`` follows pointers to results spilled to the workload bucket."""
         self.job_id = job_id
+        self.codec = codec or WireCodec()
         self.manifests = manifests
         self.leases = leases
         self.exists = exists
@@ -235,7 +237,8 @@ class ProgressReader:
         if not claim.results:
             return []
         try:
-            return [(r[0], r[2], r[6]) for r in unpack_results(claim.results)]
+            stored = self.codec.unpack_results(claim.results, None, key)
+            return [(r[0], r[2], r[6]) for r in stored]
         except CodecError as exc:
             log.warning("job %s: the stored results of %s do not unpack: %s", self.job_id, key,
                         exc, extra={"job_id": self.job_id})
@@ -386,7 +389,7 @@ def retry(deployment, job_id: str, statuses: tuple[str, ...], workload: str | No
     attempt with the same task ids, their commands read from the job's workload (the S3
     object or the file it was submitted from, or ``workload``); None if there are none."""
     manifests, leases = deployment.manifests, deployment.leases
-    reader = ProgressReader(job_id, manifests, leases)
+    reader = ProgressReader(job_id, manifests, leases, codec=deployment.codec)
     progress = reader.read()
     record = reader.record
     if progress.state == CANCELLED:

@@ -225,6 +225,8 @@ _ACTIONS = {
     ("s3", "DeleteObject"): "s3:DeleteObject",
     ("s3", "DeleteObjects"): "s3:DeleteObject",
     ("s3", "PutBucketNotificationConfiguration"): "s3:PutBucketNotification",
+    ("s3", "GetBucketLifecycleConfiguration"): "s3:GetLifecycleConfiguration",
+    ("s3", "PutBucketLifecycleConfiguration"): "s3:PutLifecycleConfiguration",
 }
 _S3_OBJECT_OPERATIONS = {"PutObject", "GetObject", "HeadObject", "DeleteObject"}
 _NO_RESOURCE = {"sts"}  # actions IAM authorises on "*"

@@ -81,18 +81,27 @@ def test_worker_policy_allows_exactly_the_calls_of_a_worker_on_its_own_resources
         assert statement["Effect"] == "Allow"
         resources = statement["Resource"]
         for resource in [resources] if isinstance(resources, str) else resources:
-            assert "PREFIX-" in resource and "*" not in resource
-        actions.update(statement["Action"])
+            if statement["Action"] == "sts:GetCallerIdentity":  # the bucket's name; no ARN
+                assert resource == "*"
+                continue
+            # Objects only in the bucket's folder of spilled results.
+            assert "PREFIX-" in resource and "*" not in resource.removesuffix("/spill/*")
+        actions.update([statement["Action"]] if isinstance(statement["Action"], str)
+                       else statement["Action"])
     # The calls of `cloudkon worker --no-create` (the *Batch calls need the same actions).
     assert actions == {
         "sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:ChangeMessageVisibility",
         "sqs:DeleteMessage", "sqs:SendMessage",
         "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:UpdateItem",
-        "dynamodb:PutItem", "dynamodb:DeleteItem",
+        "dynamodb:PutItem", "dynamodb:DeleteItem", "s3:PutObject", "s3:GetObject",
+        "sts:GetCallerIdentity",
         "ssm:GetParameter",  # --signing-key ssm:/PREFIX-signing-key
     }
     [key] = [s for s in policy["Statement"] if "ssm:GetParameter" in s["Action"]]
     assert key["Resource"] == "arn:aws:ssm:REGION:ACCOUNT:parameter/PREFIX-signing-key"
+    [spill] = [s for s in policy["Statement"] if "s3:PutObject" in s["Action"]]
+    assert set(spill["Action"]) == {"s3:PutObject", "s3:GetObject"}
+    assert spill["Resource"] == "arn:aws:s3:::PREFIX-workloads-ACCOUNT/spill/*"
     # Whole items are put and deleted only under the worker's own registry keys.
     [registry] = [s for s in policy["Statement"] if "dynamodb:DeleteItem" in s["Action"]]
     assert set(registry["Action"]) == {"dynamodb:PutItem", "dynamodb:DeleteItem"}

@@ -48,7 +48,8 @@ START_SECONDS = 60.0
 # The deployment signs its bundles, with the key in the SSM parameter the policies name.
 SIGNING_KEY = f"ssm:/{PREFIX}-signing-key"
 WORKER_ARGS = ("--no-create", "--threads", 2, "--visibility-timeout", 4, "--wait-seconds", 1,
-               "--task-timeout", 30, "--drain-seconds", 1, "--signing-key", SIGNING_KEY)
+               "--task-timeout", 30, "--drain-seconds", 1, "--tail-bytes", 65536,
+               "--signing-key", SIGNING_KEY)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ NOT_EXERCISED = {
        "the CloudWatch agent ships the worker's log (deploy/cloudwatch-agent.json)"
        for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams",
                       "logs:PutLogEvents", "logs:PutRetentionPolicy")},
+    ("worker", "worker-policy.json#SpillLargeResults", "s3:GetObject"):
+        "a worker reads spilled stored results back only when it replays or takes over a"
+        " bundle whose results outgrew a lease item (tests/test_spill.py)",
     ("setup", "setup-policy.json#Queues", "sqs:SetQueueAttributes"):
         "`cloudkon setup` run again sets the attributes that changed (tests/test_aws_setup.py)",
     **{("lambda", "policy-dev.json#Logs", action):
@@ -155,6 +159,10 @@ def _run_every_role(tmp_path: Path, cloudkon, write_workload, wait_until, monkey
         as_client("retry", "up1", "--failed")  # reads the object's version, sends attempt 2
         direct = write_workload("echo d 1\necho d 2\n", "direct.txt")
         as_client("submit", "--direct", "--job-id", "d1", "--wait", "--timeout", 60, direct)
+        # Outputs too large for a message: the worker spills them, collect reads and removes
+        # them (the ramp puts lines 4 to 7 in one bundle of 4 x 64,000 characters).
+        large = write_workload("head -c 48000 /dev/urandom | base64 -w0\n" * 7, "large.txt")
+        as_client("submit", "--direct", "--job-id", "big1", "--wait", "--timeout", 60, large)
         as_client("status")  # queues, workers, jobs
         slow = write_workload("/bin/sleep 20\n/bin/sleep 20\n", "slow.txt")
         as_client("submit", "--direct", "--job-id", "c1", slow)

@@ -99,9 +99,9 @@ def test_an_upload_outside_a_job_folder_is_ignored(provisioned, tmp_path):
 SPLITTER_MODULES = {
     "cloudkon/__init__.py", "cloudkon/aws.py", "cloudkon/codec.py", "cloudkon/config.py",
     "cloudkon/errors.py", "cloudkon/limits.py", "cloudkon/model.py", "cloudkon/signing.py",
-    "cloudkon/taskenv.py",
-    "cloudkon/workload.py",
-    "cloudkon/backends/__init__.py", "cloudkon/backends/dynamodb.py", "cloudkon/backends/sqs.py",
+    "cloudkon/spill.py", "cloudkon/taskenv.py", "cloudkon/workload.py",
+    "cloudkon/backends/__init__.py", "cloudkon/backends/dynamodb.py",
+    "cloudkon/backends/s3spill.py", "cloudkon/backends/sqs.py",
     "submitter/__init__.py", "submitter/deployment.py", "submitter/manifest.py",
     "submitter/s3_lambda.py", "submitter/split.py", "submitter/submit.py",
     "fleet/__init__.py", "fleet/capacity.py", "fleet/provisioner.py",

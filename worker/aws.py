@@ -9,6 +9,7 @@ import logging
 from cloudkon import aws, logs
 from cloudkon.backends import resources
 from cloudkon.backends.dynamodb import DynamoLeaseStore, DynamoWorkerRegistry
+from cloudkon.backends.s3spill import S3SpillStore
 from cloudkon.backends.sqs import SqsBroker
 from cloudkon.codec import WireCodec
 from cloudkon.config import AwsConfig, WorkerConfig
@@ -61,6 +62,10 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
     registry = DynamoWorkerRegistry(dynamodb, deployment.lease_table)
     metrics = (EmfMetrics(logs.metrics_writer(), deployment.input_queue, config.worker_id)
                if config.emf_metrics else None)
-    codec = WireCodec(worker_threads=config.threads, signer=signer)
+    # Results too large for a message or a lease item spill to the workload bucket, whose
+    # name (an STS call for the account id) is looked up at the first spill.
+    spill = S3SpillStore(lambda: aws.s3_client(deployment), lambda: deployment.bucket(
+        deployment.bucket_suffix or aws.account_id(deployment)))
+    codec = WireCodec(worker_threads=config.threads, signer=signer, spill=spill)
     return Worker(inbox, broker, leases, config, codec=codec, registry=registry,
                   metrics=metrics)

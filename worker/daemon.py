@@ -810,11 +810,11 @@ class Worker:
         task was ended; give the lease up (storing what finished, if the lease is still
         this owner's) and the message back; nothing is completed or sent."""
         self.counts.add("expired")
-        packed = None
-        if len(running.results) > 0:
-            packed, _ = self.codec.pack_results(running.results, self.leases.max_results_bytes,
-                                                running.key)
         try:
+            packed = None
+            if len(running.results) > 0:
+                packed, _ = self.codec.pack_results(running.results,
+                                                    self.leases.max_results_bytes, running.key)
             self.leases.release(running.key, running.owner, packed)
         except CloudKonError as exc:
             log.warning("bundle %s: could not give the lease up (%s); it expires by itself",

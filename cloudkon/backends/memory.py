@@ -25,8 +25,9 @@ from cloudkon.backends import (
     Message,
     WorkerRecord,
 )
-from cloudkon.errors import CloudKonError, NotSetUpError
+from cloudkon.errors import CloudKonError, NotSetUpError, SpillError
 from cloudkon.limits import LEASE_RESULTS_MAX_BYTES
+from cloudkon.spill import check_bucket, check_pointer, spill_key, verified
 
 _WAIT_SLICE = 0.02  # seconds a waiting receive sleeps between looks
 
@@ -340,3 +341,31 @@ class MemoryWorkerRegistry:
     def workers(self) -> list[WorkerRecord]:
         with self._lock:
             return sorted(self._records.values())
+
+
+class MemorySpillStore:
+    """Spilled payloads in memory, for one process (the contract of cloudkon.spill.SpillStore):
+    what a bucket would hold, by key."""
+
+    def __init__(self, bucket: str = "memory") -> None:
+        self.bucket = bucket
+        self.objects: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, job_id: str, what: str, data: bytes) -> dict:
+        key, digest = spill_key(job_id, what, data)
+        with self._lock:
+            self.objects[key] = bytes(data)
+        return {"bucket": self.bucket, "key": key, "size": len(data), "sha256": digest}
+
+    def get(self, pointer: dict) -> bytes:
+        pointer = check_bucket(check_pointer(pointer), self.bucket)
+        with self._lock:
+            data = self.objects.get(pointer["key"])
+        if data is None:
+            raise SpillError(f"spilled results s3://{self.bucket}/{pointer['key']} are gone")
+        return verified(pointer, data)
+
+    def delete(self, pointer: dict) -> None:
+        with self._lock:
+            self.objects.pop(check_bucket(check_pointer(pointer), self.bucket)["key"], None)

@@ -20,11 +20,13 @@ from cloudkon.errors import AwsError, NotSetUpError
 from cloudkon.limits import (
     DEFAULT_MAX_RECEIVE_COUNT,
     DEFAULT_VISIBILITY_SECONDS,
+    SPILL_RETENTION_DAYS,
     SQS_LONG_POLL_SECONDS,
     SQS_MAX_MESSAGE_BYTES,
     SQS_MAX_RETENTION_SECONDS,
 )
 from cloudkon.backends.dynamodb import KEY, TTL_ATTRIBUTE
+from cloudkon.spill import SPILL_FOLDER
 
 CREATED, EXISTS, UPDATED, DELETED, ABSENT = "created", "exists", "updated", "deleted", "absent"
 BUCKET_KIND = "workload bucket"
@@ -73,7 +75,8 @@ def setup(config: AwsConfig, visibility_seconds: int = DEFAULT_VISIBILITY_SECOND
         _ensure_table(aws.dynamodb_client(config), config.lease_table),
     ]
     if bucket:
-        done.append(_ensure_bucket(aws.s3_client(config), config.bucket(_account(config))))
+        done.append(_ensure_bucket(aws.s3_client(config), config.bucket(_account(config)),
+                                   update))
     return done
 
 
@@ -245,15 +248,43 @@ def _bucket_state(s3, name: str) -> str:
     return EXISTS
 
 
-def _ensure_bucket(s3, name: str) -> Resource:
+def _ensure_bucket(s3, name: str, update: bool = True) -> Resource:
     if _bucket_state(s3, name) == EXISTS:
-        return Resource(BUCKET_KIND, name, EXISTS)
+        changed = update and _ensure_spill_expiry(s3, name)
+        return Resource(BUCKET_KIND, name, UPDATED if changed else EXISTS,
+                        _SPILL_EXPIRY if changed else "")
     region = s3.meta.region_name
     params = {"Bucket": name}
     if region != "us-east-1":  # us-east-1 is the one region that refuses a LocationConstraint
         params["CreateBucketConfiguration"] = {"LocationConstraint": region}
     call(f"create bucket {name}", s3.create_bucket, **params)
-    return Resource(BUCKET_KIND, name, CREATED)
+    _ensure_spill_expiry(s3, name)
+    return Resource(BUCKET_KIND, name, CREATED, _SPILL_EXPIRY)
+
+
+# The bucket's lifecycle rule that removes spilled results (cloudkon.spill).
+SPILL_RULE_ID = "cloudkon-spilled-results"
+_SPILL_EXPIRY = f"{SPILL_FOLDER} expires after {SPILL_RETENTION_DAYS} days"
+
+
+def _ensure_spill_expiry(s3, name: str) -> bool:
+    """Give the bucket the rule that expires spilled results after SPILL_RETENTION_DAYS,
+    keeping its other rules; True if it had to be added or changed."""
+    rule = {"ID": SPILL_RULE_ID, "Filter": {"Prefix": SPILL_FOLDER}, "Status": "Enabled",
+            "Expiration": {"Days": SPILL_RETENTION_DAYS}}
+    try:
+        rules = call(f"lifecycle of bucket {name}", s3.get_bucket_lifecycle_configuration,
+                     expected=("NoSuchLifecycleConfiguration",), Bucket=name)["Rules"]
+    except ClientError:
+        rules = []
+    if any(r.get("ID") == SPILL_RULE_ID and r.get("Filter") == rule["Filter"]
+           and r.get("Status") == "Enabled" and r.get("Expiration") == rule["Expiration"]
+           for r in rules):
+        return False
+    rules = [r for r in rules if r.get("ID") != SPILL_RULE_ID] + [rule]
+    call(f"set the lifecycle of bucket {name}", s3.put_bucket_lifecycle_configuration,
+         Bucket=name, LifecycleConfiguration={"Rules": rules})
+    return True
 
 
 def _empty_bucket(s3, name: str) -> int:

@@ -1,0 +1,1 @@
+../../../cloudkon/backends/s3spill.py

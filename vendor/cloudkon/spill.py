@@ -1,0 +1,1 @@
+../../cloudkon/spill.py

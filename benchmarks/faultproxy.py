@@ -198,7 +198,12 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _handle(self) -> None:
-        body = self._body()
+        try:
+            self._inject(self._body())
+        except (http.client.HTTPException, OSError):  # the upstream is gone (stopping)
+            self.close_connection = True
+
+    def _inject(self, body: bytes) -> None:
         split = urllib.parse.urlsplit(self.path)
         if split.path.startswith("/moto-api"):
             self._relay(self._forward(body))

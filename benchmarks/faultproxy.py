@@ -25,6 +25,12 @@ makes every operation meet each fault kind in its first calls (calls 0, 2, 4, 6)
 rates apply. What was injected is counted per operation: ``GET /_faultproxy/stats`` on the
 proxy, ``--stats FILE`` at exit, or :meth:`FaultProxy.stats` in process. Requests to
 ``/moto-api`` pass unharmed.
+
+DynamoDB calls are forwarded one at a time (by all proxies of a process): DynamoDB applies each write to an item
+atomically, conditions included, but moto's threaded server does not (two conditional
+claims of one absent key, arriving within milliseconds, both succeed on moto). Without
+this, a hung claim released just as another worker claims the same bundle shows a double
+claim that AWS would never make.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ _JSON_CODES = {
 _QUERY_CODES = {ERROR: "InternalError", THROTTLE: "Throttling"}
 _S3_CODES = {ERROR: "InternalError", THROTTLE: "SlowDown"}
 _STATUS = {ERROR: 500, THROTTLE: 503}
+# Held while a DynamoDB call is forwarded, by every proxy of this process: DynamoDB's
+# per-item atomicity, which moto lacks.
+_DYNAMODB_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pools expect
     server_version = "faultproxy"
     _upstream: http.client.HTTPConnection | None = None
+    _serial = False  # the call in hand is forwarded under _DYNAMODB_LOCK
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - one line per call is noise
         pass
@@ -213,6 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
                    "HTTP_X_AMZ_TARGET": self.headers.get("X-Amz-Target", ""),
                    "HTTP_AUTHORIZATION": self.headers.get("Authorization", "")}
         service, op = operation(environ, body)
+        self._serial = service == "dynamodb"
         n, kind = self.proxy.decide(op)
         if kind in (ERROR, THROTTLE):
             self._answer(*_error(service, environ["HTTP_X_AMZ_TARGET"], kind, op))
@@ -236,16 +247,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self._upstream = http.client.HTTPConnection(*self.proxy.upstream,
                                                             timeout=UPSTREAM_TIMEOUT_SECONDS)
             try:
-                self._upstream.request(self.command, self.path, body, headers)
-                response = self._upstream.getresponse()
-                data = response.read()
-                return response.status, response.reason, response.getheaders(), data
+                if self._serial:
+                    with _DYNAMODB_LOCK:
+                        return self._exchange(body, headers)
+                return self._exchange(body, headers)
             except (http.client.HTTPException, OSError):
                 self._upstream.close()
                 self._upstream = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _exchange(self, body: bytes, headers: dict[str, str]
+                  ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        self._upstream.request(self.command, self.path, body, headers)
+        response = self._upstream.getresponse()
+        return response.status, response.reason, response.getheaders(), response.read()
 
     def _relay(self, response: tuple[int, str, list[tuple[str, str]], bytes]) -> None:
         status, reason, headers, data = response

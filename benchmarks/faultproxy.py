@@ -290,9 +290,17 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a held call)
             self.close_connection = True
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):  # the client died (kill -9)
+            self.close_connection = True
+
     def finish(self) -> None:
         try:
             super().finish()
+        except OSError:  # the client died before the last bytes were flushed
+            pass
         finally:
             if self._upstream is not None:
                 self._upstream.close()

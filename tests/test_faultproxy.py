@@ -11,14 +11,18 @@ records the figures of the last soak.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pytest
@@ -28,10 +32,20 @@ from aws_fixtures import messages_left
 from conftest import wait_until
 from submit_helpers import read_results
 
-from benchmarks.faultproxy import ERROR, HANG, KINDS, THROTTLE, UNANSWERED, FaultProxy, Schedule
+from benchmarks.faultproxy import (
+    ERROR,
+    HANG,
+    KINDS,
+    THROTTLE,
+    UNANSWERED,
+    FaultProxy,
+    Schedule,
+    read_stats,
+)
 from cloudkon.backends.dynamodb import DynamoLeaseStore
 from cloudkon.codec import unpack_results
 
+ROOT = Path(__file__).resolve().parent.parent
 VISIBILITY = 4  # s: the lease is 0.9 of it, 3.6 s
 HANG_SECONDS = VISIBILITY + 0.5  # a hung call is held longer than a lease
 WORKER_THREADS = 2
@@ -52,7 +66,7 @@ def _client(service: str, url: str, read_timeout: float = 10):
 
 def test_injected_faults_take_each_protocols_shape_and_unanswered_calls_take_effect(
         moto_server, sqs):
-    schedule = Schedule(sweep=True, hang_seconds=1.0)
+    schedule = Schedule(sweep=True, hang_seconds=2.0)
     url = sqs.create_queue(QueueName="faultproxy-shape")["QueueUrl"]
     with FaultProxy(moto_server, schedule) as proxy:
         seen: dict[str, list] = {}
@@ -60,10 +74,11 @@ def test_injected_faults_take_each_protocols_shape_and_unanswered_calls_take_eff
                  "dynamodb": lambda c: c.list_tables(), "s3": lambda c: c.list_buckets(),
                  "sts": lambda c: c.get_caller_identity()}  # JSON, JSON, REST-XML, query
         for service, make_call in calls.items():
-            client = _client(service, proxy.url, read_timeout=0.5)
-            for _ in range(2 * len(KINDS)):
+            client = _client(service, proxy.url)
+            impatient = _client(service, proxy.url, read_timeout=0.5)  # for the hung call
+            for n in range(2 * len(KINDS)):
                 try:
-                    make_call(client)
+                    make_call(impatient if n == 2 * KINDS.index(HANG) else client)
                     seen.setdefault(service, []).append("ok")
                 except ClientError as exc:
                     seen.setdefault(service, []).append(
@@ -106,6 +121,28 @@ def test_schedule_is_seeded_and_keeps_to_its_rates():
         Schedule({ERROR: 0.7, HANG: 0.7})
     with pytest.raises(ValueError, match="unknown fault kinds"):
         Schedule({"boom": 0.1})
+
+
+def test_the_proxy_runs_as_a_command_and_reports_what_it_injected_at_exit(
+        moto_server, tmp_path):
+    stats_file = tmp_path / "stats.json"
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.faultproxy", "--upstream", moto_server, "--sweep",
+         "--stats", stats_file], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        first = proxy.stdout.readline()
+        assert first.startswith("AWS_ENDPOINT_URL=http://127.0.0.1:"), first
+        client = _client("dynamodb", first.strip().split("=", 1)[1])
+        with pytest.raises(ClientError, match="InternalServerError"):
+            client.list_tables()
+        client.list_tables()
+        assert read_stats(first.strip().split("=", 1)[1])["calls"] == {"ListTables": 2}
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        out, _ = proxy.communicate(timeout=30)
+    assert proxy.returncode == 0
+    assert json.loads(stats_file.read_text())["injected"] == {"ListTables": {ERROR: 1}}
+    assert json.loads(out)["totals"] == {ERROR: 1}
 
 
 # --------------------------------------------------------------------------- the chaos run

@@ -177,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
     _upstream: http.client.HTTPConnection | None = None
     _serial = False  # the call in hand is forwarded under _DYNAMODB_LOCK
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - one line per call is noise
+    def log_message(self, format: str, *args) -> None:  # one line per call is noise
         pass
 
     @property
@@ -191,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._handle()
 
-    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = lambda self: self._handle()  # noqa: E731
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = lambda self: self._handle()
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from aws_fixtures import messages_left
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from aws_fixtures import messages_left
 from conftest import wait_until
 from submit_helpers import read_results
 
@@ -227,7 +227,7 @@ def chaos_run(*, provisioned, dynamodb, start_worker, start_cloudkon, cloudkon, 
                 everyone.append(running[-1])
                 kills += 1
                 print(f"kill {kills} at {time.monotonic() - started:.1f} s, {len(_runs(ran))} runs")
-        stdout, stderr = collector.communicate(timeout=60)
+        _, stderr = collector.communicate(timeout=60)
         stats, collector_stats = proxy.stats(), collector_proxy.stats()
     seconds = time.monotonic() - started
 
@@ -302,7 +302,7 @@ def test_faults_on_every_call_and_killed_workers_lose_no_task_and_rerun_within_b
     def kill_when(done: int, elapsed: float, kills: int) -> bool:
         return kills < len(kill_at) and done >= kill_at[kills]
 
-    figures, stats = chaos_run(
+    figures, _ = chaos_run(
         provisioned=provisioned, dynamodb=dynamodb, start_worker=start_worker,
         start_cloudkon=start_cloudkon, cloudkon=cloudkon, write_workload=write_workload,
         tmp_path=tmp_path, monkeypatch=monkeypatch, moto_server=moto_server, tasks=tasks,

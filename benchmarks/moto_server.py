@@ -1,4 +1,5 @@
-"""A moto server that counts the requests it answers: the AWS of the comparison runs.
+"""A moto server that counts the requests it answers: the AWS of the comparison runs and of
+the tests (tests/aws_fixtures.py).
 
     python -m benchmarks.moto_server [--host 127.0.0.1] --port PORT
 
@@ -87,11 +88,15 @@ def operation(environ: dict, body: bytes) -> tuple[str, str]:
 
 
 class CountingApp:
-    """WSGI middleware: counts every AWS request that passes, then hands it to moto."""
+    """WSGI middleware: counts every AWS request that passes, then hands it to moto.
+    DynamoDB requests are handed over one at a time: DynamoDB applies a conditional write to
+    an item atomically, moto's threaded server does not (two conditional claims of one
+    absent key, arriving within milliseconds, both succeed on moto)."""
 
     def __init__(self, app) -> None:
         self.app = app
         self._lock = threading.Lock()
+        self._dynamodb = threading.Lock()
         self.requests: Counter = Counter()
         self.units: Counter = Counter()
         self.request_bytes = 0
@@ -109,13 +114,11 @@ class CountingApp:
             body = environ["wsgi.input"].read(int(length))
             environ["wsgi.input"] = io.BytesIO(body)
         service, op = operation(environ, body)
-        chunks = self.app(environ, start_response)
-        try:
-            out = list(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+        if service == "dynamodb":
+            with self._dynamodb:
+                out = self._answer(environ, start_response)
+        else:
+            out = self._answer(environ, start_response)
         sent = sum(map(len, out))
         key = f"{service}:{op}"
         units = billed_units(service, op, len(body), sent)
@@ -126,6 +129,15 @@ class CountingApp:
             self.request_bytes += len(body)
             self.response_bytes += sent
         return out
+
+    def _answer(self, environ: dict, start_response) -> list[bytes]:
+        chunks = self.app(environ, start_response)
+        try:
+            return list(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     def snapshot(self) -> dict:
         with self._lock:

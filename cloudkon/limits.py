@@ -177,6 +177,11 @@ HEARTBEAT_MAX_CONCURRENT = 32
 # Leases a worker watches for a takeover (a record version seen, and since when, per key)
 # at most; then the memory starts afresh, which only delays takeovers.
 LEASE_OBSERVATIONS_KEPT = 4096
+# A worker that finds a bundle's lease held keeps the message hidden until its watch of the
+# lease's version ends plus this margin, and then claims it again itself (its heartbeat
+# thread ticks at least every second), so the watch is not restarted by whichever worker
+# happens to receive the message next.
+WATCH_RETRY_MARGIN_SECONDS = 2
 
 # The most tasks one bundle message may carry. Its results must fit one lease item (above)
 # even with their output cut away: a few bytes each, packed, so ten thousand leave room.

@@ -1,6 +1,7 @@
 """AWS without AWS: the moto server, and fixtures and helpers on top of it.
 
-``moto_server`` starts a moto server (``python -m moto.server``) on 127.0.0.1 and a free
+``moto_server`` starts a moto server (``python -m benchmarks.moto_server``: moto.server's
+app, DynamoDB calls one at a time) on 127.0.0.1 and a free
 port once per session and points boto3 at it the standard way (AWS_ENDPOINT_URL, fake
 credentials, AWS_DEFAULT_REGION), for the tests and every subprocess they start. Each
 test names its resources with a prefix of its own. Registered in tests/conftest.py.
@@ -24,6 +25,7 @@ import pytest
 from cloudkon.config import AwsConfig
 
 REGION = "us-east-1"
+_ROOT = Path(__file__).resolve().parent.parent  # benchmarks/ is importable from here
 MOTO_START_SECONDS = 60.0  # a moto server that does not answer by then is broken
 
 
@@ -62,7 +64,10 @@ def moto_server(tmp_path_factory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # moto's own server, with DynamoDB's per-item atomicity, which moto lacks:
+            # conditional claims of one key sent at once both succeeded on plain moto.
+            [sys.executable, "-m", "benchmarks.moto_server", "--host", "127.0.0.1", "--port",
+             str(port)], cwd=_ROOT,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + MOTO_START_SECONDS

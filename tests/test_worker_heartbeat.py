@@ -172,6 +172,28 @@ def test_clocks_5_minutes_apart_take_no_live_lease_and_a_dead_one_after_a_lease_
     assert not leases.heartbeat("skew#0", "alive/1", VISIBILITY)  # the old holder: fenced
 
 
+
+def test_the_worker_that_found_a_dead_holders_lease_takes_it_over_after_one_watch(harness):
+    # Found by the fault proxy (tests/test_faultproxy.py): when the message went back to the
+    # queue after each busy receive, every worker that received it next started a watch of
+    # its own, and the backoff doubled at each round; with three workers a killed worker's
+    # bundle waited 37 s at a 4 s visibility. Now the first watcher keeps the message and
+    # claims it again itself as soon as its watch ends, before anyone else can receive it.
+    clock = harness.clock
+    bundle = Bundle("orphan", 0, [appending(harness.tmp_path, 1)])
+    assert harness.leases.claim("orphan#0", "dead/1", VISIBILITY * 0.9).outcome == "CLAIMED"
+    harness.send(bundle)
+    watcher = harness.start(threads=1)
+    wait_until(lambda: watcher.counts["busy"] == 1, what="the lease found held")
+    other = harness.start(threads=1)
+    clock.advance(VISIBILITY * 0.9 + 0.1)  # the watch is over; the message still hidden
+    results = harness.collect(ids_of(bundle))
+    assert harness.runs() == ["1"] and len(results["orphan:1"]) == 1
+    assert harness.leases.lookup("orphan#0").attempt == 2
+    assert watcher.counts["completed"] == 1
+    assert other.counts["received"] == 0 and other.counts["busy"] == 0
+
+
 class _Throttled:
     """A boto3 client stand-in whose every call is throttled (a 503): what an AWS call on
     the heartbeat path meets when AWS is in trouble; it counts the attempts."""

@@ -79,6 +79,7 @@ from cloudkon.limits import (
     QUEUE_GONE_EXIT_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
+    WATCH_RETRY_MARGIN_SECONDS,
     WORKER_STALE_BEATS,
 )
 from cloudkon.metrics import BundleMetrics
@@ -172,6 +173,10 @@ class Worker:
         # when first seen, the holder's lease seconds).
         self._observed: dict[str, tuple[str, float, float]] = {}
         self._observed_lock = threading.Lock()
+        # Messages of leases being watched, kept hidden to be claimed again here when the
+        # watch ends: receipt -> (message, clock() when the watch ends). Under _observed_lock.
+        self._watching: dict[str, tuple[Message, float]] = {}
+        self._rewatched: set[str] = set()  # receipts claimed again so: watched only once
         self._beats = ThreadPoolExecutor(min(config.threads, HEARTBEAT_MAX_CONCURRENT),
                                          thread_name_prefix="cloudkon-beat")
         self._beat_done = threading.Condition()  # notified as each beat ends
@@ -457,6 +462,9 @@ class Worker:
                 log.exception("message %s: unexpected error; it comes back after its"
                               " visibility timeout", message.id, extra={"message_id": message.id})
             finally:
+                if self._rewatched:
+                    with self._observed_lock:
+                        self._rewatched.discard(message.receipt)
                 with self._slots:
                     self._held.pop(message.receipt, None)
                     if self._draining.is_set():  # only the shutdown waits for this
@@ -673,12 +681,24 @@ class Worker:
                 if len(self._observed) >= LEASE_OBSERVATIONS_KEPT:
                     self._observed.clear()
                 seen = self._observed[key] = (claim.rvn, now, duration)
+            # A fresh watch keeps the message here to claim it again when the watch ends
+            # (once per receive): were it left to whichever worker receives it next, each
+            # would start a watch of its own, and in a fleet a dead holder's bundle would
+            # wait round after round, its backoff doubling each time.
+            watch = (seen[1] == now and message.receipt not in self._rewatched
+                     and len(self._watching) < LEASE_OBSERVATIONS_KEPT)
+            if watch:
+                self._watching[message.receipt] = (message, seen[1] + seen[2])
+            self._rewatched.discard(message.receipt)
         remaining = max(seen[1] + seen[2] - now, 0.0)
         # The first busy receive is usually the one after the holder's own: no backoff yet.
         doublings = min(max(message.receive_count - 2, 0), 16)
         backoff = self.config.visibility_seconds * (2 ** doublings - 1)
-        delay = min(math.ceil(remaining) + 1 + backoff, SQS_MAX_VISIBILITY_SECONDS)
-        self.inbox.extend(message, delay)
+        margin = WATCH_RETRY_MARGIN_SECONDS if watch else 0
+        delay = min(math.ceil(remaining) + 1 + margin + backoff, SQS_MAX_VISIBILITY_SECONDS)
+        if not self.inbox.extend(message, delay):
+            with self._observed_lock:
+                self._watching.pop(message.receipt, None)  # no longer ours to claim again
         self.counts.add("busy")
         log.info("bundle %s (message %s) is held by %s (version %s, watched for %.0f s of"
                  " %.0f): left alone, back in %d s", key, message.id, claim.owner, claim.rvn,
@@ -700,6 +720,8 @@ class Worker:
         each bundle whose beat is due (and not in flight) to the beat pool."""
         tick = min(1.0, self.config.heartbeat_seconds / 4)
         while not self._halt.wait(tick):
+            if self._watching:
+                self._claim_watched_again()
             now = time.monotonic()
             with self._slots:
                 running = list(self._running.values())
@@ -724,6 +746,42 @@ class Worker:
                         with r.lock:
                             r.beating = False
                         return
+
+    def _claim_watched_again(self) -> None:
+        """Hand each message whose lease watch has ended to the beat pool, to be claimed
+        again here (:meth:`_leave`)."""
+        now = self.clock()
+        with self._observed_lock:
+            due = [m for m, end in self._watching.values() if now >= end]
+            for m in due:
+                del self._watching[m.receipt]
+        for m in due:
+            try:
+                self._beats.submit(self._hand_over_watched, m)
+            except RuntimeError:  # the pool is shut down: it comes back by its visibility
+                return
+
+    def _hand_over_watched(self, message: Message) -> None:
+        """Hold ``message`` for a visibility timeout again and hand it to a bundle thread,
+        which claims it (a takeover, if the watched version is unchanged); a message no
+        longer held (received elsewhere) is left to its new receiver."""
+        if self._stopping():
+            return
+        try:
+            held = self.inbox.extend(message, self.config.visibility_seconds)
+        except CloudKonError as exc:
+            log.warning("message %s: could not hold it again to claim it (%s); it comes back"
+                        " by itself", message.id, exc, extra={"message_id": message.id})
+            return
+        if not held:
+            return
+        with self._slots:
+            if self._draining.is_set():
+                return
+            self._held[message.receipt] = message
+        with self._observed_lock:
+            self._rewatched.add(message.receipt)
+        self._handoff.put(message)
 
     def _await_beat(self, running: _Running) -> None:
         """Wait for the beat in flight of a finished bundle to end, so that no beat lands

@@ -5,7 +5,8 @@ results of its own job (written, counted, then deleted), and makes the messages 
 jobs visible again at once for their own collectors. Results are deduplicated by task id:
 a bundle delivered twice is replayed by the workers, not run again, and its results come
 twice. The collector stops when the job's manifest is final and every task has a result,
-or at its deadline. When the queue has had nothing of the job for a while, the results of
+or at its deadline, or with SplitFailedError when the job's split failed for good or its
+progress record has not changed for SPLIT_STALL_SECONDS (manifest.split_failure). When the queue has had nothing of the job for a while, the results of
 bundles it has not seen are read back from the lease store, where the workers recorded
 them before sending: a previous collector that took them and died loses nothing.
 
@@ -29,12 +30,13 @@ from cloudkon.errors import (
     CodecError,
     JobConflictError,
     JobNotFoundError,
+    SplitFailedError,
     WorkloadError,
 )
 from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
 from cloudkon.model import ResultBundle, bundle_key, task_id
 from cloudkon.summary import Summary
-from submitter.manifest import REJECTED, Manifest
+from submitter.manifest import REJECTED, Manifest, split_failure
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +196,12 @@ class Collector:
             self._recover(manifest)
         recovery_interval = RECOVERY_INTERVAL_SECONDS
         warned = False
+        split_seen = (None, now())  # the split's record as last read, and since when
         while True:
             if manifest is not None and self.digest and not manifest.same_workload(self.digest):
                 raise JobConflictError(self.job_id, manifest.digest)
+            if manifest is not None and (not manifest.final or manifest.status == REJECTED):
+                split_seen = self._check_split(split_seen)
             if manifest is not None and manifest.status == REJECTED:
                 raise WorkloadError(manifest.source, manifest.error)
             if manifest is not None and manifest.final and self.count >= manifest.tasks:
@@ -239,6 +244,18 @@ class Collector:
                     log.warning("job %s: its upload has not been split after %.0f s; is the"
                                 " Lambda deployed (`chalice deploy`)? Its log says why not",
                                 self.job_id, now() - started, extra={"job_id": self.job_id})
+
+    def _check_split(self, seen: tuple) -> tuple:
+        """Raise SplitFailedError if the job's split failed for good or has stopped making
+        progress (its record unchanged for SPLIT_STALL_SECONDS); return what was seen."""
+        record = self.record
+        mark = (record.split, record.manifest.split_at, record.manifest.status)
+        if mark != seen[0]:
+            seen = (mark, time.monotonic())
+        reason = split_failure(record, time.time(), time.monotonic() - seen[1])
+        if reason is not None:
+            raise SplitFailedError(f"job {self.job_id}: its split failed: {reason}")
+        return seen
 
     def _sweep_cancelled(self, manifest: Manifest | None) -> None:
         """The job is cancelled: take what is on the queue now and what the lease store

@@ -21,9 +21,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
+from cloudkon.backends import (
+    COMPLETED,
+    IN_PROGRESS,
+    Claim,
+    LeaseStore,
+    Message,
+    MessageQueue,
+    WorkerRegistry,
+)
 from cloudkon.codec import decode_results, unpack_results
 from cloudkon.errors import (
     CloudKonError,
@@ -33,7 +41,7 @@ from cloudkon.errors import (
     SplitFailedError,
     WorkloadError,
 )
-from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
+from cloudkon.limits import LEASE_SHARE_OF_VISIBILITY, SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
 from cloudkon.model import ResultBundle, bundle_key, task_id
 from cloudkon.summary import Summary
 from submitter.manifest import REJECTED, Manifest, split_failure
@@ -87,6 +95,7 @@ class Collection:
     cancelled: bool = False  # the job was cancelled
     interrupted: bool = False  # Ctrl-C or SIGTERM ended the collection
     dropped: int = 0  # results dropped: their line is no task of the job
+    stalled: list[str] = field(default_factory=list)  # bundles held by workers gone quiet
 
     @property
     def split_wait(self) -> float | None:
@@ -109,6 +118,8 @@ class Collection:
             more = self.missing_count - len(self.missing)
             if more > 0:
                 line += f" and {more:,} more"
+        for held in self.stalled:
+            line += f"; {held}"
         return line
 
 
@@ -123,7 +134,7 @@ class Collector:
                  quiet_seconds: float = RECOVERY_QUIET_SECONDS,
                  already: list[ResultBundle] | None = None,
                  commands: Callable[[set[int]], dict[int, str]] | None = None,
-                 digest: str | None = None) -> None:
+                 digest: str | None = None, workers: WorkerRegistry | None = None) -> None:
         """``exists`` tells whether the job was submitted though it has no manifest yet (its
         workload uploaded, not split yet); without it, no manifest means no such job.
         After ``quiet_seconds`` without a result of the job, the lease store is read.
@@ -131,8 +142,12 @@ class Collector:
         they count, and are not handed on again. ``commands`` gives the commands of lines
         (from the workload), for results read back from the lease store, which lack them.
         ``digest``, if given, is the workload submitted: a job of another one is refused
-        (JobConflictError), not collected."""
+        (JobConflictError), not collected. With ``workers`` (the worker registry), the
+        bundles found IN_PROGRESS when the lease store is read are checked against their
+        holders' records: those held by a worker that stopped beating are named."""
         self.job_id = job_id
+        self.workers = workers
+        self.stalled: list[str] = []  # the last check's bundles held by quiet workers
         self.outbox = outbox
         self.manifests = manifests
         self.leases = leases
@@ -211,6 +226,8 @@ class Collector:
                 break
             remaining = deadline - now()
             if remaining <= 0:
+                if manifest is not None and manifest.final and self.leases is not None:
+                    self._recover(manifest)  # what the lease store has, and who holds the rest
                 break
             # While the manifest is not final, poll short: the results may all be in before
             # it is read again.
@@ -387,9 +404,12 @@ class Collector:
         unresolved = [b for b in bundles if b not in self._resolved]
         unseen = [b for b in unresolved if b not in self._seqs]
         read = []
+        held: dict[str, list[Claim]] = {}  # worker -> the bundles it holds IN_PROGRESS
         for attempt, seq in unseen or unresolved:
             looked += 1
             claim = self.leases.lookup(bundle_key(self.job_id, seq, attempt))
+            if claim is not None and claim.outcome == IN_PROGRESS and claim.lease_expires:
+                held.setdefault(claim.owner.split("/", 1)[0], []).append(claim)
             if claim is None or claim.outcome != COMPLETED or not claim.results:
                 continue
             try:
@@ -413,7 +433,43 @@ class Collector:
         log.info("job %s: looked up %d bundles in the lease store, %d completed, %d results"
                  " read back", self.job_id, looked, found, self.count - before,
                  extra={"job_id": self.job_id})
+        self._check_holders(held)
         return self.count - before
+
+    def _check_holders(self, held: dict[str, list[Claim]]) -> None:
+        """Name the bundles held by workers whose registry record is stale or gone (one Scan
+        of the registry, only when some bundle is held), and when a takeover may come."""
+        self.stalled = []
+        if not held or self.workers is None:
+            return
+        try:
+            records = {w.worker_id: w for w in self.workers.workers()}
+        except CloudKonError as exc:
+            log.warning("job %s: the worker registry could not be read: %s", self.job_id, exc,
+                        extra={"job_id": self.job_id})
+            return
+        now = time.time()
+        for worker, claims in sorted(held.items()):
+            record = records.get(worker)
+            if record is not None and not record.stale(now):
+                continue
+            lease = max(c.lease_seconds for c in claims) or 0.0
+            if record is None:
+                quiet = "which has no record in the worker registry (gone)"
+                since = now - lease  # not known: as if its lease had just run out
+            else:
+                quiet = f"which stopped beating {now - record.last_beat:.0f} s ago"
+                since = record.last_beat
+            # Its message comes back a visibility timeout after its last beat, and a
+            # receiver takes the lease over after watching it unchanged for a lease.
+            eta = since + lease / LEASE_SHARE_OF_VISIBILITY + lease + 1 - now
+            when = f"within ~{_minutes(eta)}" if eta > 0 else "any moment now"
+            n = len(claims)
+            text = (f"{n} bundle{'s' if n > 1 else ''} held by worker {worker}, {quiet}; they"
+                    f" will be taken over {when}")
+            self.stalled.append(text)
+            log.warning("job %s: waiting for %s", self.job_id, text,
+                        extra={"job_id": self.job_id})
 
     def _fill_commands(self, bundles: list[ResultBundle]) -> None:
         """Give results read back from the lease store their commands, from the workload."""
@@ -457,7 +513,8 @@ class Collector:
                     break
         s.incomplete = missing_count > 0 and not interrupted and not cancelled
         return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered,
-                          self.submit_to_last, cancelled, interrupted, self.dropped)
+                          self.submit_to_last, cancelled, interrupted, self.dropped,
+                          self.stalled if missing_count else [])
 
     def _missing_lines(self, manifest: Manifest) -> Iterator[int]:
         skipped = iter(manifest.skipped or ())
@@ -470,3 +527,7 @@ class Collector:
                 continue
             if line >= len(seen) or not seen[line]:
                 yield line
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"

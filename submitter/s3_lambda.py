@@ -162,17 +162,19 @@ def on_upload(bucket: str, key: str, context=None, event: dict | None = None) ->
     queue. ``key`` is decoded: S3 sends it quote_plus-encoded, and Chalice's S3Event
     decodes it (``event.key``); decoding it again would turn a '+' into a space.
 
-    With the Lambda's ``context``, the split stops SPLIT_STOP_MARGIN_SECONDS (at most a
-    quarter of its time) before the Lambda's time is up, its progress recorded, and this
+    With the Lambda's ``context`` (and twice the margin left), the split stops
+    SPLIT_STOP_MARGIN_SECONDS before the Lambda's time is up, its progress recorded, and this
     function invokes itself again, asynchronously, with the same S3 ``event``, to continue
     from the record. If that invoke fails, or the split sent nothing in its time, it raises
     (SplitPaused), and Lambda's retry of the event continues the split instead."""
     logging.getLogger("submitter").setLevel(logging.INFO)  # the Lambda's root logs WARNING
     deployment = _current_deployment()
     remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if remaining is None:
+    margin_ms = SPLIT_STOP_MARGIN_SECONDS * 1000
+    if remaining is None or remaining() < 2 * margin_ms:
+        # Too short a Lambda to stop in time with the margin: one killed by its timeout is
+        # retried by Lambda, and goes on from the progress record all the same.
         return handle_upload(deployment, bucket, key)
-    margin_ms = min(SPLIT_STOP_MARGIN_SECONDS * 1000, remaining() / 4)
 
     def should_stop() -> bool:
         return remaining() < margin_ms

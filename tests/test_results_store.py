@@ -1,0 +1,92 @@
+"""Bounded re-execution: a worker stores its finished tasks' results in the bundle's lease
+within RESULTS_STORE_SECONDS, so a kill -9 leaves to the takeover only the tasks finished in
+the last interval and the one running (a takeover skips stored results: see
+test_worker_aws.py's takeover test); and `collect` says when the bundles it waits for are
+held by a worker that stopped beating."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import wait_until
+from test_worker_aws import FAST, lease_store, send
+
+from cloudkon.codec import unpack_results
+from cloudkon.limits import RESULTS_STORE_SECONDS
+from cloudkon.model import Bundle
+
+# Time the worker may take beyond the interval: its heartbeat thread's tick, the write.
+SLACK_SECONDS = 1.5
+
+
+def _finished(log) -> dict[int, float]:
+    """Task line -> when its first run finished, from the runs file."""
+    done: dict[int, float] = {}
+    for text in log.read_text().splitlines() if log.exists() else ():
+        line, at = text.split()
+        done.setdefault(int(line), float(at))
+    return done
+
+
+def test_a_worker_killed_mid_bundle_has_stored_all_but_the_last_interval(
+        provisioned, sqs, dynamodb, start_worker, tmp_path):
+    config = provisioned
+    log = tmp_path / "runs"
+    bundle = Bundle("store", 0, [(n, f"/bin/sleep 0.25; echo {n} $(date +%s.%N) >> {log}")
+                                 for n in range(1, 41)])
+    send(sqs, config, bundle)
+    # A 30 s visibility: the heartbeat comes every 10 s, after the kill. Results stored
+    # before are the store's.
+    worker = start_worker(config, "--threads", 1, "--visibility-timeout", 30, *FAST)
+    leases = lease_store(dynamodb, config)
+
+    def stored() -> set[int]:
+        record = leases.lookup("store#0")
+        return {r[0] for r in unpack_results(record.results)} if record and record.results \
+            else set()
+
+    wait_until(lambda: len(stored()) >= 2, what="results stored before the first heartbeat")
+    first_store = set(stored())
+    # Stored within seconds of the first tasks, not at the heartbeat (10 s, ~35 tasks in).
+    assert len(first_store) <= 20, len(first_store)
+    wait_until(lambda: len(_finished(log)) >= len(first_store) + 3, what="more tasks done")
+    worker.kill()
+    killed_at = time.time()
+
+    finished = _finished(log)
+    kept = stored()
+    assert first_store <= kept <= set(finished)
+    unstored = set(finished) - kept  # what a takeover runs again, with the running task
+    assert len(finished) < 40  # killed mid-bundle
+    late = {n: round(killed_at - finished[n], 2) for n in unstored
+            if finished[n] < killed_at - RESULTS_STORE_SECONDS - SLACK_SECONDS}
+    assert not late, f"tasks finished long before the kill (s before it) not stored: {late}"
+
+
+def test_collect_names_the_bundles_held_by_a_worker_that_stopped_beating(
+        provisioned, dynamodb, start_worker, tmp_path, cloudkon):
+    from cloudkon.backends.dynamodb import DynamoWorkerRegistry
+
+    config = provisioned
+    workload = tmp_path / "w.txt"
+    workload.write_text("/bin/sleep 60\n")
+    sent = cloudkon("submit", "--direct", "--prefix", config.prefix, "--job-id", "quiet-1",
+                    workload)
+    assert sent.returncode == 0, sent.stderr
+    worker = start_worker(config, "--threads", 1, "--visibility-timeout", 3, "--worker-id",
+                          "w-12", *FAST)
+    leases = lease_store(dynamodb, config)
+    wait_until(lambda: (leases.lookup("quiet-1#0") or leases.lookup("quiet-1#0#1")) is not None,
+               what="the bundle claimed")
+    worker.kill()
+    registry = DynamoWorkerRegistry(dynamodb, config.lease_table)
+    wait_until(lambda: all(w.stale(time.time()) for w in registry.workers()),
+               what="the worker's record stale")
+
+    proc = cloudkon("collect", "--prefix", config.prefix, "quiet-1", "--timeout", 1)
+    assert proc.returncode == 1, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("cloudkon: error:")]
+    assert len(error) == 1, proc.stderr
+    assert "1 of 1 tasks have no result: quiet-1:1; 1 bundle held by worker w-12, which" \
+           " stopped beating" in error[0]
+    assert "taken over" in error[0]

@@ -210,3 +210,37 @@ def test_a_lambda_without_time_to_send_anything_leaves_the_split_to_the_retry(pr
     assert _record(deployment, "job-notime-1").split.invocations == 1
     manifest = handle_upload(deployment, bucket, key)
     assert manifest.status == SUBMITTED and manifest.tasks == 1
+
+
+class FakeContext:
+    """A Lambda context whose remaining time drops under the stop margin after a few asks."""
+
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:cloudkon-dev-split"
+
+    def __init__(self, asks_in_time: int) -> None:
+        self.asks = 0
+        self.asks_in_time = asks_in_time
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.asks += 1
+        return 300_000 if self.asks <= self.asks_in_time else 30_000
+
+
+def test_a_lambda_whose_continuation_cannot_be_invoked_raises_for_the_retry(
+        provisioned, monkeypatch):
+    from submitter import s3_lambda
+
+    monkeypatch.setenv("CLOUDKON_PREFIX", provisioned.prefix)
+    tasks = 700  # the Lambda's bundling: 2 batches of bundles (the ramp, then 100 a bundle)
+    bucket, key = _upload(provisioned, "job-invoke-1", "".join(f"echo {n}\n" for n in
+                                                                range(1, tasks + 1)))
+    event = {"Records": [{"s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
+    # The function does not exist on this endpoint: the invoke fails, and the error has
+    # Lambda retry the event.
+    with pytest.raises(SplitPaused, match="continuation could not be invoked"):
+        s3_lambda.on_upload(bucket, key, FakeContext(asks_in_time=2), event)
+    record = Deployment(provisioned).manifests.load_record("job-invoke-1")
+    assert record.manifest.status == SUBMITTING and record.split.bundles > 0
+    manifest = s3_lambda.on_upload(bucket, key, FakeContext(asks_in_time=10**6), event)
+    assert manifest.status == SUBMITTED and manifest.tasks == tasks
+    _check_bundles(_sent(provisioned), tasks)

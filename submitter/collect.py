@@ -437,20 +437,19 @@ class Collector:
         return self.count - before
 
     def _check_holders(self, held: dict[str, list[Claim]]) -> None:
-        """Name the bundles held by workers whose registry record is stale or gone (one Scan
-        of the registry, only when some bundle is held), and when a takeover may come."""
+        """Name the bundles held by workers whose registry record is stale or gone (one
+        GetItem per holder), and when a takeover may come."""
         self.stalled = []
-        if not held or self.workers is None:
+        if self.workers is None:
             return
-        try:
-            records = {w.worker_id: w for w in self.workers.workers()}
-        except CloudKonError as exc:
-            log.warning("job %s: the worker registry could not be read: %s", self.job_id, exc,
-                        extra={"job_id": self.job_id})
-            return
-        now = time.time()
         for worker, claims in sorted(held.items()):
-            record = records.get(worker)
+            try:
+                record = self.workers.record(worker)
+            except CloudKonError as exc:
+                log.warning("job %s: the registry record of worker %s could not be read: %s",
+                            self.job_id, worker, exc, extra={"job_id": self.job_id})
+                continue
+            now = time.time()
             if record is not None and not record.stale(now):
                 continue
             lease = max(c.lease_seconds for c in claims) or 0.0

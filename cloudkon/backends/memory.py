@@ -340,3 +340,7 @@ class MemoryWorkerRegistry:
     def workers(self) -> list[WorkerRecord]:
         with self._lock:
             return sorted(self._records.values())
+
+    def record(self, worker_id: str) -> WorkerRecord | None:
+        with self._lock:
+            return self._records.get(worker_id)

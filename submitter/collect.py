@@ -464,8 +464,8 @@ class Collector:
             eta = since + lease / LEASE_SHARE_OF_VISIBILITY + lease + 1 - now
             when = f"within ~{_minutes(eta)}" if eta > 0 else "any moment now"
             n = len(claims)
-            text = (f"{n} bundle{'s' if n > 1 else ''} held by worker {worker}, {quiet}; they"
-                    f" will be taken over {when}")
+            text = (f"{n} bundle{'s' if n > 1 else ''} held by worker {worker}, {quiet};"
+                    f" {'they' if n > 1 else 'it'} will be taken over {when}")
             self.stalled.append(text)
             log.warning("job %s: waiting for %s", self.job_id, text,
                         extra={"job_id": self.job_id})

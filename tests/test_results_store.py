@@ -64,20 +64,22 @@ def test_a_worker_killed_mid_bundle_has_stored_all_but_the_last_interval(
 
 
 def test_collect_names_the_bundles_held_by_a_worker_that_stopped_beating(
-        provisioned, dynamodb, start_worker, tmp_path, cloudkon):
+        provisioned, sqs, dynamodb, start_worker, tmp_path, cloudkon):
     from cloudkon.backends.dynamodb import DynamoWorkerRegistry
 
+    from submitter.manifest import SUBMITTING, DynamoManifests, Manifest
+
     config = provisioned
-    workload = tmp_path / "w.txt"
-    workload.write_text("/bin/sleep 60\n")
-    sent = cloudkon("submit", "--direct", "--prefix", config.prefix, "--job-id", "quiet-1",
-                    workload)
-    assert sent.returncode == 0, sent.stderr
+    # The job as `submit --direct` leaves it: its record, then its one bundle.
+    manifests = DynamoManifests(dynamodb, config.lease_table)
+    manifests.start(Manifest("quiet-1", SUBMITTING, str(tmp_path / "w.txt"), time.time()))
+    manifests.save(Manifest("quiet-1", SUBMITTING, str(tmp_path / "w.txt"), time.time())
+                   .done(tasks=1, bundles=1, last_line=1))
+    send(sqs, config, Bundle("quiet-1", 0, [(1, "/bin/sleep 60")]))
     worker = start_worker(config, "--threads", 1, "--visibility-timeout", 3, "--worker-id",
                           "w-12", *FAST)
     leases = lease_store(dynamodb, config)
-    wait_until(lambda: (leases.lookup("quiet-1#0") or leases.lookup("quiet-1#0#1")) is not None,
-               what="the bundle claimed")
+    wait_until(lambda: leases.lookup("quiet-1#0") is not None, what="the bundle claimed")
     worker.kill()
     registry = DynamoWorkerRegistry(dynamodb, config.lease_table)
     wait_until(lambda: all(w.stale(time.time()) for w in registry.workers()),

@@ -79,10 +79,11 @@ def test_collect_names_the_bundles_held_by_a_worker_that_stopped_beating(
     worker = start_worker(config, "--threads", 1, "--visibility-timeout", 3, "--worker-id",
                           "w-12", *FAST)
     leases = lease_store(dynamodb, config)
-    wait_until(lambda: leases.lookup("quiet-1#0") is not None, what="the bundle claimed")
-    worker.kill()
     registry = DynamoWorkerRegistry(dynamodb, config.lease_table)
-    wait_until(lambda: all(w.stale(time.time()) for w in registry.workers()),
+    wait_until(lambda: leases.lookup("quiet-1#0") is not None and registry.record("w-12"),
+               what="the bundle claimed, the worker registered")
+    worker.kill()
+    wait_until(lambda: registry.record("w-12").stale(time.time()),
                what="the worker's record stale")
 
     proc = cloudkon("collect", "--prefix", config.prefix, "quiet-1", "--timeout", 1)

@@ -91,5 +91,5 @@ def test_collect_names_the_bundles_held_by_a_worker_that_stopped_beating(
     error = [line for line in proc.stderr.splitlines() if line.startswith("cloudkon: error:")]
     assert len(error) == 1, proc.stderr
     assert "1 of 1 tasks have no result: quiet-1:1; 1 bundle held by worker w-12, which" \
-           " stopped beating" in error[0]
-    assert "taken over" in error[0]
+           " stopped beating" in error[0], proc.stderr
+    assert "it will be taken over" in error[0], proc.stderr

@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 
 from conftest import wait_until
-from test_worker_aws import FAST, lease_store, send
+from test_worker_aws import FAST, send
 
+from cloudkon.backends.dynamodb import DynamoWorkerRegistry
 from cloudkon.codec import unpack_results
 from cloudkon.limits import RESULTS_STORE_SECONDS
 from cloudkon.model import Bundle
+from submitter.manifest import SUBMITTING, DynamoManifests, Manifest
 
 # Time the worker may take beyond the interval: its heartbeat thread's tick, the write.
 SLACK_SECONDS = 1.5
@@ -38,12 +40,11 @@ def test_a_worker_killed_mid_bundle_has_stored_all_but_the_last_interval(
     # A 30 s visibility: the heartbeat comes every 10 s, after the kill. Results stored
     # before are the store's.
     worker = start_worker(config, "--threads", 1, "--visibility-timeout", 30, *FAST)
-    leases = lease_store(dynamodb, config)
-
-    def stored() -> set[int]:
-        record = leases.lookup("store#0")
-        return {r[0] for r in unpack_results(record.results)} if record and record.results \
-            else set()
+    def stored() -> set[int]:  # read raw: the moto server applies an update's SETs in turn
+        item = dynamodb.get_item(TableName=config.lease_table, Key={"pk": {"S": "store#0"}},
+                                 ConsistentRead=True).get("Item", {})
+        results = item.get("results", {}).get("B")
+        return {r[0] for r in unpack_results(bytes(results))} if results else set()
 
     wait_until(lambda: len(stored()) >= 2, what="results stored before the first heartbeat")
     first_store = set(stored())
@@ -65,10 +66,6 @@ def test_a_worker_killed_mid_bundle_has_stored_all_but_the_last_interval(
 
 def test_collect_names_the_bundles_held_by_a_worker_that_stopped_beating(
         provisioned, sqs, dynamodb, start_worker, tmp_path, cloudkon):
-    from cloudkon.backends.dynamodb import DynamoWorkerRegistry
-
-    from submitter.manifest import SUBMITTING, DynamoManifests, Manifest
-
     config = provisioned
     # The job as `submit --direct` leaves it: its record, then its one bundle.
     manifests = DynamoManifests(dynamodb, config.lease_table)
@@ -78,9 +75,13 @@ def test_collect_names_the_bundles_held_by_a_worker_that_stopped_beating(
     send(sqs, config, Bundle("quiet-1", 0, [(1, "/bin/sleep 60")]))
     worker = start_worker(config, "--threads", 1, "--visibility-timeout", 3, "--worker-id",
                           "w-12", *FAST)
-    leases = lease_store(dynamodb, config)
     registry = DynamoWorkerRegistry(dynamodb, config.lease_table)
-    wait_until(lambda: leases.lookup("quiet-1#0") is not None and registry.record("w-12"),
+    def claimed() -> bool:  # read raw: the moto server applies an update's SETs one by one
+        item = dynamodb.get_item(TableName=config.lease_table, Key={"pk": {"S": "quiet-1#0"}},
+                                 ConsistentRead=True).get("Item", {})
+        return "status" in item and "owner" in item
+
+    wait_until(lambda: claimed() and registry.record("w-12"),
                what="the bundle claimed, the worker registered")
     worker.kill()
     wait_until(lambda: registry.record("w-12").stale(time.time()),

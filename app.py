@@ -27,7 +27,9 @@ app = Chalice(app_name="cloudkon", configure_logs=False)
                  prefix=WORKLOADS_PREFIX, events=["s3:ObjectCreated:*"])
 def split_workload(event):
     """Split the uploaded workload into task bundles on the input queue."""
-    on_upload(event.bucket, event.key)  # event.key: Chalice has undone S3's quote_plus
+    # event.key: Chalice has undone S3's quote_plus. A split that runs out of time invokes
+    # this function again with the same event, and continues from its progress record.
+    on_upload(event.bucket, event.key, event.context, event.to_dict())
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))

@@ -98,3 +98,16 @@ class JobConflictError(UsageError):
                          " --job-id")
         self.job_id = job_id
         self.digest = digest
+
+
+class SplitPaused(CloudKonError):
+    """A split stopped before its time ran out (a Lambda's), its progress recorded, to be
+    continued; ``progressed``: it sent bundles before stopping."""
+
+    def __init__(self, message: str, progressed: bool) -> None:
+        super().__init__(message)
+        self.progressed = progressed
+
+
+class SplitFailedError(CloudKonError):
+    """A job's split failed for good, or stopped making progress: it sends no more tasks."""

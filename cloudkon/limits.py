@@ -286,3 +286,26 @@ SIGNATURE_MAX_FUTURE_SECONDS = 300
 # A signing key (a line of the key file or SSM parameter) has at least this many
 # characters: 32 hex digits are 128 bits (`openssl rand -hex 32` gives 64).
 MIN_SIGNING_KEY_CHARS = 32
+
+# The split's progress record (the job record's ``split_progress``): written at most this
+# often while bundles are sent, and when the split stops. A retried split continues after the
+# last bundle recorded; only the bundles sent since are sent again (deduplicated by key).
+SPLIT_PROGRESS_SECONDS = 5.0
+# The Lambda stops splitting this long before its time is up (context's remaining time),
+# records its progress and invokes itself again to continue; the margin covers the batches
+# in flight, the record and the invoke.
+SPLIT_STOP_MARGIN_SECONDS = 60.0
+# A split whose record has not changed for this long has stopped (a Lambda killed, its
+# retries spent): `collect` and `status` report it failed. Above a Lambda's 15 minutes would
+# be safe but slow; a healthy split writes its record every SPLIT_PROGRESS_SECONDS, and a
+# retried one on start, so 5 minutes covers Lambda's retry delays (1 then 2 minutes).
+SPLIT_STALL_SECONDS = 300.0
+# A job's split that failed with an error this many times in a row, without progress in
+# between, is given up (recorded REJECTED with the error): Lambda tries an event 3 times.
+SPLIT_MAX_FAILURES = 3
+
+# A worker stores the results of a running bundle's finished tasks in its lease within this
+# many seconds (one UpdateItem per bundle with new results per interval, never one per
+# task): a worker killed mid-bundle has its takeover re-run at most the tasks that finished
+# within the last interval, and the one that was running.
+RESULTS_STORE_SECONDS = 2.0

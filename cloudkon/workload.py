@@ -126,6 +126,7 @@ class Workload:
         # Lines a block's decoding found bad, by number: reported when the reader reaches
         # them, so that bad lines are reported in line order.
         self._undecodable: dict[int, str] = {}
+        self._after_line = 0  # bundles() continues after this line: those before are not told
 
     def check(self) -> None:
         """Raise WorkloadError unless the workload exists, is a readable file and is text."""
@@ -191,8 +192,8 @@ class Workload:
             pass
         return self.bad_lines
 
-    def bundles(self, job_id: str, size: int, budget_ms: float,
-                ramp: bool = False) -> Generator[Bundle, None, None]:
+    def bundles(self, job_id: str, size: int, budget_ms: float, ramp: bool = False,
+                after_line: int = 0, first_seq: int = 0) -> Generator[Bundle, None, None]:
         """Yield the tasks in bundles of at most ``size`` tasks and about ``budget_ms`` work.
 
         A sleep task costs its milliseconds; a shell command is assumed to cost
@@ -201,8 +202,13 @@ class Workload:
         to ``budget_ms``: a short workload still spreads over many workers, a long one
         soon travels in full bundles. Bundles depend only on the file, never on timing:
         the same file always makes the same bundles.
+
+        To continue bundling where an earlier pass stopped after bundle ``first_seq - 1``,
+        whose last line was ``after_line``: the lines up to it are read (and hashed) but
+        not looked at, and the bundles that follow are those the earlier pass would have
+        made (counts and bad lines are then those of the lines after it).
         """
-        limit = min(budget_ms, SHELL_TASK_MS) if ramp else budget_ms
+        limit = min(budget_ms, SHELL_TASK_MS * 2 ** min(first_seq, 64)) if ramp else budget_ms
         self.tasks = self.sleep_tasks = self.bad_lines = 0
         self.sleep_ms = 0.0
         undecodable = self._undecodable = {}
@@ -210,10 +216,16 @@ class Workload:
         tasks: list[tuple[int, str]] = []
         append = tasks.append
         cost = total_sleep = 0.0
-        seq = 0
+        seq = first_seq
+        self._after_line = after_line
         skip = self.skip
         self.skipped = 0
         for first, lines in self._blocks():
+            if first <= after_line:  # before where an earlier pass stopped
+                if first + len(lines) <= after_line + 1:
+                    continue
+                lines = lines[after_line + 1 - first:]
+                first = after_line + 1
             if skip is not None:
                 # Blank lines are no tasks: the loop below stays as fast as without a skip.
                 kept = [("" if n in skip else text) for n, text in enumerate(lines, first)]
@@ -354,6 +366,8 @@ class Workload:
         return lines
 
     def _bad(self, line: int, reason: str) -> None:
+        if line <= self._after_line:  # reported by the pass that read it first
+            return
         self.bad_lines += 1
         if self.on_bad_line is not None:
             self.on_bad_line(BadLine(self.path, line, reason))

@@ -134,7 +134,7 @@ def collect(deployment: Deployment, job_id: str, timeout: float | None,
                           on_results=on_results, on_total=on_total,
                           exists=lambda: uploaded(deployment, job_id), already=already,
                           commands=lambda lines: workload_commands(deployment, job_id, lines),
-                          digest=digest, codec=codec)
+                          digest=digest, codec=codec, workers=deployment.workers)
     return collector.run(timeout)
 
 

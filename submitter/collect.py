@@ -5,7 +5,8 @@ results of its own job (written, counted, then deleted), and makes the messages 
 jobs visible again at once for their own collectors. Results are deduplicated by task id:
 a bundle delivered twice is replayed by the workers, not run again, and its results come
 twice. The collector stops when the job's manifest is final and every task has a result,
-or at its deadline. When the queue has had nothing of the job for a while, the results of
+or at its deadline, or with SplitFailedError when the job's split failed for good or its
+progress record has not changed for SPLIT_STALL_SECONDS (manifest.split_failure). When the queue has had nothing of the job for a while, the results of
 bundles it has not seen are read back from the lease store, where the workers recorded
 them before sending: a previous collector that took them and died loses nothing.
 
@@ -25,9 +26,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from cloudkon.backends import COMPLETED, LeaseStore, Message, MessageQueue
+from cloudkon.backends import (
+    COMPLETED,
+    IN_PROGRESS,
+    Claim,
+    LeaseStore,
+    Message,
+    MessageQueue,
+    WorkerRegistry,
+)
 from cloudkon.codec import WireCodec, decode_pointer
 from cloudkon.errors import (
     AwsError,
@@ -36,12 +45,13 @@ from cloudkon.errors import (
     JobConflictError,
     JobNotFoundError,
     SignatureError,
+    SplitFailedError,
     WorkloadError,
 )
-from cloudkon.limits import SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
+from cloudkon.limits import LEASE_SHARE_OF_VISIBILITY, SQS_LONG_POLL_SECONDS, SQS_MAX_BATCH
 from cloudkon.model import ResultBundle, bundle_key, task_id
 from cloudkon.summary import Summary
-from submitter.manifest import REJECTED, Manifest
+from submitter.manifest import REJECTED, Manifest, split_failure
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +102,7 @@ class Collection:
     cancelled: bool = False  # the job was cancelled
     interrupted: bool = False  # Ctrl-C or SIGTERM ended the collection
     dropped: int = 0  # results dropped: their line is no task of the job
+    stalled: list[str] = field(default_factory=list)  # bundles held by workers gone quiet
 
     @property
     def split_wait(self) -> float | None:
@@ -114,6 +125,8 @@ class Collection:
             more = self.missing_count - len(self.missing)
             if more > 0:
                 line += f" and {more:,} more"
+        for held in self.stalled:
+            line += f"; {held}"
         return line
 
 
@@ -128,7 +141,8 @@ class Collector:
                  quiet_seconds: float = RECOVERY_QUIET_SECONDS,
                  already: list[ResultBundle] | None = None,
                  commands: Callable[[set[int]], dict[int, str]] | None = None,
-                 digest: str | None = None, codec: WireCodec | None = None) -> None:
+                 digest: str | None = None, codec: WireCodec | None = None,
+                 workers: WorkerRegistry | None = None) -> None:
         """``exists`` tells whether the job was submitted though it has no manifest yet (its
         workload uploaded, not split yet); without it, no manifest means no such job.
         After ``quiet_seconds`` without a result of the job, the lease store is read.
@@ -139,9 +153,13 @@ class Collector:
         (JobConflictError), not collected. ``codec`` reads spilled results (from the
         workload bucket; without, a spilled bundle is read back from the lease store) and
         checks signatures if it has a key: results of the job that fail the check are
-        dropped, with a warning, and counted."""
+        dropped, with a warning, and counted. With ``workers`` (the worker registry), the
+        bundles found IN_PROGRESS when the lease store is read are checked against their
+        holders' records: those held by a worker that stopped beating are named."""
         self.job_id = job_id
         self.codec = codec or WireCodec()
+        self.workers = workers
+        self.stalled: list[str] = []  # the last check's bundles held by quiet workers
         self.outbox = outbox
         self.manifests = manifests
         self.leases = leases
@@ -206,9 +224,12 @@ class Collector:
             self._recover(manifest)
         recovery_interval = RECOVERY_INTERVAL_SECONDS
         warned = False
+        split_seen = (None, now())  # the split's record as last read, and since when
         while True:
             if manifest is not None and self.digest and not manifest.same_workload(self.digest):
                 raise JobConflictError(self.job_id, manifest.digest)
+            if manifest is not None and (not manifest.final or manifest.status == REJECTED):
+                split_seen = self._check_split(split_seen)
             if manifest is not None and manifest.status == REJECTED:
                 raise WorkloadError(manifest.source, manifest.error)
             if manifest is not None and manifest.final and self.count >= manifest.tasks:
@@ -218,6 +239,8 @@ class Collector:
                 break
             remaining = deadline - now()
             if remaining <= 0:
+                if manifest is not None and manifest.final and self.leases is not None:
+                    self._recover(manifest)  # what the lease store has, and who holds the rest
                 break
             # While the manifest is not final, poll short: the results may all be in before
             # it is read again.
@@ -251,6 +274,18 @@ class Collector:
                     log.warning("job %s: its upload has not been split after %.0f s; is the"
                                 " Lambda deployed (`chalice deploy`)? Its log says why not",
                                 self.job_id, now() - started, extra={"job_id": self.job_id})
+
+    def _check_split(self, seen: tuple) -> tuple:
+        """Raise SplitFailedError if the job's split failed for good or has stopped making
+        progress (its record unchanged for SPLIT_STALL_SECONDS); return what was seen."""
+        record = self.record
+        mark = (record.split, record.manifest.split_at, record.manifest.status)
+        if mark != seen[0]:
+            seen = (mark, time.monotonic())
+        reason = split_failure(record, time.time(), time.monotonic() - seen[1])
+        if reason is not None:
+            raise SplitFailedError(f"job {self.job_id}: its split failed: {reason}")
+        return seen
 
     def _sweep_cancelled(self, manifest: Manifest | None) -> None:
         """The job is cancelled: take what is on the queue now and what the lease store
@@ -434,9 +469,12 @@ class Collector:
         unresolved = [b for b in bundles if b not in self._resolved]
         unseen = [b for b in unresolved if b not in self._seqs]
         read = []
+        held: dict[str, list[Claim]] = {}  # worker -> the bundles it holds IN_PROGRESS
         for attempt, seq in unseen or unresolved:
             looked += 1
             claim = self.leases.lookup(bundle_key(self.job_id, seq, attempt))
+            if claim is not None and claim.outcome == IN_PROGRESS and claim.lease_expires:
+                held.setdefault(claim.owner.split("/", 1)[0], []).append(claim)
             if claim is None or claim.outcome != COMPLETED or not claim.results:
                 continue
             key = bundle_key(self.job_id, seq, attempt)
@@ -466,7 +504,42 @@ class Collector:
         log.info("job %s: looked up %d bundles in the lease store, %d completed, %d results"
                  " read back", self.job_id, looked, found, self.count - before,
                  extra={"job_id": self.job_id})
+        self._check_holders(held)
         return self.count - before
+
+    def _check_holders(self, held: dict[str, list[Claim]]) -> None:
+        """Name the bundles held by workers whose registry record is stale or gone (one
+        GetItem per holder), and when a takeover may come."""
+        self.stalled = []
+        if self.workers is None:
+            return
+        for worker, claims in sorted(held.items()):
+            try:
+                record = self.workers.record(worker)
+            except CloudKonError as exc:
+                log.warning("job %s: the registry record of worker %s could not be read: %s",
+                            self.job_id, worker, exc, extra={"job_id": self.job_id})
+                continue
+            now = time.time()
+            if record is not None and not record.stale(now):
+                continue
+            lease = max(c.lease_seconds for c in claims) or 0.0
+            if record is None:
+                quiet = "which has no record in the worker registry (gone)"
+                since = now - lease  # not known: as if its lease had just run out
+            else:
+                quiet = f"which stopped beating {now - record.last_beat:.0f} s ago"
+                since = record.last_beat
+            # Its message comes back a visibility timeout after its last beat, and a
+            # receiver takes the lease over after watching it unchanged for a lease.
+            eta = since + lease / LEASE_SHARE_OF_VISIBILITY + lease + 1 - now
+            when = f"within ~{_minutes(eta)}" if eta > 0 else "any moment now"
+            n = len(claims)
+            text = (f"{n} bundle{'s' if n > 1 else ''} held by worker {worker}, {quiet};"
+                    f" {'they' if n > 1 else 'it'} will be taken over {when}")
+            self.stalled.append(text)
+            log.warning("job %s: waiting for %s", self.job_id, text,
+                        extra={"job_id": self.job_id})
 
     def _fill_commands(self, bundles: list[ResultBundle]) -> None:
         """Give results read back from the lease store their commands, from the workload."""
@@ -510,7 +583,8 @@ class Collector:
                     break
         s.incomplete = missing_count > 0 and not interrupted and not cancelled
         return Collection(s, manifest, missing_count == 0, missing_count, named, self.recovered,
-                          self.submit_to_last, cancelled, interrupted, self.dropped)
+                          self.submit_to_last, cancelled, interrupted, self.dropped,
+                          self.stalled if missing_count else [])
 
     def _missing_lines(self, manifest: Manifest) -> Iterator[int]:
         skipped = iter(manifest.skipped or ())
@@ -523,3 +597,7 @@ class Collector:
                 continue
             if line >= len(seen) or not seen[line]:
                 yield line
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"

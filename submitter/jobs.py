@@ -32,6 +32,7 @@ from submitter.manifest import (
     SUBMITTING,
     JobRecord,
     Retry,
+    split_failure,
 )
 from submitter.split import split
 
@@ -70,6 +71,7 @@ class Progress:
     bad_lines: int = 0
     error: str = ""  # why the split failed
     refused: list[str] = field(default_factory=list)  # uploads under its id refused, and why
+    split: str = ""  # while splitting: how far the split got
 
     @property
     def done(self) -> int:
@@ -116,7 +118,8 @@ class Progress:
             lines.append(f"  error      {self.error}")
             return "\n".join(lines)
         if self.state == SPLITTING:
-            lines.append("  tasks      not known yet: the workload is being split")
+            lines.append("  tasks      not known yet: the workload is being split"
+                         + (f" ({self.split})" if self.split else ""))
             return "\n".join(lines)
         lines.append(f"  tasks      {self.tasks:>10,}   done {self.done:,}  succeeded"
                      f" {self.succeeded:,}  failed {self.failed:,}  timed out {self.timed_out:,}")
@@ -181,11 +184,20 @@ class ProgressReader:
         progress = Progress(self.job_id, RUNNING, m.submitted_at, m.source, attempts=1 + len(
             record.retries), bad_lines=m.bad_line_count, error=m.error)
         progress.refused = [f"{r.source}: {r.reason}" for r in record.refused]
+        failure = split_failure(record, now)
+        if failure is not None:
+            progress.state = FAILED_SPLIT
+            progress.error = f"the split failed: {failure}"
+            return progress
         if m.status == REJECTED:
             progress.state = FAILED_SPLIT
             return progress
         if m.status == SUBMITTING:
             progress.state = CANCELLED if record.cancelled else SPLITTING
+            if record.split is not None and record.split.bundles:
+                p = record.split
+                progress.split = (f"{p.tasks:,} tasks in {p.bundles:,} bundles sent so far,"
+                                  f" to line {p.line:,}")
             return progress
         progress.tasks = m.tasks
         latest = record.latest_attempts()

@@ -10,6 +10,11 @@ The same item is the job's record for operating it: ``cancelled_at`` once `cloud
 cancel` marked it (workers read it through ``LeaseStore.job_state``), and ``retries``,
 the attempts `cloudkon retry` added, each with the lines it runs again. Both are
 attributes beside the manifest, so that a splitter saving the manifest leaves them be.
+
+While the job is SUBMITTING, ``split_progress`` beside the manifest is the split's progress
+record (:class:`SplitProgress`): the bundles sent, the line they end at, and when it was
+written. A split that is retried continues from it; one whose record stops changing for
+SPLIT_STALL_SECONDS has stopped, and readers say so (:func:`split_failure`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from botocore.exceptions import ClientError
 from cloudkon.aws import call
 from cloudkon.backends.dynamodb import CANCELLED_ATTRIBUTE, KEY, TTL_ATTRIBUTE
 from cloudkon.errors import CodecError, UsageError
-from cloudkon.limits import SQS_MAX_RETENTION_SECONDS
+from cloudkon.limits import SPLIT_MAX_FAILURES, SPLIT_STALL_SECONDS, SQS_MAX_RETENTION_SECONDS
 from cloudkon.model import job_key
 
 SUBMITTING = "SUBMITTING"
@@ -113,6 +118,38 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class SplitProgress:
+    """How far a job's split got: every bundle before ``bundles`` was sent, and they hold
+    the tasks up to line ``line``; the counts are those of the lines read so far. A split
+    continued from it reads on after ``line``, numbering bundles from ``bundles``."""
+
+    bundles: int = 0  # messages sent: bundle seqs 0 .. bundles - 1
+    groups: int = 0  # bundles as the workload made them (before halving to fit a message)
+    line: int = 0  # the last line of the last bundle sent
+    tasks: int = 0
+    bad_line_count: int = 0
+    bad_lines: list[list] = field(default_factory=list)
+    last_line: int = 0  # the last line that is a task, so far
+    skipped: list[list[int]] | None = field(default_factory=list)
+    bundle_size: int = 0  # the bundling the split started with, kept when it continues
+    bundle_ms: float = 0.0
+    at: float = 0.0  # when this was recorded (seconds since the epoch, the splitter's clock)
+    invocations: int = 0  # how many times a split of the job started
+    failures: int = 0  # splits in a row that ended in an error without progress
+    error: str = ""  # the error the last split ended with ("" if it did not)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> SplitProgress:
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise CodecError(f"not a split progress record: {exc}") from None
+
+
+@dataclass(frozen=True)
 class RefusedUpload:
     """An upload under the job's id that the splitter refused (another workload), and why."""
 
@@ -131,6 +168,7 @@ class JobRecord:
     cancelled_at: float | None = None
     retries: tuple[Retry, ...] = ()
     refused: tuple[RefusedUpload, ...] = ()
+    split: SplitProgress | None = None  # the split's progress record, if it wrote one
 
     @property
     def job_id(self) -> str:
@@ -177,6 +215,7 @@ MAX_RETRY_RUNS = 20_000
 RETRIES_ATTRIBUTE = "retries"
 RETRY_COUNT_ATTRIBUTE = "retry_count"
 REFUSED_ATTRIBUTE = "refused_uploads"
+PROGRESS_ATTRIBUTE = "split_progress"
 # The refused uploads a record keeps (the first ones): enough to tell what happened.
 MAX_REFUSED_UPLOADS = 10
 
@@ -242,6 +281,22 @@ class DynamoManifests:
              ExpressionAttributeNames={"#status": "status"},
              ExpressionAttributeValues={":status": item["status"], ":manifest": item["manifest"],
                                         ":ttl": item[TTL_ATTRIBUTE]})
+
+    def save_progress(self, job_id: str, progress: SplitProgress) -> bool:
+        """Record the split's progress beside the manifest while it is SUBMITTING; False
+        (nothing written) once the manifest is final."""
+        try:
+            call(f"table {self.table} (split progress of job {job_id})",
+                 self.client.update_item, expected=("ConditionalCheckFailedException",),
+                 TableName=self.table, Key={KEY: {"S": manifest_key(job_id)}},
+                 UpdateExpression=f"SET {PROGRESS_ATTRIBUTE} = :progress",
+                 ConditionExpression="#status = :submitting",
+                 ExpressionAttributeNames={"#status": "status"},
+                 ExpressionAttributeValues={":progress": {"S": progress.to_json()},
+                                            ":submitting": {"S": SUBMITTING}})
+        except ClientError:
+            return False
+        return True
 
     def load(self, job_id: str) -> Manifest | None:
         """The job's manifest, or None if it has none (yet)."""
@@ -325,10 +380,38 @@ def _record(item: dict | None) -> JobRecord | None:
     cancelled = item.get(CANCELLED_ATTRIBUTE)
     retries = item.get(RETRIES_ATTRIBUTE)
     refused = item.get(REFUSED_ATTRIBUTE)
+    progress = item.get(PROGRESS_ATTRIBUTE)
     return JobRecord(Manifest.from_json(item["manifest"]["S"]),
                      float(cancelled["N"]) if cancelled else None,
                      _retries_from_json(retries["S"]) if retries else (),
-                     _refused_from_json(refused["S"]) if refused else ())
+                     _refused_from_json(refused["S"]) if refused else (),
+                     SplitProgress.from_json(progress["S"]) if progress else None)
+
+
+def split_failure(record: JobRecord, now: float, unchanged_for: float = 0.0,
+                  stall_seconds: float = SPLIT_STALL_SECONDS) -> str | None:
+    """Why the job's split is taken as failed, in a sentence, or None while it may still
+    end well: it was given up after SPLIT_MAX_FAILURES errors in a row (REJECTED with the
+    split's progress record beside it), or its record has not changed for
+    ``stall_seconds`` by ``now`` (the reader's clock against the splitter's: minutes, not
+    seconds, so that clocks a little apart do not matter), or the reader has seen it
+    unchanged for that long by its own clock (``unchanged_for``)."""
+    m, p = record.manifest, record.split
+    if m.status == REJECTED and p is not None and p.failures >= SPLIT_MAX_FAILURES:
+        return f"the split failed {p.failures} times in a row; {p.error}"
+    if m.status != SUBMITTING:
+        return None
+    last = max(p.at if p is not None else 0.0, m.split_at)
+    # A record that says nothing of when its split started (0: unknown) is judged by the
+    # reader's own watch alone.
+    idle = max(now - last if last else 0.0, unchanged_for)
+    if idle < stall_seconds:
+        return None
+    done = (f"{p.bundles:,} bundles ({p.tasks:,} tasks, to line {p.line:,}) sent"
+            if p is not None else "no bundle recorded sent")
+    reason = (f"its last attempt failed: {p.error}" if p is not None and p.error
+              else "was the Lambda stopped? its log says why")
+    return f"no progress for {idle:.0f} s ({done}); {reason}"
 
 
 class MemoryManifests:
@@ -349,6 +432,14 @@ class MemoryManifests:
             if old is None or not _refusal_is_new(old, refused):
                 return
             self._records[job_id] = replace(old, refused=old.refused + (refused,))
+
+    def save_progress(self, job_id: str, progress: SplitProgress) -> bool:
+        with self._lock:
+            old = self._records.get(job_id)
+            if old is None or old.manifest.status != SUBMITTING:
+                return False
+            self._records[job_id] = replace(old, split=progress)
+            return True
 
     def save(self, manifest: Manifest) -> None:
         with self._lock:

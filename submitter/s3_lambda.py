@@ -21,8 +21,10 @@ import os
 import sys
 import threading
 
+from cloudkon import aws
 from cloudkon.config import AwsConfig
-from cloudkon.errors import CloudKonError, UsageError
+from cloudkon.errors import CloudKonError, SplitPaused, UsageError
+from cloudkon.limits import SPLIT_STOP_MARGIN_SECONDS
 from cloudkon.signing import SIGNING_KEY_VARIABLE
 from submitter.deployment import Deployment
 from submitter.manifest import Manifest
@@ -158,9 +160,44 @@ def _current_deployment() -> Deployment:
         return _deployment
 
 
-def on_upload(bucket: str, key: str) -> Manifest | None:
+def on_upload(bucket: str, key: str, context=None, event: dict | None = None) -> Manifest | None:
     """Split the workload uploaded to ``bucket`` under ``key`` into bundles on the input
     queue. ``key`` is decoded: S3 sends it quote_plus-encoded, and Chalice's S3Event
-    decodes it (``event.key``); decoding it again would turn a '+' into a space."""
+    decodes it (``event.key``); decoding it again would turn a '+' into a space.
+
+    With the Lambda's ``context`` (and twice the margin left), the split stops
+    SPLIT_STOP_MARGIN_SECONDS before the Lambda's time is up, its progress recorded, and this
+    function invokes itself again, asynchronously, with the same S3 ``event``, to continue
+    from the record. If that invoke fails, or the split sent nothing in its time, it raises
+    (SplitPaused), and Lambda's retry of the event continues the split instead."""
     logging.getLogger("submitter").setLevel(logging.INFO)  # the Lambda's root logs WARNING
-    return handle_upload(_current_deployment(), bucket, key)
+    deployment = _current_deployment()
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    margin_ms = SPLIT_STOP_MARGIN_SECONDS * 1000
+    if remaining is None or remaining() < 2 * margin_ms:
+        # Too short a Lambda to stop in time with the margin: one killed by its timeout is
+        # retried by Lambda, and goes on from the progress record all the same.
+        return handle_upload(deployment, bucket, key)
+
+    def should_stop() -> bool:
+        return remaining() < margin_ms
+
+    def continue_split() -> None:
+        invoke_again(deployment, context, event or {})
+
+    return handle_upload(deployment, bucket, key, should_stop=should_stop,
+                         continue_split=continue_split if event is not None else None)
+
+
+def invoke_again(deployment: Deployment, context, event: dict) -> None:
+    """Invoke this Lambda function again, asynchronously, with ``event``; SplitPaused if
+    that fails (the caller's error then has Lambda retry the event)."""
+    function = getattr(context, "invoked_function_arn", "") or getattr(
+        context, "function_name", "")
+    try:
+        client = aws.client("lambda", deployment.config)
+        aws.call(f"invoke {function} again", client.invoke, FunctionName=function,
+                 InvocationType="Event", Payload=json.dumps(event).encode())
+    except CloudKonError as exc:
+        raise SplitPaused(f"the split's continuation could not be invoked ({exc}); Lambda's"
+                          " retry of the event continues it", progressed=True) from None

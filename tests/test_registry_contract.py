@@ -55,3 +55,12 @@ def test_a_record_not_renewed_reads_as_stale(registry):
     [worker] = registry.workers()
     assert not worker.stale(1059.9)
     assert worker.stale(1060.0)
+
+
+def test_one_record_is_read_by_id_and_none_once_removed(registry):
+    registry.beat(record("host-a:1"))
+    registry.beat(record("host-b:2", beat=1020.25))
+    assert registry.record("host-b:2") == record("host-b:2", beat=1020.25)
+    registry.remove("host-b:2")
+    assert registry.record("host-b:2") is None
+    assert registry.record("never-seen") is None

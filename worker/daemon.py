@@ -20,7 +20,9 @@ passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
 - the heartbeat thread schedules, for each running bundle whose beat is due, one beat on a
   small pool of beat threads (so that a slow call delays only its own bundle): a beat keeps
   the message invisible and the lease alive, and stores the results of finished tasks, so a
-  takeover runs only the rest. No lock is held across its calls, each of which gives up
+  takeover runs only the rest. Between beats, a bundle with tasks finished since its
+  results were last stored has them stored within RESULTS_STORE_SECONDS by the lease's
+  write alone (one UpdateItem per bundle per interval, never one per task). No lock is held across its calls, each of which gives up
   within a share of the lease. The heartbeat thread also watches each bundle's lease by the
   worker's own clock: a bundle whose last landed beat was sent more than a lease ago (less
   a guard) has its running task ended and its lease given up, and nothing of it completed;
@@ -77,6 +79,7 @@ from cloudkon.limits import (
     LEASE_OBSERVATIONS_KEPT,
     LEASE_SHARE_OF_VISIBILITY,
     QUEUE_GONE_EXIT_SECONDS,
+    RESULTS_STORE_SECONDS,
     SQS_MAX_BATCH,
     SQS_MAX_VISIBILITY_SECONDS,
     WATCH_RETRY_MARGIN_SECONDS,
@@ -108,6 +111,7 @@ class _Running:
     stored: int  # how many of ``results`` the lease store already has
     next_beat: float  # time.monotonic() of the next heartbeat
     claimed_at: float = 0.0  # time.monotonic() of the claim
+    stored_at: float = 0.0  # time.monotonic() of the last write that stored results
     expires: float = math.inf  # time.monotonic() past which the lease counts as gone
     lost: bool = False  # the lease went to another owner: stop and drop the results
     expired: bool = False  # no beat landed within the lease: stop, give it up, drop results
@@ -507,7 +511,7 @@ class Worker:
         done = self._taken_over(claim.results, bundle, key, ids) if claim.results else []
         claimed = time.monotonic()
         running = _Running(message, bundle, key, owner, done, len(done),
-                           claimed + self.config.heartbeat_seconds, claimed,
+                           claimed + self.config.heartbeat_seconds, claimed, claimed,
                            sent + self._lease_held_seconds)
         takeover = (f", claim {claim.attempt}: taking over with {len(done)} tasks done"
                     if claim.attempt > 1 else "")
@@ -717,8 +721,10 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         """Every tick: end the bundles whose lease ran out without a beat landing, and hand
-        each bundle whose beat is due (and not in flight) to the beat pool."""
-        tick = min(1.0, self.config.heartbeat_seconds / 4)
+        each bundle whose beat is due (and not in flight) to the beat pool; also each
+        bundle with finished tasks whose results were last stored RESULTS_STORE_SECONDS
+        ago or more, for a store (the lease's write alone, which carries them)."""
+        tick = min(1.0, self.config.heartbeat_seconds / 4, RESULTS_STORE_SECONDS / 4)
         while not self._halt.wait(tick):
             if self._watching:
                 self._claim_watched_again()
@@ -727,13 +733,19 @@ class Worker:
                 running = list(self._running.values())
             for r in running:
                 expire = due = False
+                store_only = False
                 with r.lock:
                     if r.finished or r.lost or r.expired:
                         continue
                     if now >= r.expires:
                         r.expired = expire = True
-                    elif r.next_beat <= now and not r.beating:
+                    elif r.beating:
+                        pass
+                    elif r.next_beat <= now:
                         r.beating = due = True
+                    elif (len(r.results) > r.stored
+                          and now >= r.stored_at + RESULTS_STORE_SECONDS):
+                        r.beating = due = store_only = True
                 if expire:
                     self.executor.end(r.handle)
                     log.error("bundle %s: no heartbeat landed within its lease (%.0f s):"
@@ -741,7 +753,7 @@ class Worker:
                               self.lease_seconds, extra=_ids(r.bundle, r.message))
                 elif due:
                     try:
-                        self._beats.submit(self._beat, r)
+                        self._beats.submit(self._beat, r, store_only)
                     except RuntimeError:  # the pool is shut down: the worker is stopping
                         with r.lock:
                             r.beating = False
@@ -794,12 +806,13 @@ class Worker:
                     return
                 self._beat_done.wait(min(left, _TICK))
 
-    def _beat(self, running: _Running) -> None:
+    def _beat(self, running: _Running, store_only: bool = False) -> None:
         """One beat, on the beat pool: snapshot under the lock, call without it, apply the
         outcome under it. A bundle finished meanwhile ignores the outcome (and its thread
-        waits for the beat before completing or releasing)."""
+        waits for the beat before completing or releasing). ``store_only``: the lease's
+        write alone, to store new results (the message's visibility is the beat's)."""
         try:
-            self._beat_once(running)
+            self._beat_once(running, store_only)
         except CloudKonError as exc:
             with running.lock:
                 running.next_beat = time.monotonic() + min(AWS_ERROR_PAUSE_SECONDS,
@@ -816,8 +829,9 @@ class Worker:
             with self._beat_done:
                 self._beat_done.notify_all()
 
-    def _beat_once(self, running: _Running) -> None:
-        """Extend the message's visibility and the lease; store new results."""
+    def _beat_once(self, running: _Running, store_only: bool = False) -> None:
+        """Extend the message's visibility (unless ``store_only``) and the lease; store new
+        results."""
         cfg = self.config
         with running.lock:
             if running.finished or running.lost or running.expired:
@@ -829,7 +843,7 @@ class Worker:
             packed, _ = self.codec.pack_results(finished, self.leases.max_results_bytes,
                                                 running.key)
         sent = time.monotonic()
-        held = self.inbox.extend(running.message, cfg.visibility_seconds)
+        held = store_only or self.inbox.extend(running.message, cfg.visibility_seconds)
         kept = self.leases.heartbeat(running.key, running.owner, self.lease_seconds, packed)
         with running.lock:
             if running.expired:
@@ -839,12 +853,14 @@ class Worker:
             else:
                 lost = False
                 running.stored = max(running.stored, len(finished))
+                running.stored_at = sent
                 running.expires = sent + self._lease_held_seconds
-                running.next_beat = time.monotonic() + cfg.heartbeat_seconds
+                if not store_only:
+                    running.next_beat = time.monotonic() + cfg.heartbeat_seconds
         if lost:
             self.executor.end(running.handle)
             return
-        if not kept:
+        if not kept or store_only:
             return
         if not held:
             log.warning("bundle %s: message %s is no longer held (received again?); the lease"

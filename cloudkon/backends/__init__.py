@@ -171,3 +171,6 @@ class WorkerRegistry(Protocol):
 
     def workers(self) -> list[WorkerRecord]:
         """Every record stored, stale ones included, ordered by worker id."""
+
+    def record(self, worker_id: str) -> WorkerRecord | None:
+        """The worker's record, stale or not; None if it has none (removed, or swept)."""

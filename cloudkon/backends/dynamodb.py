@@ -266,6 +266,12 @@ class DynamoWorkerRegistry:
         call(f"unregister worker {worker_id}", self.client.delete_item, TableName=self.table,
              Key={KEY: {"S": WORKER_KEY_PREFIX + worker_id}})
 
+    def record(self, worker_id: str) -> WorkerRecord | None:
+        item = call(f"read worker {worker_id}'s record", self.client.get_item,
+                    TableName=self.table, Key={KEY: {"S": WORKER_KEY_PREFIX + worker_id}},
+                    ConsistentRead=True).get("Item")
+        return _worker(item) if item else None
+
     def workers(self) -> list[WorkerRecord]:
         records = []
         params = {"TableName": self.table, "ConsistentRead": True,

@@ -342,6 +342,9 @@ class MemoryWorkerRegistry:
         with self._lock:
             return sorted(self._records.values())
 
+    def record(self, worker_id: str) -> WorkerRecord | None:
+        with self._lock:
+            return self._records.get(worker_id)
 
 class MemorySpillStore:
     """Spilled payloads in memory, for one process (the contract of cloudkon.spill.SpillStore):

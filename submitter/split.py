@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from cloudkon.backends import MessageQueue, batches
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # Batches waiting for a sender, per sender: enough to keep them busy, few enough that
 # memory stays flat however long the workload is.
 _QUEUED_PER_SENDER = 2
+# The last batches of a split (the job's smallest bundles, see Workload.bundles) are sent
+# one after another once all before them have landed: on a queue that keeps roughly to
+# the order of sends, they are received last.
+_TAIL_BATCHES = 2
 # The most runs of lines that are not tasks (blank, comment, bad) a split records, so that
 # a collector can name the missing tasks; a workload with more records none.
 MAX_SKIPPED_RANGES = 1000
@@ -72,15 +76,34 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
         if future.exception() is not None:
             failure.append(future.exception())
 
+    in_flight: list[Future] = []
     try:
         # Leaving the pool waits for the batches in flight, so none is lost on an error.
         with ThreadPoolExecutor(senders, thread_name_prefix="cloudkon-sender") as pool:
+
+            def send(batch: list[str]) -> None:
+                slots.acquire()
+                if not failure:
+                    future = pool.submit(queue.send_batch, batch)
+                    future.add_done_callback(done)
+                    in_flight.append(future)
+
+            held: list[list[str]] = []
             for batch in batches(_bodies(workload, job_id, reply_to, bundle_size, bundle_ms,
                                          report, attempt)):
-                slots.acquire()
+                held.append(batch)
+                if len(held) > _TAIL_BATCHES:
+                    send(held.pop(0))
+                    del in_flight[:-senders * (1 + _QUEUED_PER_SENDER)]
                 if failure:
                     break
-                pool.submit(queue.send_batch, batch).add_done_callback(done)
+            # The job's last, smallest bundles go out one batch after another, each once
+            # every batch before it has landed, so that they are received last.
+            for batch in held:
+                wait(in_flight)
+                if failure:
+                    break
+                send(batch)
     finally:
         workload.on_bad_line = previous_handler
     if failure:

@@ -22,14 +22,14 @@ DEFAULT_BUNDLE_MS = 20
 # Through SQS and DynamoDB a bundle costs about seven requests of 10-50 ms each: a bundle of
 # two seconds' work (100 shell commands, 200 `sleep 10`) makes them about 1% of its time.
 DEFAULT_REMOTE_BUNDLE_MS = 2000
-# A remote job ends small: its last bundles (this many full ones' tasks, at the least two
-# budgets of work) are cut again so that each holds half of the work left, down to one
-# shell command, and every worker thread finishes at about the same time (issue 13's
-# remote efficiency). A full bundle last would keep one thread busy for up to a whole
-# budget while the others idle.
+# A remote job ends small: its last bundles (this many full ones' tasks) are cut again so
+# that each holds half of the work left, and every worker thread finishes at about the
+# same time (issue 13's remote efficiency). A full bundle last would keep one thread busy
+# for up to a whole budget while the others idle.
 TAIL_HELD_BUNDLES = 3
 # ... and no bundle of that end holds less than this share of its work (1/32 of 6 s: 190
-# ms), so that the end costs no more bundles, and requests, than a full start would.
+# ms) or one shell command, so that a job makes no more bundles, and requests, than when
+# its bundles started small (from one shell command, doubling).
 TAIL_PARTS_MAX = 32
 
 # How much of the end of each of stdout and stderr a result keeps.

@@ -381,9 +381,9 @@ def _ending_small(bundles: Iterator[Bundle], job_id: str, size: int,
     TAIL_HELD_BUNDLES bundles are held back, and at the end of the file their tasks go out
     in bundles that each hold half of the work left (never more than ``budget_ms``, nor
     less than 1/TAIL_PARTS_MAX of the work held back or one shell command's SHELL_TASK_MS,
-    at most ``size`` tasks). So the end of a
-    job spreads over every thread: the last bundles are short, the longest ones first.
-    Bundles are numbered anew from 0; memory stays within TAIL_HELD_BUNDLES bundles."""
+    at most ``size`` tasks). So the end of a job spreads over every thread: the last
+    bundles are short, the longest ones first. Bundles are numbered anew from 0; memory
+    stays within TAIL_HELD_BUNDLES bundles."""
     held: list[Bundle] = []
     seq = 0
     for bundle in bundles:

@@ -31,6 +31,9 @@ TAIL_HELD_BUNDLES = 3
 # ms) or one shell command, so that a job makes no more bundles, and requests, than when
 # its bundles started small (from one shell command, doubling).
 TAIL_PARTS_MAX = 32
+# ... nor more than this share of it, so that a short job (all of it held back) spreads
+# over four threads at least, not half of it on one.
+TAIL_PARTS_MIN = 4
 
 # How much of the end of each of stdout and stderr a result keeps.
 DEFAULT_TAIL_BYTES = 4096

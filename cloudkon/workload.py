@@ -32,6 +32,7 @@ from cloudkon.limits import (
     SHELL_TASK_MS,
     TAIL_HELD_BUNDLES,
     TAIL_PARTS_MAX,
+    TAIL_PARTS_MIN,
 )
 from cloudkon.model import Bundle, Task
 
@@ -379,9 +380,9 @@ def _ending_small(bundles: Iterator[Bundle], job_id: str, size: int,
                   budget_ms: float) -> Generator[Bundle, None, None]:
     """``bundles`` (full ones, in file order), with the workload's end cut again: the last
     TAIL_HELD_BUNDLES bundles are held back, and at the end of the file their tasks go out
-    in bundles that each hold half of the work left (never more than ``budget_ms``, nor
-    less than 1/TAIL_PARTS_MAX of the work held back or one shell command's SHELL_TASK_MS,
-    at most ``size`` tasks). So the end of a job spreads over every thread: the last
+    in bundles that each hold half of the work left (never more than ``budget_ms`` or
+    1/TAIL_PARTS_MIN of the work held back, nor less than 1/TAIL_PARTS_MAX of it or one
+    shell command's SHELL_TASK_MS, at most ``size`` tasks). So the end of a job spreads over every thread: the last
     bundles are short, the longest ones first. Bundles are numbered anew from 0; memory
     stays within TAIL_HELD_BUNDLES bundles."""
     held: list[Bundle] = []
@@ -396,13 +397,16 @@ def _ending_small(bundles: Iterator[Bundle], job_id: str, size: int,
     costs = [_task_ms(command) for _, command in tasks]
     left = sum(costs)
     least = max(left / TAIL_PARTS_MAX, SHELL_TASK_MS)
+    most = min(budget_ms, max(left / TAIL_PARTS_MIN, least))
     i = 0
     while i < len(tasks):
-        limit = min(budget_ms, max(left / 2, least))
+        limit = min(most, max(left / 2, least))
         start, cost = i, 0.0
         while i < len(tasks) and i - start < size and (i == start or cost + costs[i] <= limit):
             cost += costs[i]
             i += 1
+        if left - cost < least and len(tasks) - start <= size:  # no crumb left to go alone
+            cost, i = left, len(tasks)
         left -= cost
         yield Bundle(job_id, seq, tasks[start:i])
         seq += 1

@@ -405,10 +405,11 @@ def test_ramped_bundles_are_full_and_end_small_each_with_half_the_work_left(writ
 
     bundles = list(workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS, ramp=True))
 
-    # Full bundles (100 commands: 2 s of work), then each holds half of what is left, down
-    # to 1/32 of the last three bundles' work: the job's end spreads over every thread.
+    # Full bundles (100 commands: 2 s of work); then the last three bundles' work goes out
+    # in bundles of half of what is left, at most a quarter of it and at least 1/32 (the
+    # last takes what would be less): the job's end spreads over every thread.
     sizes = [len(b.tasks) for b in bundles]
-    assert sizes == [100, 100, 100, 100, 100, 75, 37, 19, 9, 7, 3]
+    assert sizes == [100, 100, 100, 100, 62, 62, 62, 32, 16, 8, 8]
     assert [b.seq for b in bundles] == list(range(len(bundles)))
     assert [t for b in bundles for t in b.tasks] == [(n, "true") for n in range(1, 651)]
     again = [len(b.tasks) for b in workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS,
@@ -417,8 +418,8 @@ def test_ramped_bundles_are_full_and_end_small_each_with_half_the_work_left(writ
 
 
 @pytest.mark.parametrize(("text", "sizes"), [
-    ("true\n" * 4, [2, 1, 1]),  # a few commands still spread over threads
-    ("sleep 1000\n" * 7, [2, 2, 1, 1, 1]),  # long tasks end one to a bundle
+    ("true\n" * 4, [1, 1, 1, 1]),  # a few commands spread over four threads
+    ("sleep 1000\n" * 7, [2, 1, 1, 1, 1, 1]),  # long tasks end one to a bundle
     ("sleep 0\n" * 25_000, [10_000, 10_000, 5_000]),  # no work: bundles close by count
 ])
 def test_ramped_bundles_of_short_and_workless_jobs(write_workload, text, sizes):

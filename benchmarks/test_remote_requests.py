@@ -108,8 +108,8 @@ def _measure(moto, tmp_path, tasks: int, line: str, report_name: str) -> float:
         assert collected.returncode == 0, collected.stderr
         assert json.loads(collected.stdout)["succeeded"] == tasks
     finally:
-        # SIGINT: out at once, not after the long poll in flight (SIGTERM's drain waits
-        # it out); the job is done, nothing they hold matters any more.
+        # SIGINT: the job is done, nothing they hold matters any more (either stop waits
+        # only for the receive in flight, a second at most).
         for w in workers:
             w.send_signal(signal.SIGINT)
         for w in workers:

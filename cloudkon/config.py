@@ -24,7 +24,7 @@ from cloudkon.limits import (
     MAX_TAIL_BYTES,
     SANDBOX_PORT,
     SANDBOX_REGION,
-    SQS_LONG_POLL_SECONDS,
+    WORKER_WAIT_SECONDS,
 )
 from cloudkon.taskenv import check_names
 
@@ -116,7 +116,7 @@ class WorkerConfig:
     worker_id: str  # names the worker in leases, logs and results: host:pid by default
     threads: int = 4
     visibility_seconds: int = DEFAULT_VISIBILITY_SECONDS  # also the lease
-    wait_seconds: float = SQS_LONG_POLL_SECONDS  # long poll (SQS takes whole seconds)
+    wait_seconds: float = WORKER_WAIT_SECONDS  # one receive's long poll (SQS: whole seconds)
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     liveness_seconds: float = DEFAULT_LIVENESS_SECONDS
     task_timeout: float | None = DEFAULT_TASK_TIMEOUT

@@ -30,6 +30,9 @@ from cloudkon.limits import (
     BINARY_SNIFF_BYTES,
     MAX_LINE_BYTES,
     SHELL_TASK_MS,
+    TAIL_HELD_BUNDLES,
+    TAIL_PARTS_MAX,
+    TAIL_PARTS_MIN,
 )
 from cloudkon.model import Bundle, Task
 
@@ -127,6 +130,7 @@ class Workload:
         # them, so that bad lines are reported in line order.
         self._undecodable: dict[int, str] = {}
         self._after_line = 0  # bundles() continues after this line: those before are not told
+        self.ending = False  # bundles(ramp=True) has come to the small end of the workload
 
     def check(self) -> None:
         """Raise WorkloadError unless the workload exists, is a readable file and is text."""
@@ -198,17 +202,30 @@ class Workload:
 
         A sleep task costs its milliseconds; a shell command is assumed to cost
         SHELL_TASK_MS, so with the local default budget commands travel alone. With
-        ``ramp``, the budget starts at one shell command's and doubles with every bundle up
-        to ``budget_ms``: a short workload still spreads over many workers, a long one
-        soon travels in full bundles. Bundles depend only on the file, never on timing:
-        the same file always makes the same bundles.
+        ``ramp``, the workload's end travels in ever smaller bundles (see
+        :func:`_ending_small`; ``ending`` is True from the first of them on): the last
+        bundles finish together on every worker thread instead of one full bundle running
+        on while the others idle, and a short workload spreads over many threads. Bundles
+        depend only on the file, never on timing: the same file always makes the same
+        bundles.
 
         To continue bundling where an earlier pass stopped after bundle ``first_seq - 1``,
-        whose last line was ``after_line``: the lines up to it are read (and hashed) but
-        not looked at, and the bundles that follow are those the earlier pass would have
-        made (counts and bad lines are then those of the lines after it).
+        whose last line was ``after_line`` (a bundle before the small end): the lines up to
+        it are read (and hashed) but not looked at, and the bundles that follow are those
+        the earlier pass would have made (counts and bad lines are then those of the lines
+        after it).
         """
-        limit = min(budget_ms, SHELL_TASK_MS * 2 ** min(first_seq, 64)) if ramp else budget_ms
+        if ramp:
+            self.ending = False
+
+            def at_end() -> None:
+                self.ending = True
+
+            yield from _ending_small(self.bundles(job_id, size, budget_ms, False, after_line,
+                                                  first_seq), job_id, size, budget_ms,
+                                     first_seq, at_end)
+            return
+        limit = budget_ms
         self.tasks = self.sleep_tasks = self.bad_lines = 0
         self.sleep_ms = 0.0
         undecodable = self._undecodable = {}
@@ -260,8 +277,6 @@ class Workload:
                     tasks = []
                     append = tasks.append
                     cost = 0.0
-                    if limit < budget_ms:
-                        limit = min(2 * limit, budget_ms)
             self.sleep_ms = total_sleep
         if tasks:
             self.tasks += len(tasks)
@@ -374,6 +389,54 @@ class Workload:
 
 
 Opener = Callable[[], BinaryIO]
+
+
+def _task_ms(command: str) -> float:
+    """The estimated milliseconds of a task that is known to be valid."""
+    ms = SLEEP_CACHE.get(command)
+    if ms is None:
+        ms = sleep_ms(command)
+    return SHELL_TASK_MS if ms is None else ms
+
+
+def _ending_small(bundles: Iterator[Bundle], job_id: str, size: int, budget_ms: float,
+                  first_seq: int = 0,
+                  at_end: Callable[[], None] | None = None) -> Generator[Bundle, None, None]:
+    """``bundles`` (full ones, in file order), with the workload's end cut again: the last
+    TAIL_HELD_BUNDLES bundles are held back, and at the end of the file their tasks go out
+    in bundles that each hold half of the work left (never more than ``budget_ms`` or
+    1/TAIL_PARTS_MIN of the work held back, nor less than 1/TAIL_PARTS_MAX of it or one
+    shell command's SHELL_TASK_MS, at most ``size`` tasks). So the end of a job spreads over every thread: the last
+    bundles are short, the longest ones first. Bundles are numbered anew from
+    ``first_seq``; ``at_end`` is called before the first of the small end's; memory stays
+    within TAIL_HELD_BUNDLES bundles."""
+    held: list[Bundle] = []
+    seq = first_seq
+    for bundle in bundles:
+        held.append(bundle)
+        if len(held) > TAIL_HELD_BUNDLES:
+            first = held.pop(0)
+            yield Bundle(job_id, seq, first.tasks)
+            seq += 1
+    if at_end is not None:
+        at_end()
+    tasks = [t for b in held for t in b.tasks]
+    costs = [_task_ms(command) for _, command in tasks]
+    left = sum(costs)
+    least = max(left / TAIL_PARTS_MAX, SHELL_TASK_MS)
+    most = min(budget_ms, max(left / TAIL_PARTS_MIN, least))
+    i = 0
+    while i < len(tasks):
+        limit = min(most, max(left / 2, least))
+        start, cost = i, 0.0
+        while i < len(tasks) and i - start < size and (i == start or cost + costs[i] <= limit):
+            cost += costs[i]
+            i += 1
+        if left - cost < least and len(tasks) - start <= size:  # no crumb left to go alone
+            cost, i = left, len(tasks)
+        left -= cost
+        yield Bundle(job_id, seq, tasks[start:i])
+        seq += 1
 
 
 @contextlib.contextmanager

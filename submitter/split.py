@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 from cloudkon.backends import MessageQueue, batches
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # Batches waiting for a sender, per sender: enough to keep them busy, few enough that
 # memory stays flat however long the workload is.
 _QUEUED_PER_SENDER = 2
+# The last batches of a split (the job's smallest bundles, see Workload.bundles) are sent
+# one after another once all before them have landed: on a queue that keeps roughly to
+# the order of sends, they are received last.
+_TAIL_BATCHES = 2
 # The most runs of lines that are not tasks (blank, comment, bad) a split records, so that
 # a collector can name the missing tasks; a workload with more records none.
 MAX_SKIPPED_RANGES = 1000
@@ -81,10 +85,21 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
     is sent and the report says ``paused``."""
     report = _resumed(resume)
 
+    # Bad lines are counted once the bundles before them are (the workload reads a few
+    # bundles ahead, see Workload.bundles), so that a progress record counts only those
+    # up to its line, and a split continued from it counts none twice.
+    ahead: list[BadLine] = []
+
     def on_bad_line(bad: BadLine) -> None:
-        report.bad_line_count += 1
-        if len(report.bad_lines) < MAX_REPORTED_BAD_LINES:
-            report.bad_lines.append((bad.line, bad.reason))
+        ahead.append(bad)
+
+    def settle_bad_lines(upto: float) -> None:
+        for bad in ahead:
+            if bad.line <= upto:
+                report.bad_line_count += 1
+                if len(report.bad_lines) < MAX_REPORTED_BAD_LINES:
+                    report.bad_lines.append((bad.line, bad.reason))
+        ahead[:] = [bad for bad in ahead if bad.line > upto]
 
     previous_handler = workload.on_bad_line
     workload.on_bad_line = on_bad_line
@@ -107,25 +122,45 @@ def split(workload: Workload, job_id: str, queue: MessageQueue, reply_to: str,
             report.progress = progress
 
     next_record = time.monotonic() + SPLIT_PROGRESS_SECONDS
+    in_flight: list[Future] = []
     try:
         # Leaving the pool waits for the batches in flight, so none is lost on an error.
         with ThreadPoolExecutor(senders, thread_name_prefix="cloudkon-sender") as pool:
-            first = report.bundles
+            first = report.bundles  # the number of the next batch's first bundle
+
+            def send(batch: list[str]) -> None:
+                nonlocal first
+                slots.acquire()
+                if failure:
+                    return
+                end = first + len(batch)
+                future = pool.submit(queue.send_batch, batch)
+                future.add_done_callback(lambda f, a=first, b=end: done(f, a, b))
+                in_flight.append(future)
+                first = end
+
+            held: list[list[str]] = []
             for batch in batches(_bodies(workload, job_id, reply_to, bundle_size, bundle_ms,
-                                         report, attempt, codec, sent)):
+                                         report, attempt, codec, sent, settle_bad_lines)):
                 if should_stop is not None and should_stop():
                     report.paused = True
                     break
-                slots.acquire()
+                held.append(batch)
+                if len(held) > _TAIL_BATCHES:
+                    send(held.pop(0))
+                    del in_flight[:-senders * (1 + _QUEUED_PER_SENDER)]
                 if failure:
                     break
-                end = first + len(batch)
-                pool.submit(queue.send_batch, batch).add_done_callback(
-                    lambda f, a=first, b=end: done(f, a, b))
-                first = end
                 if on_progress is not None and time.monotonic() >= next_record:
                     record()
                     next_record = time.monotonic() + SPLIT_PROGRESS_SECONDS
+            # The job's last, smallest bundles go out one batch after another, each once
+            # every batch before it has landed, so that they are received last.
+            for batch in ([] if report.paused else held):
+                wait(in_flight)
+                if failure:
+                    break
+                send(batch)
     finally:
         workload.on_bad_line = previous_handler
         if on_progress is not None and (failure or report.paused or sys.exc_info()[0]):
@@ -210,7 +245,8 @@ class _Sent:
 
 def _bodies(workload: Workload, job_id: str, reply_to: str, bundle_size: int,
             bundle_ms: float, report: SplitReport, attempt: int = 1,
-            codec: WireCodec = WIRE, sent: _Sent | None = None) -> Iterator[str]:
+            codec: WireCodec = WIRE, sent: _Sent | None = None,
+            settle_bad_lines: Callable[[float], None] | None = None) -> Iterator[str]:
     """The message bodies of the workload's bundles, renumbered so that a bundle too large
     for one message travels as several, still in a deterministic order; a report resumed
     from a progress record continues after its line, from its bundle."""
@@ -227,8 +263,15 @@ def _bodies(workload: Workload, job_id: str, reply_to: str, bundle_size: int,
             yield codec.encode_bundle(part, reply_to)
         report.groups += 1
         report.line = bundle.tasks[-1][0]
-        if sent is not None:
+        if settle_bad_lines is not None:
+            settle_bad_lines(report.line)
+        # A split continues only after a bundle the workload makes the same way whatever
+        # line it starts from: not one of the job's small end, which depends on the end
+        # of the file (a split stopped there sends the whole end again).
+        if sent is not None and not workload.ending:
             sent.checkpoint()
+    if settle_bad_lines is not None:
+        settle_bad_lines(float("inf"))
 
 
 def _fitting(tasks: list[tuple[int, str]], job_id: str, reply_to: str,

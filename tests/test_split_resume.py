@@ -231,16 +231,102 @@ def test_a_lambda_whose_continuation_cannot_be_invoked_raises_for_the_retry(
     from submitter import s3_lambda
 
     monkeypatch.setenv("CLOUDKON_PREFIX", provisioned.prefix)
-    tasks = 700  # the Lambda's bundling: 2 batches of bundles (the ramp, then 100 a bundle)
+    # The Lambda's bundling: 5 batches of bundles, of which the first two are sent before
+    # its time runs out (the last two of a split are held back for its small end).
+    tasks = 5000
     bucket, key = _upload(provisioned, "job-invoke-1", "".join(f"echo {n}\n" for n in
                                                                 range(1, tasks + 1)))
     event = {"Records": [{"s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
     # The function does not exist on this endpoint: the invoke fails, and the error has
     # Lambda retry the event.
     with pytest.raises(SplitPaused, match="continuation could not be invoked"):
-        s3_lambda.on_upload(bucket, key, FakeContext(asks_in_time=2), event)
+        s3_lambda.on_upload(bucket, key, FakeContext(asks_in_time=4), event)
     record = Deployment(provisioned).manifests.load_record("job-invoke-1")
     assert record.manifest.status == SUBMITTING and record.split.bundles > 0
     manifest = s3_lambda.on_upload(bucket, key, FakeContext(asks_in_time=10**6), event)
     assert manifest.status == SUBMITTED and manifest.tasks == tasks
     _check_bundles(_sent(provisioned), tasks)
+
+
+class _Bodies:
+    """A queue that keeps what is sent to it, in order (a split's in-memory input queue)."""
+
+    name = url = "input"
+
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+
+    def send_batch(self, bodies) -> None:
+        self.bodies += bodies
+
+
+def test_a_split_stopped_anywhere_and_continued_sends_each_bundle_key_with_its_own_tasks(
+        tmp_path):
+    from cloudkon.workload import Workload
+    from submitter.split import split
+
+    tasks = 260  # with bad and blank lines among them, the small end included
+    lines = [("echo {n}" if n % 37 else "sleep -1") if n % 11 else "" for n in
+             range(1, tasks + 1)]
+    path = tmp_path / "w.txt"
+    path.write_text("\n".join(lines) + "\n")
+    whole = _Bodies()
+    report = split(Workload(str(path)), "job-r", whole, "out", 100, BUNDLE_MS, senders=1)
+    expected = {b.seq: b.tasks for b in (decode_bundle(x)[0] for x in whole.bodies)}
+    assert len(whole.bodies) > 4  # the test stops before, within and after the small end
+
+    for asks in range(len(whole.bodies) // 10 + 3):
+        sent, progress = _Bodies(), []
+        left = iter(range(asks))
+        first = split(Workload(str(path)), "job-r", sent, "out", 100, BUNDLE_MS, senders=1,
+                      on_progress=progress.append,
+                      should_stop=lambda: next(left, None) is None)
+        resume = progress[-1] if first.paused else None
+        if resume is not None:
+            again = split(Workload(str(path)), "job-r", sent, "out", 100, BUNDLE_MS,
+                          senders=1, resume=resume)
+            assert (again.tasks, again.bad_line_count) == (report.tasks,
+                                                          report.bad_line_count), asks
+        got = [decode_bundle(x)[0] for x in sent.bodies]
+        for b in got:  # a bundle key sent twice is the same bundle
+            assert b.tasks == expected[b.seq], f"stopped after {asks} batches: bundle {b.seq}"
+        assert {b.seq for b in got} == set(expected), asks
+
+
+class _FailingBodies(_Bodies):
+    """Keeps what is sent, until its ``fail_from``-th send (1-based), which fails."""
+
+    def __init__(self, fail_from: int) -> None:
+        super().__init__()
+        self.fail_from, self.calls = fail_from, 0
+
+    def send_batch(self, bodies) -> None:
+        self.calls += 1
+        if self.calls == self.fail_from:
+            raise AwsError("send to the input queue: InternalError: injected", "InternalError")
+        super().send_batch(bodies)
+
+
+@pytest.mark.parametrize("tasks", [95, 130])
+def test_a_split_failing_at_any_send_and_continued_sends_each_bundle_key_with_its_own_tasks(
+        tmp_path, tasks):
+    from cloudkon.workload import Workload
+    from submitter.split import split
+
+    path = tmp_path / "w.txt"
+    path.write_text("".join(f"echo {n}\n" for n in range(1, tasks + 1)))
+    whole = _Bodies()
+    split(Workload(str(path)), "job-f", whole, "out", 100, BUNDLE_MS, senders=1)
+    expected = {b.seq: b.tasks for b in (decode_bundle(x)[0] for x in whole.bodies)}
+
+    for fail_from in range(1, (len(whole.bodies) + 9) // 10 + 1):  # each batch of 10
+        sent, progress = _FailingBodies(fail_from), []
+        with pytest.raises(AwsError):
+            split(Workload(str(path)), "job-f", sent, "out", 100, BUNDLE_MS, senders=1,
+                  on_progress=progress.append)
+        split(Workload(str(path)), "job-f", sent, "out", 100, BUNDLE_MS, senders=1,
+              resume=progress[-1])
+        got = [decode_bundle(x)[0] for x in sent.bodies]
+        for b in got:
+            assert b.tasks == expected[b.seq], f"failed at send {fail_from}: bundle {b.seq}"
+        assert {b.seq for b in got} == set(expected), fail_from

@@ -400,14 +400,29 @@ def test_text_workload_passes_the_check(write_workload):
     Workload(str(write_workload("# header\nsleep 0\necho hi\n"))).check()
 
 
-def test_ramped_bundles_start_small_and_grow_to_the_budget(write_workload):
-    workload = Workload(str(write_workload("true\n" * 250)))
+def test_ramped_bundles_are_full_and_end_small_each_with_half_the_work_left(write_workload):
+    workload = Workload(str(write_workload("true\n" * 650)))
 
-    sizes = [len(b.tasks) for b in workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS,
-                                                    ramp=True)]
+    bundles = list(workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS, ramp=True))
 
-    # A few commands spread over many workers; a long file soon travels 100 to a bundle.
-    assert sizes == [1, 2, 4, 8, 16, 32, 64, 100, 23]
+    # Full bundles (100 commands: 2 s of work); then the last three bundles' work goes out
+    # in bundles of half of what is left, at most a quarter of it and at least 1/32 (the
+    # last takes what would be less): the job's end spreads over every thread.
+    sizes = [len(b.tasks) for b in bundles]
+    assert sizes == [100, 100, 100, 100, 62, 62, 62, 32, 16, 8, 8]
+    assert [b.seq for b in bundles] == list(range(len(bundles)))
+    assert [t for b in bundles for t in b.tasks] == [(n, "true") for n in range(1, 651)]
     again = [len(b.tasks) for b in workload.bundles("job", 256, DEFAULT_REMOTE_BUNDLE_MS,
                                                     ramp=True)]
     assert again == sizes  # the same file makes the same bundles: redeliveries dedup
+
+
+@pytest.mark.parametrize(("text", "sizes"), [
+    ("true\n" * 4, [1, 1, 1, 1]),  # a few commands spread over four threads
+    ("sleep 1000\n" * 7, [2, 1, 1, 1, 1, 1]),  # long tasks end one to a bundle
+    ("sleep 0\n" * 25_000, [10_000, 10_000, 5_000]),  # no work: bundles close by count
+])
+def test_ramped_bundles_of_short_and_workless_jobs(write_workload, text, sizes):
+    workload = Workload(str(write_workload(text)))
+    assert [len(b.tasks) for b in workload.bundles("job", 10_000, DEFAULT_REMOTE_BUNDLE_MS,
+                                                   ramp=True)] == sizes

@@ -37,7 +37,11 @@ heartbeat; the tasks that finished before are completed and sent, nothing is giv
 SIGTERM: receive no more; give back what has not started (visibility 0, lease released,
 finished results stored); let running tasks finish within the drain time, then stop their
 bundles and give the rest back; exit 0. A second SIGTERM, or SIGINT, ends running tasks,
-gives everything back and exits at once with 128 + the signal's number.
+gives everything back and exits at once with 128 + the signal's number. Either way the
+receive in flight is waited for, not abandoned (SQS would keep what it picked for an
+abandoned poll invisible until its visibility timeout), and what it brings is given back
+at once: receives are short (``wait_seconds``, 1 s by default), so an idle worker exits
+within about a second.
 """
 
 from __future__ import annotations
@@ -197,6 +201,7 @@ class Worker:
         self._owner_prefix = f"{config.worker_id}/{os.urandom(4).hex()}-"
         self._claims = itertools.count(1)
         self._receiving = threading.Lock()  # held by the thread that receives
+        self._receive_noted = False  # the stop said it waits for the receive in flight
         self._followers = 0  # idle threads waiting on the handoff (under _slots)
         self._outboxes: dict[str, MessageQueue] = {}  # results queues by name
         # Deletes finished bundles' messages, in batches with config.delete_batch_seconds.
@@ -281,6 +286,7 @@ class Worker:
             say("%s: stopping: receiving no more, giving back unstarted bundles, letting"
                 " running tasks finish for up to %.0f s", _stop_name(self._drain_signal),
                 self.config.drain_seconds)
+            self._note_receive()
             self._wait_until(lambda: self._idle() or self._hard_signal is not None,
                              self.config.drain_seconds)
             if not self._idle() and self._hard_signal is None:
@@ -291,10 +297,11 @@ class Worker:
             say("%s: ending running tasks, giving everything back, exiting now",
                 _stop_name(self._hard_signal))
         self.executor.cancel()
-        # Bundle threads now give back what they hold. A hard stop does not wait for a long
-        # poll in flight: what it returns comes back after its visibility timeout.
-        self._wait_until(self._idle if self._hard_signal is None else self._nothing_held,
-                         _GIVE_BACK_SECONDS)
+        # Bundle threads now give back what they hold, and the receive in flight what it
+        # brings: a hard stop waits for it too (a poll is short), so that nothing it
+        # received stays invisible; one that outlasts _GIVE_BACK_SECONDS is left.
+        self._note_receive()
+        self._wait_until(self._idle, _GIVE_BACK_SECONDS)
         self._halt.set()
         self._beats.shutdown(wait=False, cancel_futures=True)
         for _ in range(self.config.threads):
@@ -320,6 +327,14 @@ class Worker:
                 if remaining <= 0:
                     return
                 self._slots.wait(min(remaining, _TICK))
+
+    def _note_receive(self) -> None:
+        """Say, once, that the stop waits for a receive in flight."""
+        if self._receive_noted or not self._receiving.locked():
+            return
+        self._receive_noted = True
+        log.info("waiting for the receive in flight (up to %.0f s) to give back what it"
+                 " brings", self.config.wait_seconds)
 
     def _idle(self) -> bool:
         return self._nothing_held() and not self._receiving.locked()

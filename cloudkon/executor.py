@@ -21,18 +21,17 @@ from cloudkon.commandline import direct_argv, find_program, shell_pwd, signal_li
 from cloudkon.guardian import Guardian
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, task_id
+from cloudkon.spawn import spawner
 from cloudkon.taskenv import task_environ
 from cloudkon.workload import SLEEP_CACHE, sleep_ms
 
 SHELL = "/bin/sh"
+_SHELL_PATH = os.fsencode(SHELL)
+_TASK_IDS = (b"CLOUDKON_JOB_ID", b"CLOUDKON_TASK_ID", b"CLOUDKON_LINE")
 _READ_CHUNK = 65536
 # The longest a wait for a task's output goes without looking at the clock (and, where
 # there is no pidfd, whether the task has exited).
 _POLL_SECONDS = 0.25
-# Python ignores these; a task gets them back at their defaults (as subprocess's
-# restore_signals does), so `yes | head` ends with SIGPIPE as it would from a shell.
-_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ")
-                         if hasattr(signal, name))
 # After a task has exited, how long to keep reading what it left in its pipes, when
 # something it started in the background keeps them open.
 _DRAIN_SECONDS = 0.1
@@ -68,6 +67,9 @@ class Executor:
         self._env: dict[bytes, bytes] = task_environ(task_env)
         # What a command started without the shell gets: what the shell would pass on.
         self._direct_env = {**self._env, b"PWD": shell_pwd(self._env)}
+        # The same as b"NAME=value" items, made once; each task adds its own ids.
+        self._env_items = _env_items(self._env)
+        self._direct_env_items = _env_items(self._direct_env)
         self._guardian = Guardian()  # started at the first shell task
 
     def close(self) -> None:
@@ -165,9 +167,9 @@ class Executor:
         start = time.time()
         if self._ended(job_id, handle):
             return (line, command, CANCELLED, None, None, start, start, "", "")
-        ids = {b"CLOUDKON_JOB_ID": job_id.encode(),
-               b"CLOUDKON_TASK_ID": task_id(job_id, line).encode(),
-               b"CLOUDKON_LINE": str(line).encode()}
+        ids = [b"CLOUDKON_JOB_ID=" + job_id.encode(),
+               b"CLOUDKON_TASK_ID=" + task_id(job_id, line).encode(),
+               b"CLOUDKON_LINE=%d" % line]
         self._guardian.start()  # once, before the first task (after that, a no-op)
         started = None
         argv = direct_argv(command)
@@ -175,7 +177,8 @@ class Executor:
             path = find_program(argv[0], self._direct_env)
             if path is not None:
                 try:
-                    started = _spawn(path, argv, {**self._direct_env, **ids})
+                    started = _spawn(path, [os.fsencode(a) for a in argv],
+                                     self._direct_env_items + ids)
                 except OSError:
                     pass
             if started is None:
@@ -184,7 +187,8 @@ class Executor:
                 argv = None
         if started is None:
             try:
-                started = _spawn(SHELL, [SHELL, "-c", command], {**self._env, **ids})
+                started = _spawn(_SHELL_PATH, [_SHELL_PATH, b"-c", os.fsencode(command)],
+                                 self._env_items + ids)
             except OSError as exc:
                 return (line, command, FAILED, None, None, start, time.time(), "",
                         f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
@@ -284,26 +288,15 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(path: str | bytes, argv: list[str], env: dict[bytes, bytes]) -> tuple[int, int, int]:
-    """Start program ``path`` with ``argv`` in a new session (its own process group),
-    stdin from /dev/null, stdout and stderr to pipes; return its pid and the read ends of
-    the pipes. OSError if it cannot be started (an execve error: not found, not
-    executable, no #!).
-
-    os.posix_spawn (glibc: clone with CLONE_VM | CLONE_VFORK, execve's error reported
-    back in shared memory) rather than subprocess.Popen: no /dev/null to open, no error
-    pipe to read, no Python-level bookkeeping per task. It holds the GIL until the child
-    has exec'd, so the bundle threads' starts take turns; measured on 2,000 `true`, that
-    costs less than Popen's extra work (benchmarks/before_after.py, the spawn floor row).
-    """
+def _spawn(path: bytes, argv: list[bytes], env: list[bytes]) -> tuple[int, int, int]:
+    """Start program ``path`` with ``argv`` and ``env`` (b"NAME=value" items) in a new
+    session (its own process group), stdin from /dev/null, stdout and stderr to pipes;
+    return its pid and the read ends of the pipes. OSError if it cannot be started (an
+    execve error: not found, not executable, no #!). How: :mod:`cloudkon.spawn`."""
     out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
     err_r, err_w = os.pipe()
     try:
-        pid = os.posix_spawn(path, argv, env, setsid=True, setsigdef=_DEFAULT_SIGNALS,
-                             file_actions=[
-                                 (os.POSIX_SPAWN_DUP2, _devnull(), 0),
-                                 (os.POSIX_SPAWN_DUP2, out_w, 1),
-                                 (os.POSIX_SPAWN_DUP2, err_w, 2)])
+        pid = spawner()(path, argv, env, (_devnull(), out_w, err_w))
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -331,6 +324,11 @@ def _devnull() -> int:
 
 
 _DEVNULL_LOCK = threading.Lock()
+
+
+def _env_items(env: dict[bytes, bytes]) -> list[bytes]:
+    """``env`` as b"NAME=value" items, without the ids each task sets."""
+    return [name + b"=" + value for name, value in env.items() if name not in _TASK_IDS]
 
 
 def _reap(pid: int) -> tuple[int, bool]:

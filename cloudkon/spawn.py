@@ -1,0 +1,120 @@
+"""Starting a task's process: posix_spawn, with the GIL released while it runs.
+
+A task's process starts in a session of its own (setsid: its own process group, no
+controlling terminal), with the signals Python ignores (SIGPIPE, SIGXFSZ) back at their
+defaults, as subprocess's ``restore_signals`` does, and three descriptors duplicated onto
+its 0, 1 and 2. Every other descriptor of the worker is close-on-exec (Python's default).
+
+On glibc, libc's own posix_spawn is called through ctypes: glibc starts the child with
+clone(CLONE_VM | CLONE_VFORK) and reports an execve error back in shared memory, and a
+ctypes call releases the GIL for its whole length, so one bundle thread starting a task
+does not stall the others. ``os.posix_spawn`` does the same work but holds the GIL until
+the child has exec'd, so the bundle threads' starts would take turns; ``subprocess.Popen``
+releases it but costs an error pipe, a /dev/null to open, a signal-handler reset loop and
+much more Python per task. Measured on 2,000 `true` with 2 threads (BENCHMARKS.md): this
+one is the fastest of the three. Elsewhere (or with a glibc older than 2.26, without
+POSIX_SPAWN_SETSID) ``os.posix_spawn`` is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+
+# Python ignores these; a task gets them at their defaults.
+DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ")
+                        if hasattr(signal, name))
+
+# glibc's <spawn.h>.
+_POSIX_SPAWN_SETSIGDEF = 0x04
+_POSIX_SPAWN_SETSID = 0x80  # glibc 2.26+
+# Room for glibc's opaque posix_spawn_file_actions_t (80 bytes on x86-64),
+# posix_spawnattr_t (336) and sigset_t (128), with a margin for any architecture.
+_OPAQUE_BYTES = 1024
+
+
+class _Glibc:
+    """glibc's posix_spawn through ctypes, with one attributes object made at the start and
+    only read afterwards (so shared by every thread)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        p = ctypes.c_void_p
+        self._spawn = libc.posix_spawn
+        self._spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, p, p, p, p]
+        self._spawn.restype = ctypes.c_int
+        self._fa_init = libc.posix_spawn_file_actions_init
+        self._fa_destroy = libc.posix_spawn_file_actions_destroy
+        self._fa_dup2 = libc.posix_spawn_file_actions_adddup2
+        for fn in (self._fa_init, self._fa_destroy):
+            fn.argtypes, fn.restype = [p], ctypes.c_int
+        self._fa_dup2.argtypes = [p, ctypes.c_int, ctypes.c_int]
+        self._fa_dup2.restype = ctypes.c_int
+        self._attr = ctypes.create_string_buffer(_OPAQUE_BYTES)
+        self._sigdef = ctypes.create_string_buffer(_OPAQUE_BYTES)
+        _check(libc.posix_spawnattr_init(self._attr))
+        _check(libc.sigemptyset(self._sigdef))
+        for signum in DEFAULT_SIGNALS:
+            _check(libc.sigaddset(self._sigdef, int(signum)))
+        _check(libc.posix_spawnattr_setsigdefault(self._attr, self._sigdef))
+        # EINVAL from a glibc without POSIX_SPAWN_SETSID: then this class is not used.
+        _check(libc.posix_spawnattr_setflags(
+            self._attr, ctypes.c_short(_POSIX_SPAWN_SETSIGDEF | _POSIX_SPAWN_SETSID)))
+
+    def spawn(self, path: bytes, argv: list[bytes], env: list[bytes],
+              fds: tuple[int, int, int]) -> int:
+        for arg in (path, *argv, *env):
+            if b"\0" in arg:  # a C string would end there: refused, as os.posix_spawn does
+                raise ValueError("embedded null byte")
+        actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
+        _check(self._fa_init(actions))
+        try:
+            for target, fd in enumerate(fds):
+                _check(self._fa_dup2(actions, fd, target))
+            c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+            c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
+            pid = ctypes.c_int()
+            _check(self._spawn(ctypes.byref(pid), path, actions, self._attr, c_argv, c_env))
+            return pid.value
+        finally:
+            self._fa_destroy(actions)
+
+
+def _check(code: int) -> None:
+    """posix_spawn and its helpers return an error number (0: done); sig*set return -1."""
+    if code:
+        number = code if code > 0 else ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+
+
+def _os_spawn(path: bytes, argv: list[bytes], env: list[bytes], fds: tuple[int, int, int]) -> int:
+    environ = dict(item.split(b"=", 1) for item in env)
+    return os.posix_spawn(path, argv, environ, setsid=True, setsigdef=DEFAULT_SIGNALS,
+                          file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
+                                        for target, fd in enumerate(fds)])
+
+
+_lock = threading.Lock()
+_spawner = None
+
+
+def spawner():
+    """The function that starts a process: ``f(path, argv, env, (stdin, stdout, stderr))``
+    returns its pid, or raises OSError (execve's error: not found, not executable, no #!)."""
+    global _spawner
+    if _spawner is None:
+        with _lock:
+            if _spawner is None:
+                _spawner = _choose()
+    return _spawner
+
+
+def _choose():
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return _os_spawn
+        return _Glibc().spawn
+    except (AttributeError, OSError, ValueError):  # not glibc, no ctypes symbols, too old
+        return _os_spawn

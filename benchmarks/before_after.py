@@ -4,7 +4,9 @@
 
 Runs the local benchmarks' workloads (300,000 `sleep 0`; 2,000 `true`; peak RSS on
 1,000,000 and 10,000 `sleep 0`) through the bare single-threaded loop, `xargs -P $(nproc)
-sh -c`, cloudkon as of git revision REV and cloudkon as checked out, one round of each in
+sh -c`, the spawn floor (benchmarks/baselines/spawn_floor.py: $(nproc) Python threads that
+only posix_spawn each line directly and wait, with os.posix_spawn and with libc's through
+ctypes), cloudkon as of git revision REV and cloudkon as checked out, one round of each in
 turn, so that a machine whose load drifts (these are shared) weighs on all of them alike.
 Prints the best round of each and the ratios the issues name. Nothing is asserted.
 """
@@ -64,7 +66,9 @@ def main() -> None:
                   "before": cloudkon_argv(sleep0, 4, before),
                   "after": cloudkon_argv(sleep0, 4)}, args.rounds, folder, {})
         xargs = ["xargs", "-P", str(n), "-I{}", "sh", "-c", "{}"]
-        t = best({"xargs": xargs, "before": cloudkon_argv(true, n, before),
+        floor = [PYTHON, str(BASELINES / "spawn_floor.py"), str(true), str(n)]
+        t = best({"xargs": xargs, "floor-os": [*floor, "os"], "floor-libc": [*floor, "libc"],
+                  "before": cloudkon_argv(true, n, before),
                   "after": cloudkon_argv(true, n)}, max(3, args.rounds // 2), folder,
                  {"xargs": true})
         m = best({"before-1M": cloudkon_argv(large, 4, before),
@@ -82,6 +86,10 @@ def main() -> None:
     print(f"  after / xargs (tasks/s)  {t['xargs'] / t['after']:.2f}x"
           f"   before / xargs {t['xargs'] / t['before']:.2f}x"
           f"   after / before {t['before'] / t['after']:.2f}x")
+    print(f"  spawn floor: os.posix_spawn {t['floor-os']:.3f} s"
+          f" ({t['xargs'] / t['floor-os']:.2f}x xargs), libc posix_spawn without the GIL"
+          f" {t['floor-libc']:.3f} s ({t['xargs'] / t['floor-libc']:.2f}x xargs);"
+          f" after / libc floor {t['floor-libc'] / t['after']:.2f}x")
     print(f"peak RSS: 1M after {m['after-1M']:.1f} MB, 1M before {m['before-1M']:.1f} MB,"
           f" 10k after {m['after-10k']:.1f} MB; after 1M / 10k {m['after-1M'] / m['after-10k']:.2f}x")
 

@@ -63,7 +63,7 @@ class Executor:
         # pid (= process group id) -> (job id, handle), of running tasks
         self._running: dict[int, tuple[str, TaskHandle | None]] = {}
         self._cancelled_jobs: set[str] = set()
-        # Encoded once: Popen would encode every variable again for every task.
+        # Encoded once, not again for every task.
         self._env: dict[bytes, bytes] = task_environ(task_env)
         # What a command started without the shell gets: what the shell would pass on.
         self._direct_env = {**self._env, b"PWD": shell_pwd(self._env)}
@@ -174,11 +174,17 @@ class Executor:
         started = None
         argv = direct_argv(command)
         if argv is not None:
-            path = find_program(argv[0], self._direct_env)
+            program = argv[0]
+            search = self._direct_env.get(b"PATH")
+            if "/" not in program and search is not None and search == os.environb.get(b"PATH"):
+                # The task's PATH is this process's: libc searches it in the child.
+                path, search = os.fsencode(program), True
+            else:
+                path, search = find_program(program, self._direct_env), False
             if path is not None:
                 try:
                     started = _spawn(path, [os.fsencode(a) for a in argv],
-                                     self._direct_env_items + ids)
+                                     self._direct_env_items + ids, search)
                 except OSError:
                     pass
             if started is None:
@@ -288,15 +294,17 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(path: bytes, argv: list[bytes], env: list[bytes]) -> tuple[int, int, int]:
+def _spawn(path: bytes, argv: list[bytes], env: list[bytes], search: bool = False
+           ) -> tuple[int, int, int]:
     """Start program ``path`` with ``argv`` and ``env`` (b"NAME=value" items) in a new
     session (its own process group), stdin from /dev/null, stdout and stderr to pipes;
     return its pid and the read ends of the pipes. OSError if it cannot be started (an
-    execve error: not found, not executable, no #!). How: :mod:`cloudkon.spawn`."""
+    execve error: not found, not executable, no #!). ``search``: look for ``path`` on this
+    process's PATH. How: :mod:`cloudkon.spawn`."""
     out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
     err_r, err_w = os.pipe()
     try:
-        pid = spawner()(path, argv, env, (_devnull(), out_w, err_w))
+        pid = spawner()(path, argv, env, (_devnull(), out_w, err_w), search)
     except BaseException:
         os.close(out_r)
         os.close(err_r)

@@ -18,7 +18,6 @@ POSIX_SPAWN_SETSID) ``os.posix_spawn`` is used.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import threading
@@ -40,11 +39,15 @@ class _Glibc:
     only read afterwards (so shared by every thread)."""
 
     def __init__(self) -> None:
+        import ctypes  # here: a worker that runs only `sleep N` tasks never loads it
+
+        self._ctypes = ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         p = ctypes.c_void_p
-        self._spawn = libc.posix_spawn
-        self._spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, p, p, p, p]
-        self._spawn.restype = ctypes.c_int
+        self._spawn, self._spawnp = libc.posix_spawn, libc.posix_spawnp
+        for fn in (self._spawn, self._spawnp):
+            fn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, p, p, p, p]
+            fn.restype = ctypes.c_int
         self._fa_init = libc.posix_spawn_file_actions_init
         self._fa_destroy = libc.posix_spawn_file_actions_destroy
         self._fa_dup2 = libc.posix_spawn_file_actions_adddup2
@@ -64,7 +67,8 @@ class _Glibc:
             self._attr, ctypes.c_short(_POSIX_SPAWN_SETSIGDEF | _POSIX_SPAWN_SETSID)))
 
     def spawn(self, path: bytes, argv: list[bytes], env: list[bytes],
-              fds: tuple[int, int, int]) -> int:
+              fds: tuple[int, int, int], search: bool = False) -> int:
+        ctypes = self._ctypes
         for arg in (path, *argv, *env):
             if b"\0" in arg:  # a C string would end there: refused, as os.posix_spawn does
                 raise ValueError("embedded null byte")
@@ -76,7 +80,8 @@ class _Glibc:
             c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
             c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
             pid = ctypes.c_int()
-            _check(self._spawn(ctypes.byref(pid), path, actions, self._attr, c_argv, c_env))
+            call = self._spawnp if search else self._spawn
+            _check(call(ctypes.byref(pid), path, actions, self._attr, c_argv, c_env))
             return pid.value
         finally:
             self._fa_destroy(actions)
@@ -85,13 +90,17 @@ class _Glibc:
 def _check(code: int) -> None:
     """posix_spawn and its helpers return an error number (0: done); sig*set return -1."""
     if code:
+        import ctypes
+
         number = code if code > 0 else ctypes.get_errno()
         raise OSError(number, os.strerror(number))
 
 
-def _os_spawn(path: bytes, argv: list[bytes], env: list[bytes], fds: tuple[int, int, int]) -> int:
+def _os_spawn(path: bytes, argv: list[bytes], env: list[bytes], fds: tuple[int, int, int],
+              search: bool = False) -> int:
     environ = dict(item.split(b"=", 1) for item in env)
-    return os.posix_spawn(path, argv, environ, setsid=True, setsigdef=DEFAULT_SIGNALS,
+    call = os.posix_spawnp if search else os.posix_spawn
+    return call(path, argv, environ, setsid=True, setsigdef=DEFAULT_SIGNALS,
                           file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
                                         for target, fd in enumerate(fds)])
 
@@ -101,8 +110,11 @@ _spawner = None
 
 
 def spawner():
-    """The function that starts a process: ``f(path, argv, env, (stdin, stdout, stderr))``
-    returns its pid, or raises OSError (execve's error: not found, not executable, no #!)."""
+    """The function that starts a process: ``f(path, argv, env, (stdin, stdout, stderr),
+    search=False)`` returns its pid, or raises OSError (execve's error: not found, not
+    executable, no #!). With ``search``, a ``path`` without a slash is looked for in the
+    directories of *this process's* PATH (posix_spawnp), in the child, which tries each in
+    turn with execve as the shell does."""
     global _spawner
     if _spawner is None:
         with _lock:
@@ -116,5 +128,5 @@ def _choose():
         if not os.confstr("CS_GNU_LIBC_VERSION"):
             return _os_spawn
         return _Glibc().spawn
-    except (AttributeError, OSError, ValueError):  # not glibc, no ctypes symbols, too old
+    except (ImportError, AttributeError, OSError, ValueError):  # no ctypes, not glibc, too old
         return _os_spawn

@@ -18,8 +18,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.workloads import MIXED, shell_line
-
 from benchmarks.harness import (
     BASELINES,
     MEMORY_LARGE_TASKS,
@@ -34,6 +32,7 @@ from benchmarks.harness import (
     scaled,
     write_workload,
 )
+from benchmarks.workloads import MIXED, shell_line
 
 
 def write_lines(path: Path, cycle, n: int) -> Path:
@@ -85,7 +84,8 @@ def main() -> None:
                   "after": cloudkon_argv(true, n)}, max(3, args.rounds // 2), folder,
                  {"xargs": true})
         x = best({"xargs": xargs, "before": cloudkon_argv(mixed, n, before),
-                  "after": cloudkon_argv(mixed, n)}, max(3, args.rounds // 2), folder,
+                  "after": cloudkon_argv(mixed, n)},
+                 max(min(3, args.rounds), args.rounds // 2), folder,
                  {"xargs": mixed_sh})
         m = best({"before-1M": cloudkon_argv(large, 4, before),
                   "after-1M": cloudkon_argv(large, 4), "after-10k": cloudkon_argv(small, 4)},

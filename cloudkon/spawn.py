@@ -3,7 +3,9 @@
 A task's process starts in a session of its own (setsid: its own process group, no
 controlling terminal), with the signals Python ignores (SIGPIPE, SIGXFSZ) back at their
 defaults, as subprocess's ``restore_signals`` does, and three descriptors duplicated onto
-its 0, 1 and 2. Every other descriptor of the worker is close-on-exec (Python's default).
+its 0, 1 and 2, and no other descriptor of the worker (as subprocess's ``close_fds``): on
+glibc 2.34+ the child closes every one from 3 up; elsewhere every descriptor the worker
+has when the first task starts is made close-on-exec (those Python opens later are).
 
 On glibc, libc's own posix_spawn is called through ctypes: glibc starts the child with
 clone(CLONE_VM | CLONE_VFORK) and reports an execve error back in shared memory, and a
@@ -55,6 +57,14 @@ class _Glibc:
             fn.argtypes, fn.restype = [p], ctypes.c_int
         self._fa_dup2.argtypes = [p, ctypes.c_int, ctypes.c_int]
         self._fa_dup2.restype = ctypes.c_int
+        # glibc 2.34+: close every descriptor from 3 up in the child (subprocess's
+        # close_fds); without it, only the close-on-exec ones close (see _close_on_exec).
+        self._fa_closefrom = getattr(libc, "posix_spawn_file_actions_addclosefrom_np", None)
+        if self._fa_closefrom is not None:
+            self._fa_closefrom.argtypes = [p, ctypes.c_int]
+            self._fa_closefrom.restype = ctypes.c_int
+        else:
+            _close_on_exec()
         self._attr = ctypes.create_string_buffer(_OPAQUE_BYTES)
         self._sigdef = ctypes.create_string_buffer(_OPAQUE_BYTES)
         _check(libc.posix_spawnattr_init(self._attr))
@@ -77,6 +87,8 @@ class _Glibc:
         try:
             for target, fd in enumerate(fds):
                 _check(self._fa_dup2(actions, fd, target))
+            if self._fa_closefrom is not None:
+                _check(self._fa_closefrom(actions, len(fds)))
             c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
             c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
             pid = ctypes.c_int()
@@ -105,6 +117,22 @@ def _os_spawn(path: bytes, argv: list[bytes], env: list[bytes], fds: tuple[int, 
                                         for target, fd in enumerate(fds)])
 
 
+def _close_on_exec() -> None:
+    """Make every descriptor of this process from 3 up close-on-exec, so that no task
+    inherits one: those Python opens are already, but not those the process was started
+    with (``cloudkon run 3>file``, a test runner's pipes)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return  # no /proc: nothing more can be done cheaply
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
+
+
 _lock = threading.Lock()
 _spawner = None
 
@@ -125,8 +153,9 @@ def spawner():
 
 def _choose():
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return _os_spawn
-        return _Glibc().spawn
+        if os.confstr("CS_GNU_LIBC_VERSION"):
+            return _Glibc().spawn
     except (ImportError, AttributeError, OSError, ValueError):  # no ctypes, not glibc, too old
-        return _os_spawn
+        pass
+    _close_on_exec()
+    return _os_spawn

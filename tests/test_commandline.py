@@ -152,3 +152,19 @@ def test_the_program_found_is_the_first_executable_file_on_the_path(tmp_path, mo
     assert find_program("here", {b"PATH": b"a::c"}) == b"here"  # empty entry: this folder
     assert find_program("./x", {}) == b"./x"  # a slash: the name itself
     assert find_program("prog", {}) is None  # no PATH: the shell decides
+
+
+@pytest.mark.parametrize("libc", ["glibc", "other"])
+def test_a_task_inherits_no_descriptor_of_the_worker_beyond_0_1_2(tmp_path, monkeypatch, libc):
+    if libc == "other":  # os.posix_spawn, after the worker's descriptors are made close-on-exec
+        monkeypatch.setattr(cloudkon.spawn, "_spawner", None)
+        monkeypatch.setattr(cloudkon.spawn.os, "confstr", lambda name: None)
+    inherited = os.open(tmp_path / "held", os.O_WRONLY | os.O_CREAT)
+    os.set_inheritable(inherited, True)  # as a descriptor the worker was started with
+    try:
+        for command in ("ls /proc/self/fd", "sh -c 'ls /proc/$$/fd'"):
+            result = Result._make(Executor(timeout=30).run("job", 1, command))
+            assert result.status == "succeeded", result
+            assert str(inherited) not in result.stdout.split(), (command, result.stdout)
+    finally:
+        os.close(inherited)

@@ -13,8 +13,9 @@ ctypes call releases the GIL for its whole length, so one bundle thread starting
 does not stall the others. ``os.posix_spawn`` does the same work but holds the GIL until
 the child has exec'd, so the bundle threads' starts would take turns; ``subprocess.Popen``
 releases it but costs an error pipe, a /dev/null to open, a signal-handler reset loop and
-much more Python per task. Measured on 2,000 `true` with 2 threads (BENCHMARKS.md): this
-one is the fastest of the three. Elsewhere (or with a glibc older than 2.26, without
+much more Python per task. Measured on 2,000 `true` with 2 threads: this one is the fastest
+of the three (``python -m benchmarks.before_after REV``: the spawn floor rows, and the
+before/after of this change in README.md's Performance section). Elsewhere (or with a glibc older than 2.26, without
 POSIX_SPAWN_SETSID) ``os.posix_spawn`` is used.
 """
 

@@ -2,9 +2,12 @@
 
     python -m benchmarks.before_after REV [--rounds N] [--scale F]
 
-Runs the local benchmarks' workloads (300,000 `sleep 0`; 2,000 `true`; peak RSS on
+Runs the local benchmarks' workloads (300,000 `sleep 0`; 2,000 `true`; 1,000 lines of the
+comparison's mixed workload, its `sleep N` lines given to xargs as `sleep N/1000`; peak RSS on
 1,000,000 and 10,000 `sleep 0`) through the bare single-threaded loop, `xargs -P $(nproc)
-sh -c`, cloudkon as of git revision REV and cloudkon as checked out, one round of each in
+sh -c`, the spawn floor (benchmarks/baselines/spawn_floor.py: $(nproc) Python threads that
+only posix_spawn each line directly and wait, with os.posix_spawn and with libc's through
+ctypes), cloudkon as of git revision REV and cloudkon as checked out, one round of each in
 turn, so that a machine whose load drifts (these are shared) weighs on all of them alike.
 Prints the best round of each and the ratios the issues name. Nothing is asserted.
 """
@@ -29,6 +32,14 @@ from benchmarks.harness import (
     scaled,
     write_workload,
 )
+from benchmarks.workloads import MIXED, shell_line
+
+
+def write_lines(path: Path, cycle, n: int) -> Path:
+    """A workload of ``n`` lines repeating ``cycle``."""
+    lines = [cycle[i % len(cycle)] for i in range(n)]
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
 
 
 def best(argvs: dict[str, list[str]], rounds: int, folder: Path, stdin: dict[str, Path],
@@ -57,6 +68,9 @@ def main() -> None:
         before = export_revision(args.rev, folder / "before")
         sleep0 = write_workload(folder / "sleep0.txt", "sleep 0", scaled(SLEEP0_TASKS, args.scale))
         true = write_workload(folder / "true.txt", "true", scaled(SHELL_TASKS, args.scale))
+        mixed_n = scaled(MIXED.default_tasks, args.scale)
+        mixed = write_lines(folder / "mixed.txt", MIXED.cycle, mixed_n)
+        mixed_sh = write_lines(folder / "mixed.sh.txt", [shell_line(x) for x in MIXED.cycle], mixed_n)
         small = write_workload(folder / "10k.txt", "sleep 0", scaled(MEMORY_SMALL_TASKS, args.scale))
         large = write_workload(folder / "1m.txt", "sleep 0", scaled(MEMORY_LARGE_TASKS, args.scale))
 
@@ -64,9 +78,15 @@ def main() -> None:
                   "before": cloudkon_argv(sleep0, 4, before),
                   "after": cloudkon_argv(sleep0, 4)}, args.rounds, folder, {})
         xargs = ["xargs", "-P", str(n), "-I{}", "sh", "-c", "{}"]
-        t = best({"xargs": xargs, "before": cloudkon_argv(true, n, before),
+        floor = [PYTHON, str(BASELINES / "spawn_floor.py"), str(true), str(n)]
+        t = best({"xargs": xargs, "floor-os": [*floor, "os"], "floor-libc": [*floor, "libc"],
+                  "before": cloudkon_argv(true, n, before),
                   "after": cloudkon_argv(true, n)}, max(3, args.rounds // 2), folder,
                  {"xargs": true})
+        x = best({"xargs": xargs, "before": cloudkon_argv(mixed, n, before),
+                  "after": cloudkon_argv(mixed, n)},
+                 max(min(3, args.rounds), args.rounds // 2), folder,
+                 {"xargs": mixed_sh})
         m = best({"before-1M": cloudkon_argv(large, 4, before),
                   "after-1M": cloudkon_argv(large, 4), "after-10k": cloudkon_argv(small, 4)},
                  3, folder, {}, peak_rss=True)
@@ -82,6 +102,15 @@ def main() -> None:
     print(f"  after / xargs (tasks/s)  {t['xargs'] / t['after']:.2f}x"
           f"   before / xargs {t['xargs'] / t['before']:.2f}x"
           f"   after / before {t['before'] / t['after']:.2f}x")
+    print(f"  spawn floor: os.posix_spawn {t['floor-os']:.3f} s"
+          f" ({t['xargs'] / t['floor-os']:.2f}x xargs), libc posix_spawn without the GIL"
+          f" {t['floor-libc']:.3f} s ({t['xargs'] / t['floor-libc']:.2f}x xargs);"
+          f" after / libc floor {t['floor-libc'] / t['after']:.2f}x")
+    print(f"mixed x{mixed_n:,}: xargs -P{n} {x['xargs']:.3f} s, before {x['before']:.3f} s,"
+          f" after {x['after']:.3f} s")
+    print(f"  after / xargs (tasks/s)  {x['xargs'] / x['after']:.2f}x"
+          f"   before / xargs {x['xargs'] / x['before']:.2f}x"
+          f"   after / before {x['before'] / x['after']:.2f}x")
     print(f"peak RSS: 1M after {m['after-1M']:.1f} MB, 1M before {m['before-1M']:.1f} MB,"
           f" 10k after {m['after-10k']:.1f} MB; after 1M / 10k {m['after-1M'] / m['after-10k']:.2f}x")
 

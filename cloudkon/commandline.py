@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 
 # Characters that make a line the shell's business: quoting, expansion, redirection,
 # pipes, lists, subshells, globs, comments, history and tilde expansion.
@@ -51,6 +52,29 @@ def direct_argv(command: str) -> list[str] | None:
     if words[0] in _SHELL_WORDS and not (words[0] in _SAME_OUTSIDE and len(words) == 1):
         return None
     return words
+
+
+def find_program(name: str, environ: dict[bytes, bytes]) -> bytes | None:
+    """Where the shell would find program ``name``: ``name`` itself if it holds a slash,
+    else the first regular file with an execute bit in the directories of ``environ``'s
+    PATH (an empty entry is the current directory); None if there is none, or no PATH.
+    One stat per directory tried, in the executor rather than failed execve calls in the
+    child."""
+    program = os.fsencode(name)
+    if b"/" in program:
+        return program
+    search = environ.get(b"PATH")
+    if search is None:
+        return None
+    for folder in search.split(b":"):
+        path = folder + b"/" + program if folder else program
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(mode) and mode & 0o111:
+            return path
+    return None
 
 
 def shell_pwd(environ: dict[bytes, bytes]) -> bytes:

@@ -13,20 +13,21 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import IO
 
-from cloudkon.commandline import direct_argv, shell_pwd, signal_line
+from cloudkon.commandline import direct_argv, find_program, shell_pwd, signal_line
 from cloudkon.guardian import Guardian
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, task_id
+from cloudkon.spawn import spawner
 from cloudkon.taskenv import task_environ
 from cloudkon.workload import SLEEP_CACHE, sleep_ms
 
 SHELL = "/bin/sh"
+_SHELL_PATH = os.fsencode(SHELL)
+_TASK_IDS = (b"CLOUDKON_JOB_ID", b"CLOUDKON_TASK_ID", b"CLOUDKON_LINE")
 _READ_CHUNK = 65536
 # The longest a wait for a task's output goes without looking at the clock (and, where
 # there is no pidfd, whether the task has exited).
@@ -62,10 +63,13 @@ class Executor:
         # pid (= process group id) -> (job id, handle), of running tasks
         self._running: dict[int, tuple[str, TaskHandle | None]] = {}
         self._cancelled_jobs: set[str] = set()
-        # Encoded once: Popen would encode every variable again for every task.
+        # Encoded once, not again for every task.
         self._env: dict[bytes, bytes] = task_environ(task_env)
         # What a command started without the shell gets: what the shell would pass on.
         self._direct_env = {**self._env, b"PWD": shell_pwd(self._env)}
+        # The same as b"NAME=value" items, made once; each task adds its own ids.
+        self._env_items = _env_items(self._env)
+        self._direct_env_items = _env_items(self._direct_env)
         self._guardian = Guardian()  # started at the first shell task
 
     def close(self) -> None:
@@ -163,39 +167,51 @@ class Executor:
         start = time.time()
         if self._ended(job_id, handle):
             return (line, command, CANCELLED, None, None, start, start, "", "")
-        ids = {b"CLOUDKON_JOB_ID": job_id.encode(),
-               b"CLOUDKON_TASK_ID": task_id(job_id, line).encode(),
-               b"CLOUDKON_LINE": str(line).encode()}
+        ids = [b"CLOUDKON_JOB_ID=" + job_id.encode(),
+               b"CLOUDKON_TASK_ID=" + task_id(job_id, line).encode(),
+               b"CLOUDKON_LINE=%d" % line]
         self._guardian.start()  # once, before the first task (after that, a no-op)
-        proc = None
+        started = None
         argv = direct_argv(command)
         if argv is not None:
-            try:
-                proc = _spawn(argv, {**self._direct_env, **ids})
-            except OSError:
+            program = argv[0]
+            search = self._direct_env.get(b"PATH")
+            if "/" not in program and search is not None and search == os.environb.get(b"PATH"):
+                # The task's PATH is this process's: libc searches it in the child.
+                path, search = os.fsencode(program), True
+            else:
+                path, search = find_program(program, self._direct_env), False
+            if path is not None:
+                try:
+                    started = _spawn(path, [os.fsencode(a) for a in argv],
+                                     self._direct_env_items + ids, search)
+                except OSError:
+                    pass
+            if started is None:
                 # Not found, not executable, a script without #!: the shell says it in its
                 # own words (or runs the script), as it would have.
                 argv = None
-        if proc is None:
+        if started is None:
             try:
-                proc = _spawn([SHELL, "-c", command], {**self._env, **ids})
+                started = _spawn(_SHELL_PATH, [_SHELL_PATH, b"-c", os.fsencode(command)],
+                                 self._env_items + ids)
             except OSError as exc:
                 return (line, command, FAILED, None, None, start, time.time(), "",
                         f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
-        pid = proc.pid
+        pid, out_fd, err_fd = started
         self._guardian.watch(pid)
         with self._lock:
             self._running[pid] = (job_id, handle)
         if self._ended(job_id, handle):  # a cancel came while it started, and missed it
             _kill_group(pid, signal.SIGKILL)
         try:
-            stdout, stderr, timed_out = self._wait(pid, proc.stdout, proc.stderr)
+            stdout, stderr, timed_out = self._wait(pid, out_fd, err_fd)
         finally:
             with self._lock:
                 self._running.pop(pid, None)
             self._guardian.release(pid)  # before the reap: the group id is still this task's
             # Reaped only now, after leaving _running: cancel() never signals a reused pid.
-            code, core_dumped = _reap(proc)
+            code, core_dumped = _reap(pid)
         end = time.time()
         sig = None
         if code < 0 and argv is not None and not timed_out and not self._cancelled.is_set():
@@ -214,13 +230,11 @@ class Executor:
         return (line, command, status, code, sig, start, end,
                 _decode_tail(stdout, self.tail_bytes), _decode_tail(stderr, self.tail_bytes))
 
-    def _wait(self, pid: int, stdout: IO[bytes], stderr: IO[bytes]
-              ) -> tuple[bytearray, bytearray, bool]:
+    def _wait(self, pid: int, out_fd: int, err_fd: int) -> tuple[bytearray, bytearray, bool]:
         """Read the ends of stdout and stderr (and close them) until the task has exited,
         enforcing the time limit; the task is left unreaped (a zombie at most), so its pid
         stays its own."""
         keep = self.tail_bytes
-        out_fd, err_fd = stdout.fileno(), stderr.fileno()
         tails = {out_fd: bytearray(), err_fd: bytearray()}
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         kill_at = None  # when a timed-out task's group gets SIGKILL
@@ -267,8 +281,8 @@ class Executor:
                     if len(tail) > 2 * keep:
                         del tail[: len(tail) - keep]
         finally:
-            stdout.close()
-            stderr.close()
+            os.close(out_fd)
+            os.close(err_fd)
             if pidfd is not None:
                 os.close(pidfd)
             if drain_until is None:  # left early (an error): do not leave the task behind
@@ -280,28 +294,59 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(argv: list[str], env: dict[bytes, bytes]) -> subprocess.Popen:
-    """Start ``argv`` (found on the PATH of ``env``) in a new session (its own process
-    group), stdin from /dev/null, stdout and stderr to pipes.
+def _spawn(path: bytes, argv: list[bytes], env: list[bytes], search: bool = False
+           ) -> tuple[int, int, int]:
+    """Start program ``path`` with ``argv`` and ``env`` (b"NAME=value" items) in a new
+    session (its own process group), stdin from /dev/null, stdout and stderr to pipes;
+    return its pid and the read ends of the pipes. OSError if it cannot be started (an
+    execve error: not found, not executable, no #!). ``search``: look for ``path`` on this
+    process's PATH. How: :mod:`cloudkon.spawn`."""
+    out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
+    err_r, err_w = os.pipe()
+    try:
+        pid = spawner()(path, argv, env, (_devnull(), out_w, err_w), search)
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    return pid, out_r, err_r
 
-    Popen rather than os.posix_spawn: on Linux it vforks with the GIL released, so one
-    worker starting a task does not stall the others (posix_spawn holds the GIL).
-    """
-    return subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True, env=env,
-    )
+
+_DEVNULL: int | None = None
 
 
-def _reap(proc: subprocess.Popen) -> tuple[int, bool]:
-    """Wait for ``proc``; return its returncode (-N: ended by signal N) and whether it
+def _devnull() -> int:
+    """One descriptor of /dev/null (close-on-exec) for every task's stdin, opened once."""
+    global _DEVNULL
+    if _DEVNULL is None:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        with _DEVNULL_LOCK:
+            if _DEVNULL is None:
+                _DEVNULL, fd = fd, None
+        if fd is not None:
+            os.close(fd)
+    return _DEVNULL
+
+
+_DEVNULL_LOCK = threading.Lock()
+
+
+def _env_items(env: dict[bytes, bytes]) -> list[bytes]:
+    """``env`` as b"NAME=value" items, without the ids each task sets."""
+    return [name + b"=" + value for name, value in env.items() if name not in _TASK_IDS]
+
+
+def _reap(pid: int) -> tuple[int, bool]:
+    """Wait for ``pid``; return its exit code (-N: ended by signal N) and whether it
     dumped core."""
     try:
-        _, status = os.waitpid(proc.pid, 0)
-    except ChildProcessError:  # reaped elsewhere
-        return proc.wait(), False
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as subprocess does, 0
+        return 0, False
+    return os.waitstatus_to_exitcode(status), os.WIFSIGNALED(status) and os.WCOREDUMP(status)
 
 
 def _pidfd_open(pid: int) -> int | None:

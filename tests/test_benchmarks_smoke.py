@@ -39,7 +39,8 @@ def test_before_after_compares_two_revisions_at_a_tiny_scale():
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    for line in ("after / bare loop", "after / xargs", "peak RSS: 1M after"):
+    for line in ("after / bare loop", "after / xargs", "spawn floor: os.posix_spawn",
+                 "mixed x1:", "peak RSS: 1M after"):
         assert line in proc.stdout, proc.stdout
 
 

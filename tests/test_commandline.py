@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from cloudkon.commandline import direct_argv
+import cloudkon.spawn
+from cloudkon.commandline import direct_argv, find_program
 from cloudkon.executor import Executor
 from cloudkon.model import Result, task_id
 
@@ -102,3 +103,68 @@ def test_a_timed_out_direct_task_is_ended_by_its_signal_as_under_the_shell(scrip
     result = Result._make(Executor(timeout=0.3).run("job", 1, "/bin/sleep 5"))
 
     assert (result.status, result.exit_code, result.signal) == ("timed_out", None, "SIGTERM")
+
+
+# How the program is found and started: the other ways give the same results.
+
+SHORT_CORPUS = ["true", "false", "nosuchprog a b", "./noshebang", "./pipe.sh", "./exit5.sh",
+                "printenv PWD", "ls -d .", "./notexecutable.sh", "/tmp"]
+
+
+@pytest.mark.parametrize("command", SHORT_CORPUS)
+def test_a_task_path_other_than_the_workers_is_searched_as_the_shell_would(
+        scripts, monkeypatch, command):
+    # The task gets its own PATH (here: with the scripts' folder first), not the worker's.
+    monkeypatch.setenv("PATH", f"{scripts}:{os.environ['PATH']}")
+    environ = {k.encode(): v.encode() for k, v in os.environ.items()}
+    executor = Executor(timeout=30)
+    monkeypatch.setenv("PATH", "/nowhere")  # the worker's PATH is another one now
+
+    ours = Result._make(executor.run("job", 1, command))
+    monkeypatch.setenv("PATH", environ[b"PATH"].decode())
+    theirs = through_the_shell(1, command)
+
+    assert normalised(ours, command) == normalised(theirs, command)
+
+
+@pytest.mark.parametrize("command", SHORT_CORPUS)
+def test_a_task_started_with_os_posix_spawn_has_the_same_results(scripts, monkeypatch, command):
+    monkeypatch.setattr(cloudkon.spawn, "_spawner", cloudkon.spawn._os_spawn)
+
+    ours = Result._make(Executor(timeout=30).run("job", 1, command))
+
+    assert normalised(ours, command) == normalised(through_the_shell(1, command), command)
+
+
+def test_the_program_found_is_the_first_executable_file_on_the_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder, mode in (("a", 0o644), ("b", 0o755), ("c", 0o755)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "prog").write_text("#!/bin/sh\n")
+        (tmp_path / folder / "prog").chmod(mode)
+    (tmp_path / "b" / "dir").mkdir()
+    (tmp_path / "here").write_text("#!/bin/sh\n")
+    (tmp_path / "here").chmod(0o755)
+    path = b"a:b:c"
+
+    assert find_program("prog", {b"PATH": path}) == b"b/prog"  # a/prog is not executable
+    assert find_program("dir", {b"PATH": b"b:c"}) is None  # a folder is no program
+    assert find_program("here", {b"PATH": b"a::c"}) == b"here"  # empty entry: this folder
+    assert find_program("./x", {}) == b"./x"  # a slash: the name itself
+    assert find_program("prog", {}) is None  # no PATH: the shell decides
+
+
+@pytest.mark.parametrize("libc", ["glibc", "other"])
+def test_a_task_inherits_no_descriptor_of_the_worker_beyond_0_1_2(tmp_path, monkeypatch, libc):
+    if libc == "other":  # os.posix_spawn, after the worker's descriptors are made close-on-exec
+        monkeypatch.setattr(cloudkon.spawn, "_spawner", None)
+        monkeypatch.setattr(cloudkon.spawn.os, "confstr", lambda name: None)
+    inherited = os.open(tmp_path / "held", os.O_WRONLY | os.O_CREAT)
+    os.set_inheritable(inherited, True)  # as a descriptor the worker was started with
+    try:
+        for command in ("ls /proc/self/fd", "sh -c 'ls /proc/$$/fd'"):
+            result = Result._make(Executor(timeout=30).run("job", 1, command))
+            assert result.status == "succeeded", result
+            assert str(inherited) not in result.stdout.split(), (command, result.stdout)
+    finally:
+        os.close(inherited)

@@ -37,6 +37,8 @@ from aws_fixtures import _answers, _free_port, _stop
 from iam_policy import Policy, Request, covers, request_of
 from submit_helpers import load_app
 
+from cloudkon.limits import DEFAULT_TASKS_PER_BUNDLE, TAIL_HELD_BUNDLES
+
 ROOT = Path(__file__).resolve().parent.parent
 IAM = ROOT / "deploy" / "iam"
 ACCOUNT = "123456789012"  # moto's account for any access key
@@ -166,8 +168,11 @@ def _run_every_role(tmp_path: Path, cloudkon, write_workload, wait_until, monkey
         direct = write_workload("echo d 1\necho d 2\n", "direct.txt")
         as_client("submit", "--direct", "--job-id", "d1", "--wait", "--timeout", 60, direct)
         # Outputs too large for a message: the worker spills them, collect reads and removes
-        # them (the ramp puts lines 4 to 7 in one bundle of 4 x 64,000 characters).
-        large = write_workload("head -c 48000 /dev/urandom | base64 -w0\n" * 7, "large.txt")
+        # them (the first bundle holds 100 commands, 7 x 64,000 characters among them; the
+        # short commands after them make the job's small end, cut in bundles of its own).
+        large = write_workload("head -c 48000 /dev/urandom | base64 -w0\n" * 7
+                               + "true\n" * (TAIL_HELD_BUNDLES + 1) * DEFAULT_TASKS_PER_BUNDLE,
+                               "large.txt")
         as_client("submit", "--direct", "--job-id", "big1", "--wait", "--timeout", 60, large)
         as_client("status")  # queues, workers, jobs
         slow = write_workload("/bin/sleep 20\n/bin/sleep 20\n", "slow.txt")

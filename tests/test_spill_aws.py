@@ -15,18 +15,20 @@ import pytest
 from aws_fixtures import REGION, messages_left
 from submit_helpers import BUCKET_SUFFIX, make_bucket, read_results
 
-from cloudkon.limits import MAX_TAIL_BYTES
+from cloudkon.limits import DEFAULT_TASKS_PER_BUNDLE, MAX_TAIL_BYTES, TAIL_HELD_BUNDLES
 from cloudkon.model import SUCCEEDED
 from submitter.collect import Collector
 from submitter.deployment import Deployment
 
 MEDIUM = 9  # outputs of 64,000 characters: 576 KB in a message, over 360 KiB packed
 BLOB_BYTES = 5_000_000
-# `submit` ramps bundles up (1, 2, 4, 8 commands, then 16): after this many short ones the
-# large outputs share one bundle.
+# `submit` makes bundles of 100 commands (DEFAULT_TASKS_PER_BUNDLE), and cuts the job's
+# last TAIL_HELD_BUNDLES bundles small: the large outputs share the first bundle, and more
+# than those last bundles' worth of short commands follow them.
 RAMP = 15
 BIG = RAMP + 1  # the line of the first large output
-TASKS = RAMP + 2 + MEDIUM
+TRAIL = (TAIL_HELD_BUNDLES + 1) * DEFAULT_TASKS_PER_BUNDLE
+TASKS = RAMP + 2 + MEDIUM + TRAIL
 
 
 @pytest.fixture
@@ -42,11 +44,12 @@ def spilling(provisioned, start_worker, wait_until):
 
 def _workload(blob=None) -> str:
     """RAMP short tasks, then (with ``blob``) two 5 MB binary outputs, then MEDIUM medium
-    ones: the large outputs share one bundle."""
+    ones, then TRAIL short ones: the large outputs share one bundle."""
     lines = ["true"] * RAMP
     if blob is not None:
         lines += [f"cat {blob}", f"head -c {BLOB_BYTES} /dev/urandom"]
     lines += ["head -c 48000 /dev/urandom | base64 -w0"] * MEDIUM  # 64,000 characters each
+    lines += ["true"] * TRAIL
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +78,7 @@ def test_large_and_binary_outputs_spill_and_are_collected_whole(
         blob.read_bytes()[-MAX_TAIL_BYTES:]
     assert len(base64.b64decode(records[BIG + 1]["stdout_base64"])) == MAX_TAIL_BYTES
     assert all(len(records[n]["stdout"]) == 64_000 and "stdout_base64" not in records[n]
-               for n in range(BIG + 2, TASKS + 1))
+               for n in range(BIG + 2, BIG + 2 + MEDIUM))
     assert messages_left(boto3.client("sqs", region_name=REGION), config.dead_letter_queue) == 0
     assert "spilled results" in worker.log and "cut" not in worker.log
     # The message's object was removed by collect; the lease item's stays for read-backs.
@@ -109,7 +112,9 @@ def test_a_spilled_object_that_is_gone_is_reported_by_collect_in_one_line(
     assert "Traceback" not in collected.stderr
     gone = [line for line in collected.stderr.splitlines() if "cannot be read" in line]
     assert len(gone) == 1 and f"spill/{job_id}/results-" in gone[0] and "are gone" in gone[0]
-    assert f"{MEDIUM} of {RAMP + MEDIUM} tasks have no result" in collected.stderr
+    # The first bundle's (the medium outputs' and the commands around them) are missing.
+    missing = DEFAULT_TASKS_PER_BUNDLE
+    assert f"{missing} of {RAMP + MEDIUM + TRAIL} tasks have no result" in collected.stderr
     assert messages_left(sqs, config.output_queue) == 0  # dropped, not cycling
 
 

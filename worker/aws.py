@@ -33,9 +33,6 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
     NotSetUpError names what is missing. The signing key, if named, is read first (a key
     that cannot be read is a UsageError); without one, a warning says so."""
     signer = load_signer(deployment.signing_key, deployment, config.replay_window_seconds)
-    if signer is None:
-        log.warning("no signing key configured (--signing-key, %s): bundles are run unchecked,"
-                    " whoever sent them, and results are not signed", SIGNING_KEY_VARIABLE)
     if create:
         for resource in resources.setup(deployment, config.visibility_seconds, bucket=False,
                                         update=False):
@@ -50,6 +47,9 @@ def aws_worker(deployment: AwsConfig, config: WorkerConfig, batch_size: int,
             resources.check(deployment)
         except NotSetUpError as exc:
             raise resources.not_set_up(deployment, exc) from None
+    if signer is None:  # said once the deployment is known to be there
+        log.warning("no signing key configured (--signing-key, %s): bundles are run unchecked,"
+                    " whoever sent them, and results are not signed", SIGNING_KEY_VARIABLE)
     connections = config.threads + _EXTRA_CONNECTIONS
     # The heartbeat's calls go through clients of their own, with short time-outs.
     beats = min(config.threads, HEARTBEAT_MAX_CONCURRENT) + _EXTRA_CONNECTIONS

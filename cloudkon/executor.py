@@ -29,6 +29,9 @@ SHELL = "/bin/sh"
 _SHELL_PATH = os.fsencode(SHELL)
 _TASK_IDS = (b"CLOUDKON_JOB_ID", b"CLOUDKON_TASK_ID", b"CLOUDKON_LINE")
 _READ_CHUNK = 65536
+# How long close() waits for tasks being started to be watched by the guardian: a spawn
+# takes milliseconds; a thread stuck longer is not waited for.
+CLOSE_WAIT_SECONDS = 5.0
 # The longest a wait for a task's output goes without looking at the clock (and, where
 # there is no pidfd, whether the task has exited).
 _POLL_SECONDS = 0.25
@@ -60,6 +63,8 @@ class Executor:
         self.tail_bytes = tail_bytes
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
+        self._starting = 0  # tasks between their spawn and their guardian's watch
+        self._started = threading.Condition(self._lock)
         # pid (= process group id) -> (job id, handle), of running tasks
         self._running: dict[int, tuple[str, TaskHandle | None]] = {}
         self._cancelled_jobs: set[str] = set()
@@ -73,7 +78,10 @@ class Executor:
         self._guardian = Guardian()  # started at the first shell task
 
     def close(self) -> None:
-        """End the guardian process (it kills any task group still running)."""
+        """End the guardian process (it kills any task group still running), once the tasks
+        being started are watched (a task that starts after it is killed at once)."""
+        with self._started:
+            self._started.wait_for(lambda: not self._starting, timeout=CLOSE_WAIT_SECONDS)
         self._guardian.close()
 
     @property
@@ -170,39 +178,48 @@ class Executor:
         ids = [b"CLOUDKON_JOB_ID=" + job_id.encode(),
                b"CLOUDKON_TASK_ID=" + task_id(job_id, line).encode(),
                b"CLOUDKON_LINE=%d" % line]
-        self._guardian.start()  # once, before the first task (after that, a no-op)
-        started = None
-        argv = direct_argv(command)
-        if argv is not None:
-            program = argv[0]
-            search = self._direct_env.get(b"PATH")
-            if "/" not in program and search is not None and search == os.environb.get(b"PATH"):
-                # The task's PATH is this process's: libc searches it in the child.
-                path, search = os.fsencode(program), True
-            else:
-                path, search = find_program(program, self._direct_env), False
-            if path is not None:
-                try:
-                    started = _spawn(path, [os.fsencode(a) for a in argv],
-                                     self._direct_env_items + ids, search)
-                except OSError:
-                    pass
+        with self._lock:  # close() waits for starts in progress: none is left unwatched
+            self._starting += 1
+        try:
+            self._guardian.start()  # once, before the first task (after that, a no-op)
+            started = None
+            argv = direct_argv(command)
+            if argv is not None:
+                program = argv[0]
+                search = self._direct_env.get(b"PATH")
+                if "/" not in program and search is not None and search == os.environb.get(b"PATH"):
+                    # The task's PATH is this process's: libc searches it in the child.
+                    path, search = os.fsencode(program), True
+                else:
+                    path, search = find_program(program, self._direct_env), False
+                if path is not None:
+                    try:
+                        started = _spawn(path, [os.fsencode(a) for a in argv],
+                                         self._direct_env_items + ids, search)
+                    except OSError:
+                        pass
+                if started is None:
+                    # Not found, not executable, a script without #!: the shell says it in its
+                    # own words (or runs the script), as it would have.
+                    argv = None
             if started is None:
-                # Not found, not executable, a script without #!: the shell says it in its
-                # own words (or runs the script), as it would have.
-                argv = None
-        if started is None:
-            try:
-                started = _spawn(_SHELL_PATH, [_SHELL_PATH, b"-c", os.fsencode(command)],
-                                 self._env_items + ids)
-            except OSError as exc:
-                return (line, command, FAILED, None, None, start, time.time(), "",
-                        f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
-        pid, out_fd, err_fd = started
-        self._guardian.watch(pid)
+                try:
+                    started = _spawn(_SHELL_PATH, [_SHELL_PATH, b"-c", os.fsencode(command)],
+                                     self._env_items + ids)
+                except OSError as exc:
+                    return (line, command, FAILED, None, None, start, time.time(), "",
+                            f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
+            pid, out_fd, err_fd = started
+            guarded = self._guardian.watch(pid)
+        finally:
+            with self._lock:
+                self._starting -= 1
+                if not self._starting:
+                    self._started.notify_all()
         with self._lock:
             self._running[pid] = (job_id, handle)
-        if self._ended(job_id, handle):  # a cancel came while it started, and missed it
+        if self._ended(job_id, handle) or not guarded:
+            # A cancel came while it started, and missed it; or the executor closed.
             _kill_group(pid, signal.SIGKILL)
         try:
             stdout, stderr, timed_out = self._wait(pid, out_fd, err_fd)

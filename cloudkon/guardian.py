@@ -94,14 +94,16 @@ def main() -> int:
 
 class Guardian:
     """The executor's handle on its guardian process, started by ``start()``.
-    ``watch(pgid)`` and ``release(pgid)`` cost one short write each (atomic on a pipe, so
-    threads need no lock); ``close()`` ends the guardian, killing what is still watched."""
+    ``watch(pgid)`` and ``release(pgid)`` cost one short write each (atomic on a pipe);
+    ``close()`` ends the guardian, killing what is still watched, and a ``watch`` after it
+    says so, for the caller to end the group itself."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # only for the start
+        self._lock = threading.Lock()  # the start, and a watch against the close
         self._proc: subprocess.Popen | None = None
         self._fd: int | None = None
         self._failed = False  # could not start, or died: tasks run on unguarded
+        self._closed = False
 
     def start(self) -> None:
         """Start the guardian process unless it runs: before the first task starts, so that
@@ -109,9 +111,22 @@ class Guardian:
         if self._fd is None:
             self._start()
 
-    def watch(self, pgid: int) -> None:
-        """From now until ``release(pgid)``, group ``pgid`` is killed if this process dies."""
-        self._send(b"+ %d\n" % pgid)
+    def watch(self, pgid: int) -> bool:
+        """From now until ``release(pgid)``, group ``pgid`` is killed if this process dies;
+        False if the guardian was closed first (a task that started while its executor
+        closed): the caller ends the group itself."""
+        with self._lock:  # either in the pipe before the close's end of file, or refused
+            if self._closed:
+                return False
+            fd = self._fd
+            if fd is not None:
+                try:
+                    os.write(fd, b"+ %d\n" % pgid)
+                    return True
+                except OSError:
+                    pass
+        self._send(b"+ %d\n" % pgid)  # the guardian is gone: said once
+        return True
 
     def release(self, pgid: int) -> None:
         """Forget group ``pgid``: call it before its leader is reaped."""
@@ -122,6 +137,7 @@ class Guardian:
         """Close the pipe (the guardian kills what is still watched) and reap the guardian."""
         with self._lock:
             proc, self._proc, self._fd = self._proc, None, None
+            self._closed = True
         if proc is not None:
             proc.stdin.close()
             proc.wait()

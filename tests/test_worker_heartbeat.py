@@ -123,7 +123,9 @@ def test_the_heartbeat_keeps_up_with_1024_bundles_on_a_slow_store(harness):
     # the worker would end and give up the bundles whose beats did not land (`expired`).
     # (The tasks are CloudKon's `sleep N`, in milliseconds: a minute.)
     harness.leases = SlowLeaseStore(harness.clock, delay=0.05)
-    n, visibility = 1024, 9  # a beat every 3 s, a lease of 8.1 s
+    # A beat every 5 s, a lease of 13.5 s: room for a machine loaded by other tests to
+    # start 1,024 threads, and still a quarter of what beats one after the other would take.
+    n, visibility = 1024, 15
     bundles = [Bundle("many", seq, [(seq + 1, "sleep 60000")]) for seq in range(n)]
     harness.inbox.send_batch([encode_bundle(b, "out") for b in bundles])
     worker = harness.start(threads=n, visibility=visibility)

@@ -118,13 +118,12 @@ def test_a_hung_heartbeat_ends_its_bundle_and_gives_the_lease_up_while_others_be
 
 
 def test_the_heartbeat_keeps_up_with_1024_bundles_on_a_slow_store(harness):
-    # Each beat's lease write takes 50 ms: one after the other, 1,024 take 51 s, far longer
-    # than a lease; on the beat pool every bundle is beaten before its lease runs out, or
-    # the worker would end and give up the bundles whose beats did not land (`expired`).
-    # (The tasks are CloudKon's `sleep N`, in milliseconds: a minute.)
-    harness.leases = SlowLeaseStore(harness.clock, delay=0.05)
-    # A beat every 5 s, a lease of 13.5 s: room for a machine loaded by other tests to
-    # start 1,024 threads, and still a quarter of what beats one after the other would take.
+    # Each beat's lease write takes 20 ms: one after the other, 1,024 take 20.5 s, half as
+    # long again as a lease; on the beat pool every bundle is beaten before its lease runs
+    # out, or the worker would end and give up the bundles whose beats did not land
+    # (`expired`). (The tasks are CloudKon's `sleep N`, in milliseconds: a minute.)
+    harness.leases = SlowLeaseStore(harness.clock, delay=0.02)
+    # A beat every 5 s, a lease of 13.5 s: room for a machine loaded by other tests.
     n, visibility = 1024, 15
     bundles = [Bundle("many", seq, [(seq + 1, "sleep 60000")]) for seq in range(n)]
     harness.inbox.send_batch([encode_bundle(b, "out") for b in bundles])

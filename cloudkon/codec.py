@@ -54,7 +54,7 @@ from cloudkon.limits import (
     RESULTS_INLINE_MAX_BYTES,
     SQS_DEFAULT_MAX_MESSAGE_BYTES,
 )
-from cloudkon.model import STATUSES, Bundle, ResultBundle, bundle_key
+from cloudkon.model import STATUSES, Bundle, ResultBundle, bundle_key, is_utf8
 from cloudkon.signing import SEAL_BYTES, SIGNATURE_CHARS, Signer, split_signed, unseal
 from cloudkon.spill import SpillStore, check_pointer, job_folder
 
@@ -304,17 +304,13 @@ def _wire_text(text: str) -> str | dict:
     """An output tail as it travels: the string if it is UTF-8, else its bytes (kept by the
     executor as surrogate escapes) in base64, 4/3 of their size rather than the 6 bytes of
     a JSON escape per byte."""
-    if text.isascii():
+    if is_utf8(text):
         return text
     try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        try:
-            data = text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:  # a lone surrogate no executor makes (a forged message's)
-            data = text.encode("utf-8", "replace")
-        return {_B64: base64.b64encode(data).decode("ascii")}
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no executor makes (a forged message's)
+        data = text.encode("utf-8", "replace")
+    return {_B64: base64.b64encode(data).decode("ascii")}
 
 
 def _text(value: object) -> object:

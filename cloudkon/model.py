@@ -109,16 +109,23 @@ class Result(NamedTuple):
         }
 
 
-def _readable(text: str) -> str:
-    """An output tail as text: bytes that are not UTF-8 as U+FFFD."""
+def is_utf8(text: str) -> bool:
+    """Whether an output tail is text as it stands (no bytes kept as surrogate escapes)."""
     if text.isascii():
-        return text
+        return True
     try:
         text.encode("utf-8")
-        return text
+        return True
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
-            if _escapes_only(text) else text.encode("utf-8", "replace").decode("utf-8")
+        return False
+
+
+def _readable(text: str) -> str:
+    """An output tail as text: bytes that are not UTF-8 as U+FFFD."""
+    if is_utf8(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
+        if _escapes_only(text) else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _escapes_only(text: str) -> bool:

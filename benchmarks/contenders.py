@@ -215,8 +215,9 @@ class RemoteCloudKon(Contender):
         assert ctx.moto is not None, "the remote flavour needs the moto server"
         prefix = self._setup(ctx)
         worker = [PYTHON, "-m", "cloudkon", "worker", "--prefix", prefix, "--no-create",
-                  "--threads", str(self.threads), "--wait-seconds", str(FLEET_WAIT_SECONDS),
-                  "--liveness-seconds", "3600", *self._batch()]
+                  "--bucket-suffix", "bench", "--threads", str(self.threads),
+                  "--wait-seconds", str(FLEET_WAIT_SECONDS), "--liveness-seconds", "3600",
+                  *self._batch()]
         tag = f"{self.name}-{files.name}-{uuid.uuid4().hex[:6]}"
         self._fleet = _Fleet([worker] * self.processes, "serving queue", ctx, tag)
         ctx.moto.reset()

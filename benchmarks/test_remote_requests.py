@@ -90,7 +90,8 @@ def _measure(moto, tmp_path, tasks: int, line: str, report_name: str) -> float:
     env = child_env(moto.env())
 
     aws = ("--prefix", config.prefix)
-    workers = [subprocess.Popen(_cloudkon("worker", *aws, "--no-create", "--threads", THREADS),
+    workers = [subprocess.Popen(_cloudkon("worker", *aws, "--no-create", "--bucket-suffix",
+                                          BUCKET_SUFFIX, "--threads", THREADS),
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=(tmp_path / f"w{i}.log").open("wb"))
                for i in range(WORKERS)]

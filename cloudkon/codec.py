@@ -420,18 +420,25 @@ class WireCodec:
         return [self.signer.sign(body, RESULTS, bundle.job_id) for body in bodies]
 
     def _unsigned_results_bodies(self, bundle: ResultBundle) -> list[str]:
+        """The results split over messages where they do not fit one (cheaper than S3: a
+        batch sends ten); a single result that does not fit alone (tails full of characters
+        JSON escapes) is spilled, when a spill store is at hand, and pointed to."""
         room = SQS_DEFAULT_MAX_MESSAGE_BYTES - (SIGNATURE_CHARS if self.signer else 0)
         if self.spill is None:
             return results_bodies(bundle, room)
-        body = encode_results(bundle)
-        if len(body) <= RESULTS_INLINE_MAX_BYTES:
-            return [body]
-        what = f"results-{bundle_key(bundle.job_id, bundle.seq, bundle.attempt)}"
-        pointer = self.spill.put(bundle.job_id, what.replace("#", "-"), body.encode("ascii"))
-        doc = {**_version(bundle.attempt), "kind": RESULTS, "job": bundle.job_id,
-               "seq": bundle.seq, "worker": bundle.worker, "sent_at": bundle.sent_at,
-               SPILL: pointer}
-        return [_dumps(doc)]
+        limit = min(room, RESULTS_INLINE_MAX_BYTES)
+        bodies = []
+        for body in results_bodies(bundle, limit):
+            if len(body) > limit:
+                what = f"results-{bundle_key(bundle.job_id, bundle.seq, bundle.attempt)}"
+                pointer = self.spill.put(bundle.job_id, what.replace("#", "-"),
+                                         body.encode("ascii"))
+                body = _dumps({**_version(bundle.attempt), "kind": RESULTS,
+                               "job": bundle.job_id, "seq": bundle.seq,
+                               "worker": bundle.worker, "sent_at": bundle.sent_at,
+                               SPILL: pointer})
+            bodies.append(body)
+        return bodies
 
     def decode_results(self, body: str | bytes) -> ResultBundle:
         """The results in a results message body, its signature checked if this reader

@@ -388,13 +388,10 @@ class Collector:
                     extra={"job_id": self.job_id})
 
     def _spill_gone(self, bundle: ResultBundle, exc: CodecError) -> None:
-        """A results message whose spilled results cannot be read: said once (unless the
-        bundle's results are already in), the bundle is left to the lease store."""
+        """A results message whose spilled results cannot be read: said, and the bundle is
+        left to the lease store (a pointer does not say which of the bundle's results it
+        holds: its other messages may have come in already)."""
         ids = {"job_id": self.job_id, "bundle": bundle.seq}
-        if (bundle.attempt, bundle.seq) in self._seqs:
-            log.debug("job %s: bundle %d's results came again, spilled, and cannot be read"
-                      " (%s); they are already in", self.job_id, bundle.seq, exc, extra=ids)
-            return
         log.warning("job %s: bundle %d's results cannot be read: %s; they are read back from"
                     " the lease table instead", self.job_id, bundle.seq, exc, extra=ids)
 

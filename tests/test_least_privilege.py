@@ -167,10 +167,12 @@ def _run_every_role(tmp_path: Path, cloudkon, write_workload, wait_until, monkey
         as_client("retry", "up1", "--failed")  # reads the object's version, sends attempt 2
         direct = write_workload("echo d 1\necho d 2\n", "direct.txt")
         as_client("submit", "--direct", "--job-id", "d1", "--wait", "--timeout", 60, direct)
-        # Outputs too large for a message: the worker spills them, collect reads and removes
-        # them (the first bundle holds 100 commands, 7 x 64,000 characters among them; the
-        # short commands after them make the job's small end, cut in bundles of its own).
+        # Outputs too large for a message and a lease item: the worker spills them, collect
+        # reads and removes them (the first bundle holds 100 commands, 7 x 64,000
+        # characters and one result of 360 KB in JSON among them; the short commands after
+        # them make the job's small end, cut in bundles of its own).
         large = write_workload("head -c 48000 /dev/urandom | base64 -w0\n" * 7
+                               + "head -c 60000 /dev/zero | tr '\\0' '\\1'\n"
                                + "true\n" * (TAIL_HELD_BUNDLES + 1) * DEFAULT_TASKS_PER_BUNDLE,
                                "large.txt")
         as_client("submit", "--direct", "--job-id", "big1", "--wait", "--timeout", 60, large)

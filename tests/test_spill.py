@@ -48,6 +48,10 @@ def _as_tail(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+# 60,000 control characters: 360 KB of JSON escapes, a result over a message alone.
+ESCAPING = "\x01" * 60_000
+
+
 def _result(line: int, out: str = "", err: str = "") -> tuple:
     return (line, f"task {line}", SUCCEEDED, 0, None, T0 + line, T0 + line + 0.5, out, err)
 
@@ -153,8 +157,7 @@ def test_small_results_stay_in_the_message_and_large_ones_spill_behind_a_pointer
         ResultBundle("job-s", 3, small.results, T0, "w1", 4))]
     assert not spill.objects
 
-    large = ResultBundle("job-s", 4, [_result(n, _noise_text(60_000)) for n in range(1, 8)],
-                         T0, "w1", attempt=2)
+    large = ResultBundle("job-s", 4, [_result(1, ESCAPING)], T0, "w1", attempt=2)
     bodies = codec.results_bodies(large)
     assert len(bodies) == 1 and len(bodies[0]) < 1024  # a pointer, not the results
     pointer = json.loads(bodies[0])["spill"]
@@ -192,8 +195,7 @@ def test_stored_results_beyond_the_lease_item_spill_and_read_back_whole():
 def test_a_spilled_object_that_changed_is_refused():
     spill = MemorySpillStore()
     codec = WireCodec(spill=spill)
-    body = codec.results_bodies(ResultBundle(
-        "job-c", 0, [_result(n, _noise_text(60_000)) for n in range(1, 8)], T0))[0]
+    body = codec.results_bodies(ResultBundle("job-c", 0, [_result(1, ESCAPING)], T0))[0]
     key = json.loads(body)["spill"]["key"]
     spill.objects[key] = spill.objects[key][:-1] + b" "
     with pytest.raises(SpillError, match="do not match their SHA-256"):
@@ -215,7 +217,9 @@ def _spilled_run(job_id: str, lines: int = 9):
     with a bucket leaves them: (queue, leases, spill store, the results)."""
     spill = MemorySpillStore()
     codec = WireCodec(spill=spill)
-    results = [_result(n, _noise_text(60_000)) for n in range(1, lines + 1)]
+    # Line 1's stderr is over a message alone: its message spills, the others' stay inline.
+    results = [_result(n, _noise_text(60_000), ESCAPING if n == 1 else "")
+               for n in range(1, lines + 1)]
     broker = MemoryBroker()
     broker.create("output")
     out = broker.queue("output")
@@ -246,7 +250,7 @@ def test_a_gone_spilled_object_is_one_warning_and_the_lease_copy_is_read(caplog)
     written: list[ResultBundle] = []
     collection = Collector("job-g", out, _job("job-g", 9), leases, on_results=written.append,
                            quiet_seconds=0, codec=WireCodec(spill=spill)).run(timeout=5)
-    assert collection.complete and collection.recovered == 9
+    assert collection.complete and collection.recovered == 1  # line 1, whose message spilled
     assert sorted(r[7] for b in written for r in b.results) == sorted(r[7] for r in results)
     gone = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
     assert gone == [(f"job job-g: bundle 0's results cannot be read: spilled results"
@@ -260,7 +264,7 @@ def test_when_every_spilled_copy_is_gone_the_collection_says_so_and_ends_incompl
     caplog.set_level(logging.WARNING)
     collection = Collector("job-h", out, _job("job-h", 9), leases, quiet_seconds=0,
                            codec=WireCodec(spill=spill)).run(timeout=1)
-    assert not collection.complete and collection.missing_count == 9
+    assert not collection.complete and collection.missing_count == 1  # line 1
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "bundle 0's results cannot be read" in said
     assert "bundle 0's stored results do not unpack: spilled results" in said
@@ -293,8 +297,7 @@ def test_any_pointer_in_a_message_or_a_lease_item_is_followed_or_refused(pointer
 def test_a_pointer_to_another_bucket_or_job_is_refused_without_fetching(change, said):
     spill = MemorySpillStore()
     codec = WireCodec(spill=spill)
-    body = codec.results_bodies(ResultBundle(
-        "job-p", 0, [_result(n, _noise_text(60_000)) for n in range(1, 8)], T0))[0]
+    body = codec.results_bodies(ResultBundle("job-p", 0, [_result(1, ESCAPING)], T0))[0]
     doc = json.loads(body)
     doc["spill"].update(change)
     with pytest.raises(CodecError, match=said):

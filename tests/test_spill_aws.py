@@ -28,7 +28,8 @@ BLOB_BYTES = 5_000_000
 RAMP = 15
 BIG = RAMP + 1  # the line of the first large output
 TRAIL = (TAIL_HELD_BUNDLES + 1) * DEFAULT_TASKS_PER_BUNDLE
-TASKS = RAMP + 2 + MEDIUM + TRAIL
+ESCAPED = RAMP + 2 + MEDIUM + 1  # the line whose output JSON escapes: 6 bytes a byte
+TASKS = RAMP + 3 + MEDIUM + TRAIL
 
 
 @pytest.fixture
@@ -44,11 +45,14 @@ def spilling(provisioned, start_worker, wait_until):
 
 def _workload(blob=None) -> str:
     """RAMP short tasks, then (with ``blob``) two 5 MB binary outputs, then MEDIUM medium
-    ones, then TRAIL short ones: the large outputs share one bundle."""
+    ones and one that escapes, then TRAIL short ones: the large outputs share one bundle,
+    whose results are split over messages, but for the one that escapes, spilled."""
     lines = ["true"] * RAMP
     if blob is not None:
         lines += [f"cat {blob}", f"head -c {BLOB_BYTES} /dev/urandom"]
     lines += ["head -c 48000 /dev/urandom | base64 -w0"] * MEDIUM  # 64,000 characters each
+    # 60,000 control characters: a result of 360 KB in JSON, over a message alone.
+    lines += ["head -c 60000 /dev/zero | tr '\\0' '\\1'"]
     lines += ["true"] * TRAIL
     return "\n".join(lines) + "\n"
 
@@ -79,6 +83,7 @@ def test_large_and_binary_outputs_spill_and_are_collected_whole(
     assert len(base64.b64decode(records[BIG + 1]["stdout_base64"])) == MAX_TAIL_BYTES
     assert all(len(records[n]["stdout"]) == 64_000 and "stdout_base64" not in records[n]
                for n in range(BIG + 2, BIG + 2 + MEDIUM))
+    assert records[ESCAPED]["stdout"] == "\x01" * 60_000  # spilled, and read back whole
     assert messages_left(boto3.client("sqs", region_name=REGION), config.dead_letter_queue) == 0
     assert "spilled results" in worker.log and "cut" not in worker.log
     # The message's object was removed by collect; the lease item's stays for read-backs.
@@ -111,10 +116,10 @@ def test_a_spilled_object_that_is_gone_is_reported_by_collect_in_one_line(
     assert collected.returncode == 1, collected.stderr
     assert "Traceback" not in collected.stderr
     gone = [line for line in collected.stderr.splitlines() if "cannot be read" in line]
-    assert len(gone) == 1 and f"spill/{job_id}/results-" in gone[0] and "are gone" in gone[0]
-    # The first bundle's (the medium outputs' and the commands around them) are missing.
-    missing = DEFAULT_TASKS_PER_BUNDLE
-    assert f"{missing} of {RAMP + MEDIUM + TRAIL} tasks have no result" in collected.stderr
+    assert len(gone) == 1 and f"spill/{job_id}/results-" in gone[0] and "are gone" in gone[0], \
+        collected.stderr
+    # The spilled result's: its message is dropped, and the lease's copy is gone too.
+    assert f"1 of {RAMP + MEDIUM + 1 + TRAIL} tasks have no result" in collected.stderr
     assert messages_left(sqs, config.output_queue) == 0  # dropped, not cycling
 
 

@@ -28,6 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks.harness import child_env
@@ -156,7 +157,9 @@ class CountingApp:
         return [payload]
 
 
-def main(argv: list[str] | None = None) -> None:
+def serve(host: str, port: int, wrap: Callable) -> None:
+    """Serve moto's app, wrapped by ``wrap`` (a WSGI middleware), on ``host``:``port``
+    until SIGTERM."""
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
@@ -164,17 +167,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     from werkzeug.serving import make_server
 
+    os.environ.setdefault("MOTO_PORT", str(port))
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = make_server(host, port, wrap(DomainDispatcherApplication(create_backend_app)),
+                         threaded=True, request_handler=MotoRequestHandler)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.moto_server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    os.environ.setdefault("MOTO_PORT", str(args.port))
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    app = CountingApp(DomainDispatcherApplication(create_backend_app))
-    server = make_server(args.host, args.port, app, threaded=True,
-                         request_handler=MotoRequestHandler)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    server.serve_forever()
+    serve(args.host, args.port, CountingApp)
 
 
 # --------------------------------------------------------------------------- the client side

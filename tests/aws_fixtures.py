@@ -9,6 +9,7 @@ test names its resources with a prefix of its own. Registered in tests/conftest.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,25 +60,34 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory) -> Iterator[str]:
     """The URL of a moto server that stands in for AWS for this session."""
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    # moto's own server, with DynamoDB's per-item atomicity, which moto lacks: conditional
+    # claims of one key sent at once both succeeded on plain moto.
+    with aws_server(lambda port: [sys.executable, "-m", "benchmarks.moto_server", "--host",
+                                  "127.0.0.1", "--port", str(port)],
+                    tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def aws_server(command: Callable[[int], list[str]], log_path: Path,
+               access_key: str = "testing") -> Iterator[str]:
+    """Start ``command(port)``, a server standing in for AWS on 127.0.0.1, wait (with a
+    deadline) until it answers, and point boto3 at it the standard way (AWS_ENDPOINT_URL,
+    fake credentials with ``access_key``, the region) until the block ends; then stop it."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            # moto's own server, with DynamoDB's per-item atomicity, which moto lacks:
-            # conditional claims of one key sent at once both succeeded on plain moto.
-            [sys.executable, "-m", "benchmarks.moto_server", "--host", "127.0.0.1", "--port",
-             str(port)], cwd=_ROOT,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command(port), cwd=_ROOT, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + MOTO_START_SECONDS
         while not _answers(url):
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the moto server at {url} did not start (exit {proc.poll()}):"
+                pytest.fail(f"the AWS stand-in at {url} did not start (exit {proc.poll()}):"
                             f" {log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll's interval: the loop waits for it to answer
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+            for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": access_key,
                                 "AWS_SECRET_ACCESS_KEY": "testing",
                                 "AWS_DEFAULT_REGION": REGION}.items():
                 mp.setenv(name, value)

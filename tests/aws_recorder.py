@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
-import os
-import signal
 import sys
 import threading
 import urllib.parse
@@ -32,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.moto_server import _s3_operation, operation
+from benchmarks.moto_server import _s3_operation, operation, serve
 
 # The DynamoDB table's partition key attribute (cloudkon.backends.dynamodb.KEY).
 PARTITION_KEY = "pk"
@@ -139,25 +136,12 @@ class RecordingApp:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
-
     parser = argparse.ArgumentParser(prog="python tests/aws_recorder.py")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", required=True)
     args = parser.parse_args(argv)
-    os.environ.setdefault("MOTO_PORT", str(args.port))
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = RecordingApp(DomainDispatcherApplication(create_backend_app), args.log)
-    server = make_server(args.host, args.port, app, threaded=True,
-                         request_handler=MotoRequestHandler)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    server.serve_forever()
+    serve(args.host, args.port, lambda app: RecordingApp(app, args.log))
 
 
 if __name__ == "__main__":

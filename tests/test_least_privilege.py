@@ -27,13 +27,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aws_fixtures import _answers, _free_port, _stop
+from aws_fixtures import aws_server
 from iam_policy import Policy, Request, covers, request_of
 from submit_helpers import load_app
 
@@ -46,7 +45,6 @@ REGION = "us-east-1"
 # The deployment's own names: .chalice/policy-dev.json names the default prefix's resources.
 PREFIX = "cloudkon"
 BUCKET = f"{PREFIX}-workloads-{ACCOUNT}"
-START_SECONDS = 60.0
 # The deployment signs its bundles, with the key in the SSM parameter the policies name.
 SIGNING_KEY = f"ssm:/{PREFIX}-signing-key"
 WORKER_ARGS = ("--no-create", "--threads", 2, "--visibility-timeout", 4, "--wait-seconds", 1,
@@ -103,30 +101,13 @@ def _env(key: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def recorded(tmp_path, monkeypatch):
+def recorded(tmp_path):
     """A moto server of this test's own behind the recorder; returns the calls log's path."""
     calls = tmp_path / "calls.jsonl"
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(tmp_path / "recorder.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "aws_recorder.py"),
-                                 "--port", str(port), "--log", str(calls)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while not _answers(url):
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "recorder.log").read_text()[-2000:]
-            time.sleep(0.1)
-        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": ADMIN_KEY,
-                            "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": REGION}.items():
-            monkeypatch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "CLOUDKON_PREFIX"):
-            monkeypatch.delenv(name, raising=False)
+    with aws_server(lambda port: [sys.executable, str(ROOT / "tests" / "aws_recorder.py"),
+                                  "--port", str(port), "--log", str(calls)],
+                    tmp_path / "recorder.log", access_key=ADMIN_KEY):
         yield calls
-    finally:
-        _stop(proc)
 
 
 def _ok(proc: subprocess.CompletedProcess, *codes: int) -> subprocess.CompletedProcess:

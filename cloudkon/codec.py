@@ -44,11 +44,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import zlib
 from collections.abc import Iterable
 
-from cloudkon.errors import CodecError
+from cloudkon.errors import CloudKonError, CodecError
 from cloudkon.limits import (
     MAX_BUNDLE_TASKS,
     RESULTS_INLINE_MAX_BYTES,
@@ -57,6 +58,8 @@ from cloudkon.limits import (
 from cloudkon.model import STATUSES, Bundle, ResultBundle, bundle_key, is_utf8
 from cloudkon.signing import SEAL_BYTES, SIGNATURE_CHARS, Signer, split_signed, unseal
 from cloudkon.spill import SpillStore, check_pointer, job_folder
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 RETRY_VERSION = 2  # a message of attempt 2 or later: it carries "attempt"
@@ -487,8 +490,16 @@ class WireCodec:
                                          .encode("ascii")), results
             if len(packed) > room:
                 job_id = key.split("#", 1)[0]
-                pointer = self.spill.put(job_id, "stored-" + key.replace("#", "-"), packed)
-                packed = _dumps({SPILL: pointer}).encode("ascii")
+                try:
+                    pointer = self.spill.put(job_id, "stored-" + key.replace("#", "-"),
+                                             packed)
+                    packed = _dumps({SPILL: pointer}).encode("ascii")
+                except CloudKonError as exc:
+                    # The bucket cannot be written (gone, denied): the lease keeps the
+                    # results with their tails cut to fit, rather than none at all.
+                    log.warning("bundle %s: its results could not be spilled (%s); stored"
+                                " with their output tails cut to fit the lease", key, exc)
+                    packed, kept = pack_results(results, room)
         return (packed if self.signer is None else self.signer.seal(packed, key)), kept
 
     def unpack_results(self, data: bytes, tasks: Iterable[tuple[int, str]] | None = None,

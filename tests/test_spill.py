@@ -23,7 +23,7 @@ from cloudkon.codec import (
     pack_results,
     unpack_results,
 )
-from cloudkon.errors import CodecError, SpillError
+from cloudkon.errors import AwsError, CodecError, SpillError
 from cloudkon.executor import Executor
 from cloudkon.limits import (
     LEASE_RESULTS_MAX_BYTES,
@@ -302,3 +302,23 @@ def test_a_pointer_to_another_bucket_or_job_is_refused_without_fetching(change, 
     doc["spill"].update(change)
     with pytest.raises(CodecError, match=said):
         codec.decode_results(json.dumps(doc))
+
+
+class _Unwritable(MemorySpillStore):
+    """A bucket that cannot be written (gone, or the role may not)."""
+
+    def put(self, job_id: str, what: str, data: bytes) -> dict:
+        raise AwsError("put to s3://memory/spill/: AccessDenied: denied", "AccessDenied")
+
+
+def test_stored_results_whose_spill_fails_are_stored_with_tails_cut_not_lost(caplog):
+    codec = WireCodec(spill=_Unwritable())
+    results = [_result(n, _noise_text(60_000)) for n in range(1, 10)]
+    key = bundle_key("job-u", 2)
+    caplog.set_level(logging.WARNING)
+    packed, kept = codec.pack_results(results, LEASE_RESULTS_MAX_BYTES, key)
+    assert len(packed) <= LEASE_RESULTS_MAX_BYTES
+    back = codec.unpack_results(packed, [(r[0], r[1]) for r in results], key)
+    assert [r[0] for r in back] == list(range(1, 10)) and back == kept
+    assert all(len(r[7]) < 60_000 for r in back)  # cut, and said
+    assert any("could not be spilled" in r.getMessage() for r in caplog.records)

@@ -104,6 +104,7 @@ class Guardian:
         self._fd: int | None = None
         self._failed = False  # could not start, or died: tasks run on unguarded
         self._closed = False
+        self._watched: set[int] = set()  # groups watched and not yet released
 
     def start(self) -> None:
         """Start the guardian process unless it runs: before the first task starts, so that
@@ -119,6 +120,7 @@ class Guardian:
             if self._closed:
                 return False
             fd = self._fd
+            self._watched.add(pgid)
             if fd is not None:
                 try:
                     os.write(fd, b"+ %d\n" % pgid)
@@ -130,17 +132,25 @@ class Guardian:
 
     def release(self, pgid: int) -> None:
         """Forget group ``pgid``: call it before its leader is reaped."""
+        self._watched.discard(pgid)
         if self._fd is not None:
             self._send(b"- %d\n" % pgid)
 
     def close(self) -> None:
-        """Close the pipe (the guardian kills what is still watched) and reap the guardian."""
+        """Close the pipe: the guardian kills what is still watched, and exits. With groups
+        still watched, wait for it, so that they are ended on return; with none (a clean
+        end: the usual case), do not wait out its next pause (up to _BATCH_SECONDS, or its
+        start-up): a thread reaps it."""
         with self._lock:
             proc, self._proc, self._fd = self._proc, None, None
             self._closed = True
         if proc is not None:
             proc.stdin.close()
-            proc.wait()
+            if self._watched:
+                proc.wait()
+            else:
+                threading.Thread(target=proc.wait, name="cloudkon-guardian-reaper",
+                                 daemon=True).start()
 
     @property
     def pid(self) -> int | None:

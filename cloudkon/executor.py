@@ -21,7 +21,7 @@ from cloudkon.commandline import direct_argv, find_program, shell_pwd, signal_li
 from cloudkon.guardian import Guardian
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, task_id
-from cloudkon.spawn import spawner
+from cloudkon.spawn import Environ, spawner
 from cloudkon.taskenv import task_environ
 from cloudkon.workload import SLEEP_CACHE, sleep_ms
 
@@ -72,9 +72,9 @@ class Executor:
         self._env: dict[bytes, bytes] = task_environ(task_env)
         # What a command started without the shell gets: what the shell would pass on.
         self._direct_env = {**self._env, b"PWD": shell_pwd(self._env)}
-        # The same as b"NAME=value" items, made once; each task adds its own ids.
-        self._env_items = _env_items(self._env)
-        self._direct_env_items = _env_items(self._direct_env)
+        # The same as b"NAME=value" items, laid out once; each task adds its own ids.
+        self._environ = Environ(_env_items(self._env))
+        self._direct_environ = Environ(_env_items(self._direct_env))
         self._guardian = Guardian()  # started at the first shell task
 
     def close(self) -> None:
@@ -195,7 +195,7 @@ class Executor:
                 if path is not None:
                     try:
                         started = _spawn(path, [os.fsencode(a) for a in argv],
-                                         self._direct_env_items + ids, search)
+                                         self._direct_environ, ids, search)
                     except OSError:
                         pass
                 if started is None:
@@ -205,7 +205,7 @@ class Executor:
             if started is None:
                 try:
                     started = _spawn(_SHELL_PATH, [_SHELL_PATH, b"-c", os.fsencode(command)],
-                                     self._env_items + ids)
+                                     self._environ, ids)
                 except OSError as exc:
                     return (line, command, FAILED, None, None, start, time.time(), "",
                             f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
@@ -311,17 +311,17 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(path: bytes, argv: list[bytes], env: list[bytes], search: bool = False
-           ) -> tuple[int, int, int]:
-    """Start program ``path`` with ``argv`` and ``env`` (b"NAME=value" items) in a new
-    session (its own process group), stdin from /dev/null, stdout and stderr to pipes;
+def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
+           search: bool = False) -> tuple[int, int, int]:
+    """Start program ``path`` with ``argv`` and ``env`` plus ``own`` (b"NAME=value" items)
+    in a new session (its own process group), stdin from /dev/null, stdout and stderr to pipes;
     return its pid and the read ends of the pipes. OSError if it cannot be started (an
     execve error: not found, not executable, no #!). ``search``: look for ``path`` on this
     process's PATH. How: :mod:`cloudkon.spawn`."""
     out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
     err_r, err_w = os.pipe()
     try:
-        pid = spawner()(path, argv, env, (_devnull(), out_w, err_w), search)
+        pid = spawner()(path, argv, env, own, (_devnull(), out_w, err_w), search)
     except BaseException:
         os.close(out_r)
         os.close(err_r)

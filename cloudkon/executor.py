@@ -29,6 +29,7 @@ SHELL = "/bin/sh"
 _SHELL_PATH = os.fsencode(SHELL)
 _TASK_IDS = (b"CLOUDKON_JOB_ID", b"CLOUDKON_TASK_ID", b"CLOUDKON_LINE")
 _READ_CHUNK = 65536
+_POLLIN = select.POLLIN
 # How long close() waits for tasks being started to be watched by the guardian: a spawn
 # takes milliseconds; a thread stuck longer is not waited for.
 CLOSE_WAIT_SECONDS = 5.0
@@ -178,6 +179,7 @@ class Executor:
         ids = [b"CLOUDKON_JOB_ID=" + job_id.encode(),
                b"CLOUDKON_TASK_ID=" + task_id(job_id, line).encode(),
                b"CLOUDKON_LINE=%d" % line]
+        guarded = None  # until the guardian watches it
         with self._lock:  # close() waits for starts in progress: none is left unwatched
             self._starting += 1
         try:
@@ -209,20 +211,20 @@ class Executor:
                 except OSError as exc:
                     return (line, command, FAILED, None, None, start, time.time(), "",
                             f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
-            pid, out_fd, err_fd = started
+            pid, out_fd, err_fd, writers = started
             guarded = self._guardian.watch(pid)
         finally:
             with self._lock:
                 self._starting -= 1
+                if guarded is not None:
+                    self._running[pid] = (job_id, handle)
                 if not self._starting:
                     self._started.notify_all()
-        with self._lock:
-            self._running[pid] = (job_id, handle)
         if self._ended(job_id, handle) or not guarded:
             # A cancel came while it started, and missed it; or the executor closed.
             _kill_group(pid, signal.SIGKILL)
         try:
-            stdout, stderr, timed_out = self._wait(pid, out_fd, err_fd)
+            stdout, stderr, timed_out = self._wait(pid, out_fd, err_fd, writers)
         finally:
             with self._lock:
                 self._running.pop(pid, None)
@@ -247,21 +249,28 @@ class Executor:
         return (line, command, status, code, sig, start, end,
                 _decode_tail(stdout, self.tail_bytes), _decode_tail(stderr, self.tail_bytes))
 
-    def _wait(self, pid: int, out_fd: int, err_fd: int) -> tuple[bytearray, bytearray, bool]:
+    def _wait(self, pid: int, out_fd: int, err_fd: int, writers: tuple[int, int]
+              ) -> tuple[bytearray, bytearray, bool]:
         """Read the ends of stdout and stderr (and close them) until the task has exited,
         enforcing the time limit; the task is left unreaped (a zombie at most), so its pid
-        stays its own."""
+        stays its own. ``writers``, this process's copies of the pipes' write ends, are
+        closed only once the task has exited: its pipes' ends of file, which come a moment
+        before its exit, do not wake this thread on their own; the exit does, once."""
         keep = self.tail_bytes
         tails = {out_fd: bytearray(), err_fd: bytearray()}
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         kill_at = None  # when a timed-out task's group gets SIGKILL
         drain_until = None  # once it has exited: how long to read what it left in the pipes
         timed_out = False
         pidfd = _pidfd_open(pid)
+        if pidfd is None:  # its pipes' end of file is the first sign of its exit
+            _close_all(writers)
+            writers = ()
         poller = select.poll()  # select.poll, not selectors: this loop runs for every task
         watched = {out_fd, err_fd} if pidfd is None else {out_fd, err_fd, pidfd}
         for fd in watched:
-            poller.register(fd, select.POLLIN)
+            poller.register(fd, _POLLIN)
         try:
             while True:
                 now = time.monotonic()
@@ -283,13 +292,17 @@ class Executor:
                 events = poller.poll(wait * 1000.0)
                 if not events and drain_until is not None:
                     break  # exited, and whatever it started holds the pipes open: done
-                for fd, _ in events:
+                for fd, event in events:
                     if fd == pidfd:
                         drain_until = time.monotonic() + _DRAIN_SECONDS
+                        _close_all(writers)  # now the pipes end when nothing else holds them
+                        writers = ()
                         chunk = b""
-                    else:
+                    elif event & _POLLIN:
                         chunk = os.read(fd, _READ_CHUNK)
-                    if not chunk:  # end of file (POLLHUP), or the task exited
+                    else:
+                        chunk = b""  # a hang-up alone: end of file, nothing left to read
+                    if not chunk:  # end of file, or the task exited
                         poller.unregister(fd)
                         watched.discard(fd)
                         continue
@@ -298,6 +311,7 @@ class Executor:
                     if len(tail) > 2 * keep:
                         del tail[: len(tail) - keep]
         finally:
+            _close_all(writers)
             os.close(out_fd)
             os.close(err_fd)
             if pidfd is not None:
@@ -312,24 +326,26 @@ class Executor:
 
 
 def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
-           search: bool = False) -> tuple[int, int, int]:
+           search: bool = False) -> tuple[int, int, int, tuple[int, int]]:
     """Start program ``path`` with ``argv`` and ``env`` plus ``own`` (b"NAME=value" items)
-    in a new session (its own process group), stdin from /dev/null, stdout and stderr to pipes;
-    return its pid and the read ends of the pipes. OSError if it cannot be started (an
-    execve error: not found, not executable, no #!). ``search``: look for ``path`` on this
-    process's PATH. How: :mod:`cloudkon.spawn`."""
+    in a new session (its own process group), stdin from /dev/null, stdout and stderr to
+    pipes; return its pid, the read ends of the pipes and (for the caller to close) their
+    write ends. OSError if it cannot be started (an execve error: not found, not
+    executable, no #!). ``search``: look for ``path`` on this process's PATH. How:
+    :mod:`cloudkon.spawn`."""
     out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
     err_r, err_w = os.pipe()
     try:
         pid = spawner()(path, argv, env, own, (_devnull(), out_w, err_w), search)
     except BaseException:
-        os.close(out_r)
-        os.close(err_r)
+        _close_all((out_r, out_w, err_r, err_w))
         raise
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    return pid, out_r, err_r
+    return pid, out_r, err_r, (out_w, err_w)
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 _DEVNULL: int | None = None

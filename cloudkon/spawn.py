@@ -130,9 +130,8 @@ class _Glibc:
 
 
 def _check_strings(items) -> None:
-    for item in items:
-        if b"\0" in item:  # a C string would end there: refused, as os.posix_spawn does
-            raise ValueError("embedded null byte")
+    if b"\0" in b"".join(items):  # a C string would end there: refused, as os.posix_spawn does
+        raise ValueError("embedded null byte")
 
 
 def _check(code: int) -> None:

@@ -39,6 +39,13 @@ _POLL_SECONDS = 0.25
 # After a task has exited, how long to keep reading what it left in its pipes, when
 # something it started in the background keeps them open.
 _DRAIN_SECONDS = 0.1
+# How long the worker keeps its own copies of a task's pipes' write ends, so that the
+# task's exit, not its pipes' ends of file just before, wakes the waiting thread, once.
+# Short tasks, the ones whose wake-ups count, end within it; a longer one holds only its
+# own three descriptors (two read ends, a pidfd) after it, so that about as many tasks run
+# at once under a descriptor limit (ulimit -n) as without the hold: short, so that few
+# starts overlap in it even when many threads start long tasks together.
+_HOLD_WRITERS_SECONDS = 0.01
 
 
 class TaskHandle:
@@ -254,8 +261,9 @@ class Executor:
         """Read the ends of stdout and stderr (and close them) until the task has exited,
         enforcing the time limit; the task is left unreaped (a zombie at most), so its pid
         stays its own. ``writers``, this process's copies of the pipes' write ends, are
-        closed only once the task has exited: its pipes' ends of file, which come a moment
-        before its exit, do not wake this thread on their own; the exit does, once."""
+        closed once the task has exited (or after _HOLD_WRITERS_SECONDS): its pipes' ends
+        of file, which come a moment before its exit, do not wake this thread on their
+        own; the exit does, once."""
         keep = self.tail_bytes
         tails = {out_fd: bytearray(), err_fd: bytearray()}
         timeout = self.timeout
@@ -267,6 +275,7 @@ class Executor:
         if pidfd is None:  # its pipes' end of file is the first sign of its exit
             _close_all(writers)
             writers = ()
+        hold_until = time.monotonic() + _HOLD_WRITERS_SECONDS if writers else None
         poller = select.poll()  # select.poll, not selectors: this loop runs for every task
         watched = {out_fd, err_fd} if pidfd is None else {out_fd, err_fd, pidfd}
         for fd in watched:
@@ -285,8 +294,12 @@ class Executor:
                 if kill_at is not None and now >= kill_at:
                     _kill_group(pid, signal.SIGKILL)
                     kill_at = None
+                if hold_until is not None and now >= hold_until:
+                    _close_all(writers)  # a longer task: its pipes' ends wake this thread
+                    writers, hold_until = (), None
                 wait = _POLL_SECONDS
-                for limit in (None if timed_out else deadline, kill_at, drain_until):
+                for limit in (None if timed_out else deadline, kill_at, drain_until,
+                              hold_until):
                     if limit is not None:
                         wait = min(wait, max(limit - now, 0.0))
                 events = poller.poll(wait * 1000.0)
@@ -296,7 +309,7 @@ class Executor:
                     if fd == pidfd:
                         drain_until = time.monotonic() + _DRAIN_SECONDS
                         _close_all(writers)  # now the pipes end when nothing else holds them
-                        writers = ()
+                        writers, hold_until = (), None
                         chunk = b""
                     elif event & _POLLIN:
                         chunk = os.read(fd, _READ_CHUNK)

@@ -87,7 +87,7 @@ class _Glibc:
         for signum in DEFAULT_SIGNALS:
             _check(libc.sigaddset(self._sigdef, int(signum)))
         # The child (sharing this process's memory until its exec) must leave no handler of
-        # ours in place: glibc (before 2.37) asks each signal's disposition and then sets it
+        # ours in place: glibc (2.36, at least) asks each signal's disposition, then sets it
         # to the default, two calls per signal, 120 in all, while the starting thread waits;
         # a signal in this set costs one. So every signal this process does not ignore now
         # is in it: the task gets the same dispositions (what is ignored stays ignored, the

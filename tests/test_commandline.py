@@ -174,10 +174,12 @@ def test_a_task_keeps_the_signals_the_worker_ignores_and_gets_the_others_at_thei
         monkeypatch):
     monkeypatch.setattr(cloudkon.spawn, "_spawner", None)  # made afresh, under this SIGHUP
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    executor = Executor(timeout=30)
     try:
-        result = Result._make(Executor(timeout=30).run("job", 1, "grep SigIgn /proc/self/status"))
+        result = Result._make(executor.run("job", 1, "grep SigIgn /proc/self/status"))
     finally:
         signal.signal(signal.SIGHUP, previous)
+        executor.close()
 
     ignored = int(result.stdout.split()[1], 16)  # bit N-1: signal N
     assert ignored & 1 << (signal.SIGHUP - 1), result.stdout

@@ -21,7 +21,7 @@ from cloudkon.commandline import direct_argv, find_program, shell_pwd, signal_li
 from cloudkon.guardian import Guardian
 from cloudkon.limits import DEFAULT_TAIL_BYTES, KILL_GRACE_SECONDS
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, task_id
-from cloudkon.spawn import spawner
+from cloudkon.spawn import Environ, spawner
 from cloudkon.taskenv import task_environ
 from cloudkon.workload import SLEEP_CACHE, sleep_ms
 
@@ -29,6 +29,7 @@ SHELL = "/bin/sh"
 _SHELL_PATH = os.fsencode(SHELL)
 _TASK_IDS = (b"CLOUDKON_JOB_ID", b"CLOUDKON_TASK_ID", b"CLOUDKON_LINE")
 _READ_CHUNK = 65536
+_POLLIN = select.POLLIN
 # How long close() waits for tasks being started to be watched by the guardian: a spawn
 # takes milliseconds; a thread stuck longer is not waited for.
 CLOSE_WAIT_SECONDS = 5.0
@@ -41,6 +42,13 @@ _MOST_LATE_SECONDS = 0.002
 # After a task has exited, how long to keep reading what it left in its pipes, when
 # something it started in the background keeps them open.
 _DRAIN_SECONDS = 0.1
+# How long the worker keeps its own copies of a task's pipes' write ends, so that the
+# task's exit, not its pipes' ends of file just before, wakes the waiting thread, once.
+# Short tasks, the ones whose wake-ups count, end within it; a longer one holds only its
+# own three descriptors (two read ends, a pidfd) after it, so that about as many tasks run
+# at once under a descriptor limit (ulimit -n) as without the hold: short, so that few
+# starts overlap in it even when many threads start long tasks together.
+_HOLD_WRITERS_SECONDS = 0.01
 
 
 class TaskHandle:
@@ -75,9 +83,9 @@ class Executor:
         self._env: dict[bytes, bytes] = task_environ(task_env)
         # What a command started without the shell gets: what the shell would pass on.
         self._direct_env = {**self._env, b"PWD": shell_pwd(self._env)}
-        # The same as b"NAME=value" items, made once; each task adds its own ids.
-        self._env_items = _env_items(self._env)
-        self._direct_env_items = _env_items(self._direct_env)
+        # The same as b"NAME=value" items, laid out once; each task adds its own ids.
+        self._environ = Environ(_env_items(self._env))
+        self._direct_environ = Environ(_env_items(self._direct_env))
         self._guardian = Guardian()  # started at the first shell task
         self._late = _FIRST_LATE_SECONDS  # how late a timed wait wakes (see _sleep_until)
 
@@ -201,6 +209,7 @@ class Executor:
         ids = [b"CLOUDKON_JOB_ID=" + job_id.encode(),
                b"CLOUDKON_TASK_ID=" + task_id(job_id, line).encode(),
                b"CLOUDKON_LINE=%d" % line]
+        guarded = None  # until the guardian watches it
         with self._lock:  # close() waits for starts in progress: none is left unwatched
             self._starting += 1
         try:
@@ -218,7 +227,7 @@ class Executor:
                 if path is not None:
                     try:
                         started = _spawn(path, [os.fsencode(a) for a in argv],
-                                         self._direct_env_items + ids, search)
+                                         self._direct_environ, ids, search)
                     except OSError:
                         pass
                 if started is None:
@@ -228,24 +237,24 @@ class Executor:
             if started is None:
                 try:
                     started = _spawn(_SHELL_PATH, [_SHELL_PATH, b"-c", os.fsencode(command)],
-                                     self._env_items + ids)
+                                     self._environ, ids)
                 except OSError as exc:
                     return (line, command, FAILED, None, None, start, time.time(), "",
                             f"cloudkon: could not start {SHELL}: {exc.strerror or exc}")
-            pid, out_fd, err_fd = started
+            pid, out_fd, err_fd, writers = started
             guarded = self._guardian.watch(pid)
         finally:
             with self._lock:
                 self._starting -= 1
+                if guarded is not None:
+                    self._running[pid] = (job_id, handle)
                 if not self._starting:
                     self._started.notify_all()
-        with self._lock:
-            self._running[pid] = (job_id, handle)
         if self._ended(job_id, handle) or not guarded:
             # A cancel came while it started, and missed it; or the executor closed.
             _kill_group(pid, signal.SIGKILL)
         try:
-            stdout, stderr, timed_out = self._wait(pid, out_fd, err_fd)
+            stdout, stderr, timed_out = self._wait(pid, out_fd, err_fd, writers)
         finally:
             with self._lock:
                 self._running.pop(pid, None)
@@ -270,21 +279,30 @@ class Executor:
         return (line, command, status, code, sig, start, end,
                 _decode_tail(stdout, self.tail_bytes), _decode_tail(stderr, self.tail_bytes))
 
-    def _wait(self, pid: int, out_fd: int, err_fd: int) -> tuple[bytearray, bytearray, bool]:
+    def _wait(self, pid: int, out_fd: int, err_fd: int, writers: tuple[int, int]
+              ) -> tuple[bytearray, bytearray, bool]:
         """Read the ends of stdout and stderr (and close them) until the task has exited,
         enforcing the time limit; the task is left unreaped (a zombie at most), so its pid
-        stays its own."""
+        stays its own. ``writers``, this process's copies of the pipes' write ends, are
+        closed once the task has exited (or after _HOLD_WRITERS_SECONDS): its pipes' ends
+        of file, which come a moment before its exit, do not wake this thread on their
+        own; the exit does, once."""
         keep = self.tail_bytes
         tails = {out_fd: bytearray(), err_fd: bytearray()}
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         kill_at = None  # when a timed-out task's group gets SIGKILL
         drain_until = None  # once it has exited: how long to read what it left in the pipes
         timed_out = False
         pidfd = _pidfd_open(pid)
+        if pidfd is None:  # its pipes' end of file is the first sign of its exit
+            _close_all(writers)
+            writers = ()
+        hold_until = time.monotonic() + _HOLD_WRITERS_SECONDS if writers else None
         poller = select.poll()  # select.poll, not selectors: this loop runs for every task
         watched = {out_fd, err_fd} if pidfd is None else {out_fd, err_fd, pidfd}
         for fd in watched:
-            poller.register(fd, select.POLLIN)
+            poller.register(fd, _POLLIN)
         try:
             while True:
                 now = time.monotonic()
@@ -299,20 +317,28 @@ class Executor:
                 if kill_at is not None and now >= kill_at:
                     _kill_group(pid, signal.SIGKILL)
                     kill_at = None
+                if hold_until is not None and now >= hold_until:
+                    _close_all(writers)  # a longer task: its pipes' ends wake this thread
+                    writers, hold_until = (), None
                 wait = _POLL_SECONDS
-                for limit in (None if timed_out else deadline, kill_at, drain_until):
+                for limit in (None if timed_out else deadline, kill_at, drain_until,
+                              hold_until):
                     if limit is not None:
                         wait = min(wait, max(limit - now, 0.0))
                 events = poller.poll(wait * 1000.0)
                 if not events and drain_until is not None:
                     break  # exited, and whatever it started holds the pipes open: done
-                for fd, _ in events:
+                for fd, event in events:
                     if fd == pidfd:
                         drain_until = time.monotonic() + _DRAIN_SECONDS
+                        _close_all(writers)  # now the pipes end when nothing else holds them
+                        writers, hold_until = (), None
                         chunk = b""
-                    else:
+                    elif event & _POLLIN:
                         chunk = os.read(fd, _READ_CHUNK)
-                    if not chunk:  # end of file (POLLHUP), or the task exited
+                    else:
+                        chunk = b""  # a hang-up alone: end of file, nothing left to read
+                    if not chunk:  # end of file, or the task exited
                         poller.unregister(fd)
                         watched.discard(fd)
                         continue
@@ -321,6 +347,7 @@ class Executor:
                     if len(tail) > 2 * keep:
                         del tail[: len(tail) - keep]
         finally:
+            _close_all(writers)
             os.close(out_fd)
             os.close(err_fd)
             if pidfd is not None:
@@ -334,25 +361,27 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(path: bytes, argv: list[bytes], env: list[bytes], search: bool = False
-           ) -> tuple[int, int, int]:
-    """Start program ``path`` with ``argv`` and ``env`` (b"NAME=value" items) in a new
-    session (its own process group), stdin from /dev/null, stdout and stderr to pipes;
-    return its pid and the read ends of the pipes. OSError if it cannot be started (an
-    execve error: not found, not executable, no #!). ``search``: look for ``path`` on this
-    process's PATH. How: :mod:`cloudkon.spawn`."""
+def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
+           search: bool = False) -> tuple[int, int, int, tuple[int, int]]:
+    """Start program ``path`` with ``argv`` and ``env`` plus ``own`` (b"NAME=value" items)
+    in a new session (its own process group), stdin from /dev/null, stdout and stderr to
+    pipes; return its pid, the read ends of the pipes and (for the caller to close) their
+    write ends. OSError if it cannot be started (an execve error: not found, not
+    executable, no #!). ``search``: look for ``path`` on this process's PATH. How:
+    :mod:`cloudkon.spawn`."""
     out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
     err_r, err_w = os.pipe()
     try:
-        pid = spawner()(path, argv, env, (_devnull(), out_w, err_w), search)
+        pid = spawner()(path, argv, env, own, (_devnull(), out_w, err_w), search)
     except BaseException:
-        os.close(out_r)
-        os.close(err_r)
+        _close_all((out_r, out_w, err_r, err_w))
         raise
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    return pid, out_r, err_r
+    return pid, out_r, err_r, (out_w, err_w)
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 _DEVNULL: int | None = None

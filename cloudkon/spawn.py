@@ -37,34 +37,48 @@ _POSIX_SPAWN_SETSID = 0x80  # glibc 2.26+
 _OPAQUE_BYTES = 1024
 
 
+class Environ:
+    """A base environment shared by many starts: its b"NAME=value" items, checked once
+    (a NUL byte would end a C string early: refused, as os.posix_spawn does); each start
+    adds a few items of its own (a task's ids)."""
+
+    __slots__ = ("items", "_local")
+
+    def __init__(self, items: list[bytes]) -> None:
+        _check_strings(items)
+        self.items = tuple(items)
+        self._local = threading.local()  # per thread: the C array, reused (see _Glibc)
+
+    def with_own(self, own: list[bytes]) -> list[bytes]:
+        return [*self.items, *own]
+
+
 class _Glibc:
     """glibc's posix_spawn through ctypes, with one attributes object made at the start and
-    only read afterwards (so shared by every thread)."""
+    only read afterwards (so shared by every thread). Only the spawn call itself releases
+    the GIL: the file-action helpers only fill memory, and each release would hand the GIL
+    to another bundle thread and wait to get it back."""
 
     def __init__(self) -> None:
         import ctypes  # here: a worker that runs only `sleep N` tasks never loads it
 
         self._ctypes = ctypes
         libc = ctypes.CDLL(None, use_errno=True)
+        held = ctypes.PyDLL(None)  # the same functions, called with the GIL held
         p = ctypes.c_void_p
         self._spawn, self._spawnp = libc.posix_spawn, libc.posix_spawnp
         for fn in (self._spawn, self._spawnp):
             fn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, p, p, p, p]
             fn.restype = ctypes.c_int
-        self._fa_init = libc.posix_spawn_file_actions_init
-        self._fa_destroy = libc.posix_spawn_file_actions_destroy
-        self._fa_dup2 = libc.posix_spawn_file_actions_adddup2
-        for fn in (self._fa_init, self._fa_destroy):
-            fn.argtypes, fn.restype = [p], ctypes.c_int
-        self._fa_dup2.argtypes = [p, ctypes.c_int, ctypes.c_int]
-        self._fa_dup2.restype = ctypes.c_int
+        # No argtypes: these take only a buffer and ints, which ctypes passes as they are,
+        # and return an int (ctypes' default); declared, each call would cost more.
+        self._fa_init = held.posix_spawn_file_actions_init
+        self._fa_destroy = held.posix_spawn_file_actions_destroy
+        self._fa_dup2 = held.posix_spawn_file_actions_adddup2
         # glibc 2.34+: close every descriptor from 3 up in the child (subprocess's
         # close_fds); without it, only the close-on-exec ones close (see _close_on_exec).
-        self._fa_closefrom = getattr(libc, "posix_spawn_file_actions_addclosefrom_np", None)
-        if self._fa_closefrom is not None:
-            self._fa_closefrom.argtypes = [p, ctypes.c_int]
-            self._fa_closefrom.restype = ctypes.c_int
-        else:
+        self._fa_closefrom = getattr(held, "posix_spawn_file_actions_addclosefrom_np", None)
+        if self._fa_closefrom is None:
             _close_on_exec()
         self._attr = ctypes.create_string_buffer(_OPAQUE_BYTES)
         self._sigdef = ctypes.create_string_buffer(_OPAQUE_BYTES)
@@ -72,18 +86,29 @@ class _Glibc:
         _check(libc.sigemptyset(self._sigdef))
         for signum in DEFAULT_SIGNALS:
             _check(libc.sigaddset(self._sigdef, int(signum)))
+        # The child (sharing this process's memory until its exec) must leave no handler of
+        # ours in place: glibc (2.36, at least) asks each signal's disposition, then sets it
+        # to the default, two calls per signal, 120 in all, while the starting thread waits;
+        # a signal in this set costs one. So every signal this process does not ignore now
+        # is in it: the task gets the same dispositions (what is ignored stays ignored, the
+        # rest is at its default, as an exec leaves a handled signal), in half the calls.
+        for signum in _not_ignored():
+            libc.sigaddset(self._sigdef, signum)  # refused for glibc's internal signals: kept out
         _check(libc.posix_spawnattr_setsigdefault(self._attr, self._sigdef))
         # EINVAL from a glibc without POSIX_SPAWN_SETSID: then this class is not used.
         _check(libc.posix_spawnattr_setflags(
             self._attr, ctypes.c_short(_POSIX_SPAWN_SETSIGDEF | _POSIX_SPAWN_SETSID)))
+        self._local = threading.local()  # per thread: a file-actions object, reused
 
-    def spawn(self, path: bytes, argv: list[bytes], env: list[bytes],
+    def spawn(self, path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
               fds: tuple[int, int, int], search: bool = False) -> int:
         ctypes = self._ctypes
-        for arg in (path, *argv, *env):
-            if b"\0" in arg:  # a C string would end there: refused, as os.posix_spawn does
-                raise ValueError("embedded null byte")
-        actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
+        _check_strings((path, *argv, *own))
+        c_env = self._environ(env, own)
+        try:
+            actions = self._local.actions
+        except AttributeError:
+            actions = self._local.actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
         _check(self._fa_init(actions))
         try:
             for target, fd in enumerate(fds):
@@ -91,13 +116,46 @@ class _Glibc:
             if self._fa_closefrom is not None:
                 _check(self._fa_closefrom(actions, len(fds)))
             c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
-            c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
             pid = ctypes.c_int()
             call = self._spawnp if search else self._spawn
             _check(call(ctypes.byref(pid), path, actions, self._attr, c_argv, c_env))
             return pid.value
         finally:
             self._fa_destroy(actions)
+
+    def _environ(self, env: Environ, own: list[bytes]):
+        """``env``'s items and then ``own`` as a NULL-ended C array: this thread's, made
+        once per size; only ``own``'s slots change from one start to the next."""
+        base = len(env.items)
+        size = base + len(own) + 1
+        c_env = getattr(env._local, "c_env", None)
+        if c_env is None or len(c_env) != size:
+            c_env = env._local.c_env = (self._ctypes.c_char_p * size)(*env.items)
+        for index, item in enumerate(own, base):
+            c_env[index] = item
+        c_env[size - 1] = None
+        return c_env
+
+
+def _not_ignored() -> list[int]:
+    """The signals this process does not ignore (SIG_IGN) now, that a process can catch."""
+    uncatchable = {signal.SIGKILL, signal.SIGSTOP}
+    found = []
+    for signum in range(1, signal.NSIG):
+        if signum in uncatchable:
+            continue
+        try:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+        except ValueError:  # not a signal number here
+            continue
+        found.append(signum)
+    return found
+
+
+def _check_strings(items) -> None:
+    if b"\0" in b"".join(items):  # a C string would end there: refused, as os.posix_spawn does
+        raise ValueError("embedded null byte")
 
 
 def _check(code: int) -> None:
@@ -109,9 +167,9 @@ def _check(code: int) -> None:
         raise OSError(number, os.strerror(number))
 
 
-def _os_spawn(path: bytes, argv: list[bytes], env: list[bytes], fds: tuple[int, int, int],
-              search: bool = False) -> int:
-    environ = dict(item.split(b"=", 1) for item in env)
+def _os_spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
+              fds: tuple[int, int, int], search: bool = False) -> int:
+    environ = dict(item.split(b"=", 1) for item in env.with_own(own))
     call = os.posix_spawnp if search else os.posix_spawn
     return call(path, argv, environ, setsid=True, setsigdef=DEFAULT_SIGNALS,
                           file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
@@ -139,8 +197,9 @@ _spawner = None
 
 
 def spawner():
-    """The function that starts a process: ``f(path, argv, env, (stdin, stdout, stderr),
-    search=False)`` returns its pid, or raises OSError (execve's error: not found, not
+    """The function that starts a process: ``f(path, argv, env, own, (stdin, stdout,
+    stderr), search=False)`` (``env`` an :class:`Environ`, ``own`` the items this start
+    adds to it) returns its pid, or raises OSError (execve's error: not found, not
     executable, no #!). With ``search``, a ``path`` without a slash is looked for in the
     directories of *this process's* PATH (posix_spawnp), in the child, which tries each in
     turn with execve as the shell does."""

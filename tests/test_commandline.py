@@ -168,3 +168,20 @@ def test_a_task_inherits_no_descriptor_of_the_worker_beyond_0_1_2(tmp_path, monk
             assert str(inherited) not in result.stdout.split(), (command, result.stdout)
     finally:
         os.close(inherited)
+
+
+def test_a_task_keeps_the_signals_the_worker_ignores_and_gets_the_others_at_their_defaults(
+        monkeypatch):
+    monkeypatch.setattr(cloudkon.spawn, "_spawner", None)  # made afresh, under this SIGHUP
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    executor = Executor(timeout=30)
+    try:
+        result = Result._make(executor.run("job", 1, "grep SigIgn /proc/self/status"))
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        executor.close()
+
+    ignored = int(result.stdout.split()[1], 16)  # bit N-1: signal N
+    assert ignored & 1 << (signal.SIGHUP - 1), result.stdout
+    # Python ignores SIGPIPE and SIGXFSZ; a task gets them at their defaults.
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), result.stdout

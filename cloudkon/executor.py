@@ -36,6 +36,10 @@ CLOSE_WAIT_SECONDS = 5.0
 # The longest a wait for a task's output goes without looking at the clock (and, where
 # there is no pidfd, whether the task has exited).
 _POLL_SECONDS = 0.25
+# How long a program's place on the PATH is taken as known (see Executor._where), and
+# how many programs' places are kept.
+PROGRAM_LOOKUP_SECONDS = 1.0
+_PROGRAMS_KEPT = 1024
 # The lateness of a timed wait assumed at first and the most assumed (see _sleep_until).
 _FIRST_LATE_SECONDS = 0.0002
 _MOST_LATE_SECONDS = 0.002
@@ -87,6 +91,7 @@ class Executor:
         self._environ = Environ(_env_items(self._env))
         self._direct_environ = Environ(_env_items(self._direct_env))
         self._guardian = Guardian()  # started at the first shell task
+        self._programs: dict[str, tuple[bytes | None, float]] = {}  # see _where
         self._late = _FIRST_LATE_SECONDS  # how late a timed wait wakes (see _sleep_until)
 
     def close(self) -> None:
@@ -201,6 +206,23 @@ class Executor:
                 time.sleep(0)
         return True
 
+    def _where(self, program: str) -> bytes | None:
+        """Where the shell would find ``program`` on the tasks' PATH (None: nowhere), as
+        looked up at most PROGRAM_LOOKUP_SECONDS ago. Not a search in each task's child:
+        every directory before the program's costs a failed execve there (8 of them, about
+        20 us a task, on a PATH that starts with a few tool folders). A program that
+        appears earlier on the PATH is found within PROGRAM_LOOKUP_SECONDS, as a shell's
+        command hash would after ``hash -r``; one that is not found goes to the shell."""
+        now = time.monotonic()
+        found = self._programs.get(program)
+        if found is not None and found[1] > now:
+            return found[0]
+        path = find_program(program, self._direct_env)
+        if len(self._programs) >= _PROGRAMS_KEPT:
+            self._programs.clear()
+        self._programs[program] = (path, now + PROGRAM_LOOKUP_SECONDS)
+        return path
+
     def _shell(self, job_id: str, line: int, command: str,
                handle: TaskHandle | None = None) -> tuple:
         start = time.time()
@@ -218,18 +240,13 @@ class Executor:
             argv = direct_argv(command)
             if argv is not None:
                 program = argv[0]
-                search = self._direct_env.get(b"PATH")
-                if "/" not in program and search is not None and search == os.environb.get(b"PATH"):
-                    # The task's PATH is this process's: libc searches it in the child.
-                    path, search = os.fsencode(program), True
-                else:
-                    path, search = find_program(program, self._direct_env), False
+                path = self._where(program)
                 if path is not None:
                     try:
                         started = _spawn(path, [os.fsencode(a) for a in argv],
-                                         self._direct_environ, ids, search)
+                                         self._direct_environ, ids)
                     except OSError:
-                        pass
+                        self._programs.pop(program, None)  # gone, or not a program: look again
                 if started is None:
                     # Not found, not executable, a script without #!: the shell says it in its
                     # own words (or runs the script), as it would have.
@@ -361,18 +378,17 @@ class Executor:
         return tails[out_fd], tails[err_fd], timed_out
 
 
-def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
-           search: bool = False) -> tuple[int, int, int, tuple[int, int]]:
+def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes]
+           ) -> tuple[int, int, int, tuple[int, int]]:
     """Start program ``path`` with ``argv`` and ``env`` plus ``own`` (b"NAME=value" items)
     in a new session (its own process group), stdin from /dev/null, stdout and stderr to
     pipes; return its pid, the read ends of the pipes and (for the caller to close) their
     write ends. OSError if it cannot be started (an execve error: not found, not
-    executable, no #!). ``search``: look for ``path`` on this process's PATH. How:
-    :mod:`cloudkon.spawn`."""
+    executable, no #!). How: :mod:`cloudkon.spawn`."""
     out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
     err_r, err_w = os.pipe()
     try:
-        pid = spawner()(path, argv, env, own, (_devnull(), out_w, err_w), search)
+        pid = spawner()(path, argv, env, own, (_devnull(), out_w, err_w))
     except BaseException:
         _close_all((out_r, out_w, err_r, err_w))
         raise

@@ -66,10 +66,9 @@ class _Glibc:
         libc = ctypes.CDLL(None, use_errno=True)
         held = ctypes.PyDLL(None)  # the same functions, called with the GIL held
         p = ctypes.c_void_p
-        self._spawn, self._spawnp = libc.posix_spawn, libc.posix_spawnp
-        for fn in (self._spawn, self._spawnp):
-            fn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, p, p, p, p]
-            fn.restype = ctypes.c_int
+        self._spawn = libc.posix_spawn
+        self._spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, p, p, p, p]
+        self._spawn.restype = ctypes.c_int
         # No argtypes: these take only a buffer and ints, which ctypes passes as they are,
         # and return an int (ctypes' default); declared, each call would cost more.
         self._fa_init = held.posix_spawn_file_actions_init
@@ -101,7 +100,7 @@ class _Glibc:
         self._local = threading.local()  # per thread: a file-actions object, reused
 
     def spawn(self, path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
-              fds: tuple[int, int, int], search: bool = False) -> int:
+              fds: tuple[int, int, int]) -> int:
         ctypes = self._ctypes
         _check_strings((path, *argv, *own))
         c_env = self._environ(env, own)
@@ -117,8 +116,7 @@ class _Glibc:
                 _check(self._fa_closefrom(actions, len(fds)))
             c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
             pid = ctypes.c_int()
-            call = self._spawnp if search else self._spawn
-            _check(call(ctypes.byref(pid), path, actions, self._attr, c_argv, c_env))
+            _check(self._spawn(ctypes.byref(pid), path, actions, self._attr, c_argv, c_env))
             return pid.value
         finally:
             self._fa_destroy(actions)
@@ -168,10 +166,9 @@ def _check(code: int) -> None:
 
 
 def _os_spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes],
-              fds: tuple[int, int, int], search: bool = False) -> int:
+              fds: tuple[int, int, int]) -> int:
     environ = dict(item.split(b"=", 1) for item in env.with_own(own))
-    call = os.posix_spawnp if search else os.posix_spawn
-    return call(path, argv, environ, setsid=True, setsigdef=DEFAULT_SIGNALS,
+    return os.posix_spawn(path, argv, environ, setsid=True, setsigdef=DEFAULT_SIGNALS,
                           file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
                                         for target, fd in enumerate(fds)])
 
@@ -198,11 +195,9 @@ _spawner = None
 
 def spawner():
     """The function that starts a process: ``f(path, argv, env, own, (stdin, stdout,
-    stderr), search=False)`` (``env`` an :class:`Environ`, ``own`` the items this start
-    adds to it) returns its pid, or raises OSError (execve's error: not found, not
-    executable, no #!). With ``search``, a ``path`` without a slash is looked for in the
-    directories of *this process's* PATH (posix_spawnp), in the child, which tries each in
-    turn with execve as the shell does."""
+    stderr))`` (``env`` an :class:`Environ`, ``own`` the items this start adds to it)
+    returns its pid, or raises OSError (execve's error: not found, not executable, no
+    #!)."""
     global _spawner
     if _spawner is None:
         with _lock:

@@ -16,10 +16,8 @@ import logging
 import math
 import os
 import re
-import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Container, Generator, Iterator
 from typing import BinaryIO
 from typing import NamedTuple
@@ -450,6 +448,9 @@ def local_source(path: str, stdin: BinaryIO | None = None) -> Iterator[tuple[str
     if path != STDIN:
         yield path, None
         return
+    import shutil  # here: only a workload read from stdin needs them (5 ms of start-up)
+    import tempfile
+
     source = sys.stdin.buffer if stdin is None else stdin
     fd, spool = tempfile.mkstemp(prefix="cloudkon-stdin-", suffix=".txt")
     try:

@@ -154,6 +154,30 @@ def test_the_program_found_is_the_first_executable_file_on_the_path(tmp_path, mo
     assert find_program("prog", {}) is None  # no PATH: the shell decides
 
 
+def test_a_program_moved_or_added_on_the_path_during_a_run_is_run_from_where_it_is_now(
+        tmp_path, monkeypatch):
+    # The executor keeps where it found a program; a task must still run what the shell
+    # would run now when the program has gone from there, or was not found at first.
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "prog").write_text(f"#!/bin/sh\necho {folder}\n")
+        (tmp_path / folder / "prog").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'a'}:{tmp_path / 'b'}:{os.environ['PATH']}")
+    executor = Executor(timeout=30)
+
+    def prog() -> str:
+        return Result._make(executor.run("job", 1, "prog")).stdout
+
+    assert prog() == "a\n"
+    (tmp_path / "a" / "prog").unlink()
+    assert prog() == "b\n"  # gone from a/: from b/, as the shell finds it
+    assert prog() == "b\n"
+    assert Result._make(executor.run("job", 2, "prog2")).exit_code == 127  # not yet there
+    (tmp_path / "b" / "prog2").write_text("#!/bin/sh\necho new\n")
+    (tmp_path / "b" / "prog2").chmod(0o755)
+    assert Result._make(executor.run("job", 3, "prog2")).stdout == "new\n"
+
+
 @pytest.mark.parametrize("libc", ["glibc", "other"])
 def test_a_task_inherits_no_descriptor_of_the_worker_beyond_0_1_2(tmp_path, monkeypatch, libc):
     if libc == "other":  # os.posix_spawn, after the worker's descriptors are made close-on-exec

@@ -139,7 +139,7 @@ class LocalRunner:
         in_flight = self._in_flight
         encode = IN_PROCESS.encode_bundle
         while True:
-            bodies = []
+            batch = []
             while bundles is not None and len(in_flight) < window:
                 bundle = next(bundles, None)
                 if bundle is None:
@@ -147,11 +147,13 @@ class LocalRunner:
                     if self.on_total is not None:
                         self.on_total(self.workload.tasks)
                     break
-                bundle.sent_at = time.time()
                 in_flight[bundle.seq] = bundle
-                bodies.append(encode(bundle, OUTPUT_QUEUE))
-            if bodies:
-                self.inbox.send_batch(bodies)
+                batch.append(bundle)
+            if batch:
+                sent_at = time.time()  # those sent together enter the queue together
+                for bundle in batch:
+                    bundle.sent_at = sent_at
+                self.inbox.send_batch([encode(bundle, OUTPUT_QUEUE) for bundle in batch])
             if not in_flight and bundles is None:
                 return
             if self.signal_received is not None:
@@ -169,20 +171,24 @@ class LocalRunner:
         if wait_seconds:
             batch = _BUNDLES_IN_FLIGHT_PER_WORKER * self.config.workers // 2
             self.outbox.wait_for(max(1, min(in_flight, batch)), wait_seconds)
-        messages = self.outbox.receive(in_flight or 1, 0, SQS_MAX_VISIBILITY_SECONDS)
-        for message in messages:
-            self.outbox.delete(message)
-            self._add(IN_PROCESS.decode_results(message.body))
+        bodies = self.outbox.take(in_flight or 1)
+        if bodies:
+            self._add(list(map(IN_PROCESS.decode_results, bodies)))
 
-    def _add(self, results: ResultBundle) -> None:
-        # The results are here, and no copy of the bundle can come back: its lease (which
+    def _add(self, bundles: list[ResultBundle]) -> None:
+        # The results are here, and no copy of a bundle can come back: its lease (which
         # holds the results too) would only keep them alive.
-        self.leases.forget(bundle_key(results.job_id, results.seq))
-        self._in_flight.pop(results.seq, None)
-        if results.results:
-            self.summary.add(results)
-            if self.on_results is not None:
-                self.on_results(results)
+        self.leases.forget([bundle_key(b.job_id, b.seq) for b in bundles])
+        pop = self._in_flight.pop
+        for b in bundles:
+            pop(b.seq, None)
+        bundles = [b for b in bundles if b.results]
+        if not bundles:
+            return
+        self.summary.add_all(bundles)
+        if self.on_results is not None:
+            for b in bundles:
+                self.on_results(b)
 
     def _recover_unfinished(self) -> None:
         """After a stop, the finished tasks of bundles the worker gave back are in the lease
@@ -190,9 +196,9 @@ class LocalRunner:
         for seq, bundle in sorted(self._in_flight.items()):
             claim = self.leases.lookup(bundle_key(bundle.job_id, seq))
             if claim is not None and claim.outcome != COMPLETED and claim.results:
-                self._add(ResultBundle(bundle.job_id, seq,
-                                       IN_PROCESS.unpack_results(claim.results, bundle.tasks),
-                                       bundle.sent_at, WORKER_ID))
+                self._add([ResultBundle(bundle.job_id, seq,
+                                        IN_PROCESS.unpack_results(claim.results, bundle.tasks),
+                                        bundle.sent_at, WORKER_ID)])
 
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary

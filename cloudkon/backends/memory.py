@@ -141,6 +141,28 @@ class MemoryQueue:
         self.delete(message)
 
     # For the local flavour and tests: not part of the queue interface.
+    def take(self, max_messages: int) -> list:
+        """Remove up to ``max_messages`` visible messages and return their bodies, as a
+        receive and a delete of each would, in one step: for the queue's only reader."""
+        with self._lock:
+            now = self.clock()
+            messages = self._messages
+            bodies = []
+            for stored in list(messages.values()):
+                if len(bodies) >= max_messages:
+                    break
+                if stored.visible_at > now:
+                    continue
+                del messages[stored.id]
+                if self.max_receives is not None and stored.receives >= self.max_receives \
+                        and self.dead_letter_queue is not None:
+                    self.dead_letter_queue.send_batch([stored.body])
+                    continue
+                if not stored.receives:
+                    self._fresh -= 1
+                bodies.append(stored.body)
+            return bodies
+
     def wait_for(self, count: int, seconds: float) -> None:
         """Wait until at least ``count`` messages sent have not been received yet, or
         ``seconds`` pass, or the queue is closed: a reader that takes its messages in
@@ -302,11 +324,13 @@ class MemoryLeaseStore:
         with self._lock:
             self._cancelled.add(job_id)
 
-    def forget(self, key: str) -> None:
-        """Drop the key's record: its bundle's results have reached their one reader and
-        no copy of the bundle can come back (in-process queues only)."""
+    def forget(self, keys: list[str]) -> None:
+        """Drop the keys' records: their bundles' results have reached their one reader and
+        no copy of the bundles can come back (in-process queues only)."""
         with self._lock:
-            self._leases.pop(key, None)
+            pop = self._leases.pop
+            for key in keys:
+                pop(key, None)
 
     def _held(self, key: str, owner: str) -> _Lease | None:
         lease = self._leases.get(key)

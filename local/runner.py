@@ -44,6 +44,10 @@ _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a si
 # finishes one. The client waits for results until half of them are back, then refills:
 # woken once per a few bundles rather than once per bundle, and the threads never starve.
 _BUNDLES_IN_FLIGHT_PER_WORKER = 4
+# Bundles that take less time than the client takes to wake (`sleep 0`, one by one) are all
+# back by then, the threads idle: the window doubles each time, up to this many per worker,
+# so that the client, and each thread, is woken once per many bundles.
+_MOST_BUNDLES_IN_FLIGHT_PER_WORKER = 64
 _NO_TASKS = "holds no tasks (only blank lines and comments)"
 
 
@@ -84,6 +88,8 @@ class LocalRunner:
             task_timeout=config.task_timeout, tail_bytes=config.tail_bytes,
         ), codec=IN_PROCESS)
         self._in_flight: dict[int, Bundle] = {}  # by seq: sent, no results yet
+        self._window = _BUNDLES_IN_FLIGHT_PER_WORKER * config.workers  # most in flight
+        self._most_in_flight = _MOST_BUNDLES_IN_FLIGHT_PER_WORKER * config.workers
         # The rest of the workload, once a signal stopped the run: counted, never run.
         self._unread: Generator[Bundle, None, None] | None = None
 
@@ -135,12 +141,11 @@ class LocalRunner:
         cfg = self.config
         bundles: Generator[Bundle, None, None] | None = self.workload.bundles(
             cfg.job_id, cfg.bundle_size, cfg.bundle_ms)
-        window = _BUNDLES_IN_FLIGHT_PER_WORKER * cfg.workers
         in_flight = self._in_flight
         encode = IN_PROCESS.encode_bundle
         while True:
             batch = []
-            while bundles is not None and len(in_flight) < window:
+            while bundles is not None and len(in_flight) < self._window:
                 bundle = next(bundles, None)
                 if bundle is None:
                     bundles = None
@@ -169,11 +174,13 @@ class LocalRunner:
         ``on_results``, waiting up to ``wait_seconds`` for half of those in flight."""
         in_flight = len(self._in_flight)
         if wait_seconds:
-            batch = _BUNDLES_IN_FLIGHT_PER_WORKER * self.config.workers // 2
-            self.outbox.wait_for(max(1, min(in_flight, batch)), wait_seconds)
+            self.outbox.wait_for(max(1, min(in_flight, self._window // 2)), wait_seconds)
         bodies = self.outbox.take(in_flight or 1)
-        if bodies:
-            self._add(list(map(IN_PROCESS.decode_results, bodies)))
+        if not bodies:
+            return
+        if wait_seconds and len(bodies) == in_flight and self._window < self._most_in_flight:
+            self._window *= 2  # every bundle was back: the threads ran dry meanwhile
+        self._add(list(map(IN_PROCESS.decode_results, bodies)))
 
     def _add(self, bundles: list[ResultBundle]) -> None:
         # The results are here, and no copy of a bundle can come back: its lease (which

@@ -46,7 +46,9 @@ _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a si
 _BUNDLES_IN_FLIGHT_PER_WORKER = 4
 # Bundles that take less time than the client takes to wake (`sleep 0`, one by one) are all
 # back by then, the threads idle: the window doubles each time, up to this many per worker,
-# so that the client, and each thread, is woken once per many bundles.
+# so that the client, and each thread, is woken once per many bundles. It halves again,
+# down to the first, once bundles take longer than a wake-up (the latency, queued to done,
+# grows with the bundles waiting).
 _MOST_BUNDLES_IN_FLIGHT_PER_WORKER = 64
 _NO_TASKS = "holds no tasks (only blank lines and comments)"
 
@@ -88,8 +90,9 @@ class LocalRunner:
             task_timeout=config.task_timeout, tail_bytes=config.tail_bytes,
         ), codec=IN_PROCESS)
         self._in_flight: dict[int, Bundle] = {}  # by seq: sent, no results yet
-        self._window = _BUNDLES_IN_FLIGHT_PER_WORKER * config.workers  # most in flight
-        self._most_in_flight = _MOST_BUNDLES_IN_FLIGHT_PER_WORKER * config.workers
+        self._least_window = _BUNDLES_IN_FLIGHT_PER_WORKER * config.workers
+        self._most_window = _MOST_BUNDLES_IN_FLIGHT_PER_WORKER * config.workers
+        self._window = self._least_window  # how many bundles may be in flight
         # The rest of the workload, once a signal stopped the run: counted, never run.
         self._unread: Generator[Bundle, None, None] | None = None
 
@@ -178,9 +181,17 @@ class LocalRunner:
         bodies = self.outbox.take(in_flight or 1)
         if not bodies:
             return
-        if wait_seconds and len(bodies) == in_flight and self._window < self._most_in_flight:
-            self._window *= 2  # every bundle was back: the threads ran dry meanwhile
+        if wait_seconds:
+            self._resize_window(len(bodies), in_flight)
         self._add(list(map(IN_PROCESS.decode_results, bodies)))
+
+    def _resize_window(self, back: int, in_flight: int) -> None:
+        """Double the window when every bundle in flight was back on waking (the threads ran
+        dry meanwhile); halve it, down to the first, when only the half waited for was."""
+        if back == in_flight:
+            self._window = min(self._window * 2, self._most_window)
+        elif back <= self._window // 2:
+            self._window = max(self._window // 2, self._least_window)
 
     def _add(self, bundles: list[ResultBundle]) -> None:
         # The results are here, and no copy of a bundle can come back: its lease (which

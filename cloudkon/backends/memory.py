@@ -232,7 +232,7 @@ class MemoryBroker:
                 raise NotSetUpError(f"queue {name} does not exist") from None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lease:
     status: str
     owner: str

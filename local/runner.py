@@ -45,11 +45,11 @@ _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a si
 # woken once per a few bundles rather than once per bundle, and the threads never starve.
 _BUNDLES_IN_FLIGHT_PER_WORKER = 4
 # Bundles that take less time than the client takes to wake (`sleep 0`, one by one) are all
-# back by then, the threads idle: the window doubles each time, up to this many per worker,
-# so that the client, and each thread, is woken once per many bundles. It halves again,
-# down to the first, once bundles take longer than a wake-up (the latency, queued to done,
-# grows with the bundles waiting).
-_MOST_BUNDLES_IN_FLIGHT_PER_WORKER = 64
+# back by then, the threads idle: the window doubles each time, up to this many bundles in
+# all (no more than the first window, with many workers), so that the client, and each
+# thread, is woken once per many bundles. It halves again, down to the first, once bundles
+# take longer than a wake-up (the latency, queued to done, grows with the bundles waiting).
+_MOST_BUNDLES_IN_FLIGHT = 128
 _NO_TASKS = "holds no tasks (only blank lines and comments)"
 
 
@@ -91,7 +91,7 @@ class LocalRunner:
         ), codec=IN_PROCESS)
         self._in_flight: dict[int, Bundle] = {}  # by seq: sent, no results yet
         self._least_window = _BUNDLES_IN_FLIGHT_PER_WORKER * config.workers
-        self._most_window = _MOST_BUNDLES_IN_FLIGHT_PER_WORKER * config.workers
+        self._most_window = max(self._least_window, _MOST_BUNDLES_IN_FLIGHT)
         self._window = self._least_window  # how many bundles may be in flight
         # The rest of the workload, once a signal stopped the run: counted, never run.
         self._unread: Generator[Bundle, None, None] | None = None
@@ -186,9 +186,10 @@ class LocalRunner:
         self._add(list(map(IN_PROCESS.decode_results, bodies)))
 
     def _resize_window(self, back: int, in_flight: int) -> None:
-        """Double the window when every bundle in flight was back on waking (the threads ran
-        dry meanwhile); halve it, down to the first, when only the half waited for was."""
-        if back == in_flight:
+        """Double the window when three quarters or more of the bundles in flight were back
+        on waking (the threads all but ran dry meanwhile); halve it, down to the first,
+        when only the half waited for was."""
+        if back * 4 >= in_flight * 3:
             self._window = min(self._window * 2, self._most_window)
         elif back <= self._window // 2:
             self._window = max(self._window // 2, self._least_window)

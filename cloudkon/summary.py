@@ -170,6 +170,27 @@ class Summary:
         if succeeded + cancelled < len(column):
             self._add_failures(results, keep_failures)
 
+    def add_all(self, bundles: list[ResultBundle]) -> None:
+        """Add several result bundles: the same as :meth:`add` of each, in one pass when
+        every task succeeded (bundles of one task each then cost a few list steps)."""
+        if len(bundles) == 1:
+            self.add(bundles[0])
+            return
+        results: list[tuple] = []
+        latencies: list[float] = []
+        for bundle in bundles:
+            sent_at, rs = bundle.sent_at, bundle.results
+            results += rs
+            latencies += [r[6] - sent_at for r in rs]
+        if list(map(_STATUS, results)).count(SUCCEEDED) != len(results):
+            for bundle in bundles:
+                self.add(bundle)
+            return
+        self.counts[SUCCEEDED] += len(results)
+        self.latency.add_many(latencies)
+        self.busy_seconds += sum(map(_END, results)) - sum(map(_START, results))
+        self._add_sleeps(results, timed_out=False)
+
     def _add_sleeps(self, results: list[tuple], timed_out: bool) -> None:
         """Add the time the sleep tasks slept: N ms for one that succeeded (the executor
         waits at least that long), its duration for one cut short by its time limit (when

@@ -44,6 +44,12 @@ _POLL_SECONDS = 0.1  # how often the client, waiting for results, looks for a si
 # finishes one. The client waits for results until half of them are back, then refills:
 # woken once per a few bundles rather than once per bundle, and the threads never starve.
 _BUNDLES_IN_FLIGHT_PER_WORKER = 4
+# Bundles that take less time than the client takes to wake (`sleep 0`, one by one) are all
+# back by then, the threads idle: the window doubles each time, up to this many bundles in
+# all (no more than the first window, with many workers), so that the client, and each
+# thread, is woken once per many bundles. It halves again, down to the first, once bundles
+# take longer than a wake-up (the latency, queued to done, grows with the bundles waiting).
+_MOST_BUNDLES_IN_FLIGHT = 128
 _NO_TASKS = "holds no tasks (only blank lines and comments)"
 
 
@@ -84,6 +90,9 @@ class LocalRunner:
             task_timeout=config.task_timeout, tail_bytes=config.tail_bytes,
         ), codec=IN_PROCESS)
         self._in_flight: dict[int, Bundle] = {}  # by seq: sent, no results yet
+        self._least_window = _BUNDLES_IN_FLIGHT_PER_WORKER * config.workers
+        self._most_window = max(self._least_window, _MOST_BUNDLES_IN_FLIGHT)
+        self._window = self._least_window  # how many bundles may be in flight
         # The rest of the workload, once a signal stopped the run: counted, never run.
         self._unread: Generator[Bundle, None, None] | None = None
 
@@ -135,23 +144,24 @@ class LocalRunner:
         cfg = self.config
         bundles: Generator[Bundle, None, None] | None = self.workload.bundles(
             cfg.job_id, cfg.bundle_size, cfg.bundle_ms)
-        window = _BUNDLES_IN_FLIGHT_PER_WORKER * cfg.workers
         in_flight = self._in_flight
         encode = IN_PROCESS.encode_bundle
         while True:
-            bodies = []
-            while bundles is not None and len(in_flight) < window:
+            batch = []
+            while bundles is not None and len(in_flight) < self._window:
                 bundle = next(bundles, None)
                 if bundle is None:
                     bundles = None
                     if self.on_total is not None:
                         self.on_total(self.workload.tasks)
                     break
-                bundle.sent_at = time.time()
                 in_flight[bundle.seq] = bundle
-                bodies.append(encode(bundle, OUTPUT_QUEUE))
-            if bodies:
-                self.inbox.send_batch(bodies)
+                batch.append(bundle)
+            if batch:
+                sent_at = time.time()  # those sent together enter the queue together
+                for bundle in batch:
+                    bundle.sent_at = sent_at
+                self.inbox.send_batch([encode(bundle, OUTPUT_QUEUE) for bundle in batch])
             if not in_flight and bundles is None:
                 return
             if self.signal_received is not None:
@@ -167,22 +177,37 @@ class LocalRunner:
         ``on_results``, waiting up to ``wait_seconds`` for half of those in flight."""
         in_flight = len(self._in_flight)
         if wait_seconds:
-            batch = _BUNDLES_IN_FLIGHT_PER_WORKER * self.config.workers // 2
-            self.outbox.wait_for(max(1, min(in_flight, batch)), wait_seconds)
-        messages = self.outbox.receive(in_flight or 1, 0, SQS_MAX_VISIBILITY_SECONDS)
-        for message in messages:
-            self.outbox.delete(message)
-            self._add(IN_PROCESS.decode_results(message.body))
+            self.outbox.wait_for(max(1, min(in_flight, self._window // 2)), wait_seconds)
+        bodies = self.outbox.take(in_flight or 1)
+        if not bodies:
+            return
+        if wait_seconds:
+            self._resize_window(len(bodies), in_flight)
+        self._add(list(map(IN_PROCESS.decode_results, bodies)))
 
-    def _add(self, results: ResultBundle) -> None:
-        # The results are here, and no copy of the bundle can come back: its lease (which
+    def _resize_window(self, back: int, in_flight: int) -> None:
+        """Double the window when three quarters or more of the bundles in flight were back
+        on waking (the threads all but ran dry meanwhile); halve it, down to the first,
+        when only the half waited for was."""
+        if back * 4 >= in_flight * 3:
+            self._window = min(self._window * 2, self._most_window)
+        elif back <= self._window // 2:
+            self._window = max(self._window // 2, self._least_window)
+
+    def _add(self, bundles: list[ResultBundle]) -> None:
+        # The results are here, and no copy of a bundle can come back: its lease (which
         # holds the results too) would only keep them alive.
-        self.leases.forget(bundle_key(results.job_id, results.seq))
-        self._in_flight.pop(results.seq, None)
-        if results.results:
-            self.summary.add(results)
-            if self.on_results is not None:
-                self.on_results(results)
+        self.leases.forget([bundle_key(b.job_id, b.seq) for b in bundles])
+        pop = self._in_flight.pop
+        for b in bundles:
+            pop(b.seq, None)
+        bundles = [b for b in bundles if b.results]
+        if not bundles:
+            return
+        self.summary.add_all(bundles)
+        if self.on_results is not None:
+            for b in bundles:
+                self.on_results(b)
 
     def _recover_unfinished(self) -> None:
         """After a stop, the finished tasks of bundles the worker gave back are in the lease
@@ -190,9 +215,9 @@ class LocalRunner:
         for seq, bundle in sorted(self._in_flight.items()):
             claim = self.leases.lookup(bundle_key(bundle.job_id, seq))
             if claim is not None and claim.outcome != COMPLETED and claim.results:
-                self._add(ResultBundle(bundle.job_id, seq,
-                                       IN_PROCESS.unpack_results(claim.results, bundle.tasks),
-                                       bundle.sent_at, WORKER_ID))
+                self._add([ResultBundle(bundle.job_id, seq,
+                                        IN_PROCESS.unpack_results(claim.results, bundle.tasks),
+                                        bundle.sent_at, WORKER_ID)])
 
     def _take_workload_counts(self) -> None:
         w, s = self.workload, self.summary

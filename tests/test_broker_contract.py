@@ -373,3 +373,16 @@ def test_job_state_says_cancelled_once_the_job_is_cancelled_and_only_that_job(le
     assert store.job_state("job") == JOB_CANCELLED
     assert store.job_state("other") == JOB_ACTIVE
     assert store.lookup("job#0").outcome == IN_PROGRESS  # a read: nothing else changed
+
+
+def test_memory_take_removes_what_a_receive_would_get_and_leaves_held_messages():
+    # The local client's one step for receive-and-delete (not part of the contract).
+    clock = FakeClock()
+    queue = MemoryBroker(clock).create("q")
+    queue.send_batch(["a", "b", "c"])
+    assert [m.body for m in queue.receive(1, 0, 30)] == ["a"]
+
+    assert queue.take(10) == ["b", "c"]
+    assert queue.receive(10, 0, 30) == []
+    clock.advance(31)
+    assert queue.take(10) == ["a"] and len(queue) == 0

@@ -386,6 +386,21 @@ def test_100000_tasks_all_run_once(cloudkon, write_workload, tmp_path):
     assert ids == {f"big:{n}" for n in range(1, 100_001)}
 
 
+def test_quick_tasks_one_per_bundle_each_have_one_result(cloudkon, write_workload, tmp_path):
+    # Bundles quicker than the client's wake-up: it keeps more of them in flight.
+    path = write_workload("sleep 0\n" * 3000)
+    out = tmp_path / "results.jsonl"
+
+    proc = cloudkon("run", path, "--workers", "2", "--bundle-size", "1", "--output", out,
+                    "--json", "--job-id", "quick")
+
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["succeeded"] == 3000
+    with open(out, encoding="utf-8") as f:
+        ids = sorted(json.loads(line)["line"] for line in f)
+    assert ids == list(range(1, 3001))
+
+
 # Ctrl-C and SIGTERM
 
 

@@ -257,3 +257,23 @@ def test_tasks_not_read_past_the_counting_time_are_a_lower_bound():
     assert text[1].split()[:2] == ["tasks", "1,500,001+"]
     assert text[2].split() == ["not", "read", "1,500,000+"]
     assert summary.to_dict()["not_read_at_least"] is True
+
+
+@pytest.mark.parametrize("statuses", [
+    pytest.param([SUCCEEDED] * 6, id="all-succeeded"),
+    pytest.param([SUCCEEDED, FAILED, CANCELLED, SUCCEEDED, TIMED_OUT, SUCCEEDED], id="mixed"),
+])
+def test_adding_bundles_together_summarises_as_adding_each(statuses):
+    bundles = [ResultBundle("job", seq, [result(seq * 2 + i + 1, statuses[seq * 2 + i],
+                                                end=100.0 + seq + i / 10, command="sleep 5")
+                                         for i in range(2)], 99.0 - seq)
+               for seq in range(3)]
+    one_by_one, together = Summary("job", 2), Summary("job", 2)
+    for summary in (one_by_one, together):
+        summary.tasks_read, summary.wall_seconds = 6, 10.0
+    for bundle in bundles:
+        one_by_one.add(bundle)
+
+    together.add_all(bundles)
+
+    assert together.to_dict() == one_by_one.to_dict()

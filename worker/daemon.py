@@ -194,7 +194,11 @@ class Worker:
         self._draining = threading.Event()  # receive no more, start no more tasks
         self._halt = threading.Event()  # the heartbeat thread ends
         self._handoff: queue.SimpleQueue = queue.SimpleQueue()
-        self._slots = threading.Condition()
+        # Entered directly (``with self._slots_lock``: no Python-level wrapper, once per
+        # bundle step); the Condition on it only for waits and notifies. Reentrant:
+        # _wait_until's predicates take it again.
+        self._slots_lock = threading.RLock()
+        self._slots = threading.Condition(self._slots_lock)
         self._held: dict[str, Message] = {}  # receipt -> message, from receive to done
         self._running: dict[str, _Running] = {}  # receipt -> running bundle
         # Fencing tokens: the worker, a random name for this run of it, a count of claims.
@@ -278,7 +282,7 @@ class Worker:
         """After :meth:`stop`: drain or hand back what the worker holds, as asked, and end
         its threads; return the exit code (0, or 128 + signal after a hard stop)."""
         self._draining.set()
-        with self._slots:
+        with self._slots_lock:
             self._slots.notify_all()
         if self._hard_signal is None:
             # A stop the program asked for (the end of a local run) is no news.
@@ -321,7 +325,7 @@ class Worker:
         """Wait until ``done()`` or ``seconds`` pass; bundle threads and the receiving notify
         ``_slots`` as they let go, and a signal's flag is seen within a tick."""
         deadline = time.monotonic() + seconds
-        with self._slots:
+        with self._slots_lock:
             while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -340,12 +344,12 @@ class Worker:
         return self._nothing_held() and not self._receiving.locked()
 
     def _nothing_held(self) -> bool:
-        with self._slots:
+        with self._slots_lock:
             return not self._held
 
     def _give_back_leftovers(self) -> None:
         """Give back what bundle threads could not (stuck in AWS calls after a hard stop)."""
-        with self._slots:
+        with self._slots_lock:
             left = list(self._held.values())
             self._held.clear()
         if left:
@@ -373,7 +377,7 @@ class Worker:
                     return None
                 # Under _slots, so that the receiving thread, which passes the receiving on
                 # under _slots too, either counts this thread as waiting or has let go.
-                with self._slots:
+                with self._slots_lock:
                     leading = self._receiving.acquire(blocking=False)
                     if not leading:
                         self._followers += 1
@@ -385,7 +389,7 @@ class Worker:
                 try:
                     message = handoff.get()
                 finally:
-                    with self._slots:
+                    with self._slots_lock:
                         self._followers -= 1
             if message is _END:
                 return None
@@ -399,7 +403,7 @@ class Worker:
         cfg = self.config
         messages: list[Message] = []
         try:
-            with self._slots:
+            with self._slots_lock:
                 free = cfg.threads - len(self._held)
             if not self._stopping():
                 messages = self.inbox.receive(min(max(free, 1), SQS_MAX_BATCH),
@@ -421,7 +425,7 @@ class Worker:
                 # The long poll outlived the stop: nothing of this has started.
                 self._give_back(messages, "received after the stop")
                 messages = []
-        with self._slots:
+        with self._slots_lock:
             for m in messages:
                 self._held[m.receipt] = m
             lead = bool(messages) and self._followers > len(messages) - 1
@@ -440,7 +444,7 @@ class Worker:
         if not isinstance(exc, NotSetUpError):
             return False
         now = time.monotonic()
-        with self._slots:
+        with self._slots_lock:
             first = self._gone_since is None
             if first:
                 self._gone_since = now
@@ -484,7 +488,7 @@ class Worker:
                 if self._rewatched:
                     with self._observed_lock:
                         self._rewatched.discard(message.receipt)
-                with self._slots:
+                with self._slots_lock:
                     self._held.pop(message.receipt, None)
                     if self._draining.is_set():  # only the shutdown waits for this
                         self._slots.notify_all()
@@ -532,7 +536,7 @@ class Worker:
                     if claim.attempt > 1 else "")
         log.info("claimed bundle %s (message %s, %d tasks%s)", key, message.id,
                  len(bundle.tasks), takeover, extra=ids)
-        with self._slots:
+        with self._slots_lock:
             self._running[message.receipt] = running
         try:
             self._execute(running)
@@ -542,7 +546,7 @@ class Worker:
                 beating = running.beating
             if beating:
                 self._await_beat(running)
-            with self._slots:
+            with self._slots_lock:
                 self._running.pop(message.receipt, None)
         if running.expired or (not running.lost and time.monotonic() >= running.expires):
             self._give_up(running, ids)
@@ -744,7 +748,7 @@ class Worker:
             if self._watching:
                 self._claim_watched_again()
             now = time.monotonic()
-            with self._slots:
+            with self._slots_lock:
                 running = list(self._running.values())
             for r in running:
                 expire = due = False
@@ -802,7 +806,7 @@ class Worker:
             return
         if not held:
             return
-        with self._slots:
+        with self._slots_lock:
             if self._draining.is_set():
                 return
             self._held[message.receipt] = message
@@ -921,7 +925,7 @@ class Worker:
         if self.registry is None:
             return
         cfg = self.config
-        with self._slots:
+        with self._slots_lock:
             busy = len(self._running)
         now = time.time()
         record = WorkerRecord(cfg.worker_id, cfg.instance_id, cfg.threads, busy,
@@ -945,7 +949,7 @@ class Worker:
 
     def _log_liveness(self, what: str = "alive") -> None:
         c = self.counts.snapshot()
-        with self._slots:
+        with self._slots_lock:
             in_flight = len(self._held)
         log.info("%s: %d in flight; received %d, completed %d, replayed %d, failed %d, given"
                  " back %d, dead-lettered %d, busy %d, lost %d, expired %d, cancelled %d; %d"

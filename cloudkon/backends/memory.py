@@ -32,7 +32,7 @@ from cloudkon.spill import check_bucket, check_pointer, spill_key, verified
 _WAIT_SLICE = 0.02  # seconds a waiting receive sleeps between looks
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stored:
     id: str
     body: str
@@ -51,7 +51,8 @@ class MemoryQueue:
         self.dead_letter_queue = dead_letter
         self.max_receives = max_receives  # redrive to dead_letter after this many receives
         self._messages: dict[str, _Stored] = {}  # in sending order
-        self._lock = threading.Condition()
+        self._mutex = threading.Lock()  # entered directly: no Python-level wrapper
+        self._lock = threading.Condition(self._mutex)
         self._ids = itertools.count(1)
         self._receipts = itertools.count(1)  # each receive's handle is new
         self._closed = False
@@ -63,7 +64,7 @@ class MemoryQueue:
                 visibility_seconds: int) -> list[Message]:
         deadline = time.monotonic() + wait_seconds
         while True:
-            with self._lock:
+            with self._mutex:
                 got = self._take(max_messages, visibility_seconds)
                 remaining = deadline - time.monotonic()
                 if got or remaining <= 0 or self._closed:
@@ -77,15 +78,15 @@ class MemoryQueue:
     def _take(self, max_messages: int, visibility_seconds: int) -> list[Message]:
         now = self.clock()
         got = []
-        for stored in list(self._messages.values()):
+        redriven = []
+        for stored in self._messages.values():
             if len(got) >= max_messages:
                 break
             if stored.visible_at > now:
                 continue
             if self.max_receives is not None and stored.receives >= self.max_receives \
                     and self.dead_letter_queue is not None:
-                del self._messages[stored.id]
-                self.dead_letter_queue.send_batch([stored.body])
+                redriven.append(stored)
                 continue
             if not stored.receives:
                 self._fresh -= 1
@@ -93,23 +94,26 @@ class MemoryQueue:
             stored.visible_at = now + visibility_seconds
             stored.receipt = f"{stored.id}/{next(self._receipts)}"
             got.append(Message(stored.id, stored.body, stored.receipt, stored.receives))
+        for stored in redriven:
+            del self._messages[stored.id]
+            self.dead_letter_queue.send_batch([stored.body])
         return got
 
     def delete(self, message: Message) -> None:
-        with self._lock:
+        with self._mutex:
             stored = self._messages.get(message.id)
             if stored is not None and stored.receipt == message.receipt:
                 del self._messages[message.id]
 
     def delete_batch(self, messages: list[Message]) -> None:
-        with self._lock:
+        with self._mutex:
             for message in messages:
                 stored = self._messages.get(message.id)
                 if stored is not None and stored.receipt == message.receipt:
                     del self._messages[message.id]
 
     def extend(self, message: Message, seconds: int) -> bool:
-        with self._lock:
+        with self._mutex:
             stored = self._messages.get(message.id)
             if stored is None or stored.receipt != message.receipt:
                 return False
@@ -117,7 +121,7 @@ class MemoryQueue:
             return True
 
     def give_back(self, messages: list[Message]) -> None:
-        with self._lock:
+        with self._mutex:
             now = self.clock()
             for message in messages:
                 stored = self._messages.get(message.id)
@@ -126,7 +130,7 @@ class MemoryQueue:
             self._lock.notify_all()
 
     def send_batch(self, bodies: list[str]) -> None:
-        with self._lock:
+        with self._mutex:
             for body in bodies:
                 mid = f"{self.name}-{next(self._ids)}"
                 self._messages[mid] = _Stored(mid, body)
@@ -141,12 +145,37 @@ class MemoryQueue:
         self.delete(message)
 
     # For the local flavour and tests: not part of the queue interface.
+    def take(self, max_messages: int) -> list:
+        """Remove up to ``max_messages`` visible messages and return their bodies, as a
+        receive and a delete of each would, in one step: for the queue's only reader."""
+        with self._mutex:
+            now = self.clock()
+            messages = self._messages
+            bodies = []
+            taken = []
+            for stored in messages.values():
+                if len(bodies) >= max_messages:
+                    break
+                if stored.visible_at > now:
+                    continue
+                taken.append(stored)
+                if self.max_receives is not None and stored.receives >= self.max_receives \
+                        and self.dead_letter_queue is not None:
+                    self.dead_letter_queue.send_batch([stored.body])
+                    continue
+                if not stored.receives:
+                    self._fresh -= 1
+                bodies.append(stored.body)
+            for stored in taken:
+                del messages[stored.id]
+            return bodies
+
     def wait_for(self, count: int, seconds: float) -> None:
         """Wait until at least ``count`` messages sent have not been received yet, or
         ``seconds`` pass, or the queue is closed: a reader that takes its messages in
         batches is woken once a batch, not once a message."""
         deadline = time.monotonic() + seconds
-        with self._lock:
+        with self._mutex:
             self._wanted.append(count)
             try:
                 while self._fresh < count and not self._closed:
@@ -160,18 +189,18 @@ class MemoryQueue:
     def close(self) -> None:
         """Wake every waiting receive and let later ones return at once: the process that
         owns the queue is done with it."""
-        with self._lock:
+        with self._mutex:
             self._closed = True
             self._lock.notify_all()
 
     def __len__(self) -> int:
         """Messages not yet deleted, visible or not."""
-        with self._lock:
+        with self._mutex:
             return len(self._messages)
 
     def visible(self) -> int:
         """Messages a receive would get now."""
-        with self._lock:
+        with self._mutex:
             now = self.clock()
             return sum(1 for s in self._messages.values() if s.visible_at <= now)
 
@@ -203,7 +232,7 @@ class MemoryBroker:
                 raise NotSetUpError(f"queue {name} does not exist") from None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lease:
     status: str
     owner: str
@@ -302,11 +331,13 @@ class MemoryLeaseStore:
         with self._lock:
             self._cancelled.add(job_id)
 
-    def forget(self, key: str) -> None:
-        """Drop the key's record: its bundle's results have reached their one reader and
-        no copy of the bundle can come back (in-process queues only)."""
+    def forget(self, keys: list[str]) -> None:
+        """Drop the keys' records: their bundles' results have reached their one reader and
+        no copy of the bundles can come back (in-process queues only)."""
         with self._lock:
-            self._leases.pop(key, None)
+            pop = self._leases.pop
+            for key in keys:
+                pop(key, None)
 
     def _held(self, key: str, owner: str) -> _Lease | None:
         lease = self._leases.get(key)

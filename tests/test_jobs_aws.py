@@ -8,6 +8,7 @@ within seconds. Tasks append their line number to a file, which tells what ran.
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -220,13 +221,23 @@ def test_status_watch_follows_a_running_job_to_its_end(
     job_id = _submit(cloudkon, fleet, workload)
     watcher = start_cloudkon("status", *_aws(fleet), job_id, "--watch", "--json",
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: json.loads(cloudkon("status", *_aws(fleet), job_id, "--json").stdout)
-               ["running"] > 0, timeout=60, what="a task running")
+    seen = bytearray()  # read from the pipe itself: communicate() reads on from there
+
+    def watched_running() -> bool:  # the watcher's own readings, as they come
+        if select.select([watcher.stdout], [], [], 0.5)[0]:
+            seen.extend(os.read(watcher.stdout.fileno(), 65536))
+        lines = seen.decode().split("\n")[:-1]  # whole lines only
+        return any(line.startswith("{") and json.loads(line)["state"] == "running"
+                   for line in lines)
+
+    # Not `status` in another process: --watch itself must have shown the job running.
+    wait_until(watched_running, timeout=60, what="--watch showing the job running")
     gate.touch()
     stdout, stderr = watcher.communicate(timeout=60)
 
     assert watcher.returncode == 0, stderr
-    readings = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    readings = [json.loads(line) for line in (seen.decode() + stdout).splitlines()
+                if line.startswith("{")]
     assert readings[-1]["state"] == "done" and readings[-1]["succeeded"] == 4
     assert any(r["state"] == "running" for r in readings[:-1])  # it watched, then ended
 

@@ -50,6 +50,10 @@ _BUNDLES_IN_FLIGHT_PER_WORKER = 4
 # thread, is woken once per many bundles. It halves again, down to the first, once bundles
 # take longer than a wake-up (the latency, queued to done, grows with the bundles waiting).
 _MOST_BUNDLES_IN_FLIGHT = 128
+# ... and it grows only while its bundles hold fewer tasks than this in all: full bundles
+# (`sleep 0` by the 256) are woken for rarely enough at the first window, and more of them
+# in flight would only hold more memory (and cost the collector more).
+_MOST_TASKS_IN_FLIGHT = 4096
 _NO_TASKS = "holds no tasks (only blank lines and comments)"
 
 
@@ -181,17 +185,21 @@ class LocalRunner:
         bodies = self.outbox.take(in_flight or 1)
         if not bodies:
             return
+        results = list(map(IN_PROCESS.decode_results, bodies))
         if wait_seconds:
-            self._resize_window(len(bodies), in_flight)
-        self._add(list(map(IN_PROCESS.decode_results, bodies)))
+            self._resize_window(results, in_flight)
+        self._add(results)
 
-    def _resize_window(self, back: int, in_flight: int) -> None:
+    def _resize_window(self, back: list[ResultBundle], in_flight: int) -> None:
         """Double the window when three quarters or more of the bundles in flight were back
-        on waking (the threads all but ran dry meanwhile); halve it, down to the first,
-        when only the half waited for was."""
-        if back * 4 >= in_flight * 3:
-            self._window = min(self._window * 2, self._most_window)
-        elif back <= self._window // 2:
+        on waking (the threads all but ran dry meanwhile), unless it would then hold
+        _MOST_TASKS_IN_FLIGHT tasks; halve it, down to the first, when only the half waited
+        for was."""
+        if len(back) * 4 >= in_flight * 3:
+            tasks = sum(len(b.results) for b in back) / len(back)  # a bundle's, about
+            if tasks * self._window * 2 <= _MOST_TASKS_IN_FLIGHT:
+                self._window = min(self._window * 2, self._most_window)
+        elif len(back) <= self._window // 2:
             self._window = max(self._window // 2, self._least_window)
 
     def _add(self, bundles: list[ResultBundle]) -> None:

@@ -270,16 +270,19 @@ def test_plot_draws_every_chart_into_one_png(cloudkon, known_results, tmp_path):
 FAILED_RED = (0xd6, 0x27, 0x28)  # matplotlib's tab:red
 
 
-def _has_colour(png, rgb) -> bool:
-    import matplotlib.image
+def _has_colour(axes, rgb) -> bool:
+    """Whether the drawn chart of ``axes`` (see _drawn) shows colour ``rgb`` anywhere."""
     import numpy as np
 
-    pixels = (matplotlib.image.imread(png)[..., :3] * 255).round()
+    pixels = np.asarray(axes.figure.canvas.buffer_rgba())[..., :3].astype(int)
     return bool((np.abs(pixels - rgb).max(axis=-1) <= 2).any())
 
 
 @pytest.mark.parametrize("status", ["failed", "timed_out"])
-def test_plot_draws_failed_tasks_in_a_colour_of_their_own(cloudkon, tmp_path, status):
+def test_plot_draws_failed_tasks_in_a_colour_of_their_own(tmp_path, status):
+    # The charts as `report --plot-dir` draws them (the PNG files themselves: see
+    # test_plot_dir_writes_one_png_per_chart), drawn here rather than in two processes
+    # that each load matplotlib.
     path = tmp_path / "results.jsonl"
     write_results(path, [record(i, T0 + i / 10, T0 + i / 10 + 0.05, queued=T0,
                                 status=status if i % 5 == 0 else "succeeded")
@@ -288,12 +291,11 @@ def test_plot_draws_failed_tasks_in_a_colour_of_their_own(cloudkon, tmp_path, st
     write_results(clean, [record(i, T0 + i / 10, T0 + i / 10 + 0.05, queued=T0)
                           for i in range(1, 41)])
 
-    assert cloudkon("report", path, "--plot-dir", "failing").returncode == 0
-    assert cloudkon("report", clean, "--plot-dir", "clean").returncode == 0
+    failing, succeeding = _drawn(path), _drawn(clean)
 
     for chart in ("completed", "throughput", "durations", "workers"):
-        assert _has_colour(tmp_path / "failing" / f"{chart}.png", FAILED_RED), chart
-        assert not _has_colour(tmp_path / "clean" / f"{chart}.png", FAILED_RED), chart
+        assert _has_colour(failing[chart], FAILED_RED), chart
+        assert not _has_colour(succeeding[chart], FAILED_RED), chart
 
 
 def _drawn(results_path):

@@ -40,9 +40,11 @@ _POLL_SECONDS = 0.25
 # how many programs' places are kept.
 PROGRAM_LOOKUP_SECONDS = 1.0
 _PROGRAMS_KEPT = 1024
-# The lateness of a timed wait assumed at first and the most assumed (see _sleep_until).
+# The lateness of a timed wait assumed at first and the most assumed (see _sleep_until):
+# at most this long a sleep task yields in a loop instead of waiting, so that a loaded
+# machine, whose waits wake later, does not have many threads spinning.
 _FIRST_LATE_SECONDS = 0.0002
-_MOST_LATE_SECONDS = 0.002
+_MOST_LATE_SECONDS = 0.0005
 # After a task has exited, how long to keep reading what it left in its pipes, when
 # something it started in the background keeps them open.
 _DRAIN_SECONDS = 0.1

@@ -388,7 +388,11 @@ def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes]
     write ends. OSError if it cannot be started (an execve error: not found, not
     executable, no #!). How: :mod:`cloudkon.spawn`."""
     out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
-    err_r, err_w = os.pipe()
+    try:
+        err_r, err_w = os.pipe()
+    except BaseException:  # EMFILE (ulimit -n): the first pipe must not leak
+        _close_all((out_r, out_w))
+        raise
     try:
         pid = spawner()(path, argv, env, own, (_devnull(), out_w, err_w))
     except BaseException:

@@ -159,7 +159,7 @@ class Guardian:
 
     def _start(self) -> None:
         with self._lock:
-            if self._fd is not None or self._failed:
+            if self._fd is not None or self._failed or self._closed:
                 return
             try:
                 # -I -S: no user site, no PYTHON* variables, nothing imported but the stdlib.

@@ -1,0 +1,87 @@
+"""Review probes for the performance change (56f1eb3..HEAD)."""
+from __future__ import annotations
+
+import os
+import threading
+
+import cloudkon.executor as ex
+from cloudkon.executor import Executor
+from cloudkon.model import FAILED, SUCCEEDED
+
+
+def _fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def test_no_descriptor_leaks_when_the_second_pipe_cannot_be_made(monkeypatch):
+    """EMFILE between the two os.pipe() calls of _spawn (a worker at ulimit -n)."""
+    executor = Executor(timeout=None)
+    try:
+        assert executor.run("j", 1, "true")[2] == SUCCEEDED  # guardian, devnull, spawner
+        before = _fds()
+        real_pipe = os.pipe
+        calls = []
+
+        def pipe():
+            calls.append(1)
+            if len(calls) % 2 == 0:
+                raise OSError(24, "Too many open files")
+            return real_pipe()
+
+        monkeypatch.setattr(ex.os, "pipe", pipe)
+        result = executor.run("j", 2, "true")
+        monkeypatch.setattr(ex.os, "pipe", real_pipe)
+        assert result[2] == FAILED
+        assert _fds() == before, f"leaked: {sorted(_fds() - before)}"
+    finally:
+        executor.close()
+
+
+def test_no_descriptor_leaks_on_spawn_failures_and_lookups(tmp_path):
+    script = tmp_path / "noshebang"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    gone = tmp_path / "gone"
+    gone.write_text("#!/bin/sh\necho gone\n")
+    gone.chmod(0o755)
+    executor = Executor(timeout=None)
+    try:
+        executor.run("j", 1, "true")
+        before = _fds()
+        assert executor.run("j", 2, str(script))[7] == "hi\n"
+        assert executor.run("j", 3, "no-such-program-xyz")[3] == 127
+        assert executor.run("j", 4, str(gone))[7] == "gone\n"
+        gone.unlink()
+        assert executor.run("j", 5, str(gone))[3] == 127
+        assert _fds() == before
+    finally:
+        executor.close()
+
+
+def test_threads_share_an_executor_without_mixing_environments():
+    executor = Executor(timeout=None)
+    errors = []
+
+    def work(n):
+        for i in range(40):
+            r = executor.run(f"job{n}", i + 1, "printenv CLOUDKON_TASK_ID")
+            if r[7] != f"job{n}:{i + 1}\n":
+                errors.append((n, i, r[7], r[8]))
+
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+    finally:
+        executor.close()
+
+
+def test_a_task_after_close_starts_no_second_guardian():
+    executor = Executor(timeout=None)
+    executor.run("j", 1, "true")
+    executor.close()
+    r = executor.run("j", 2, "true")
+    assert executor._guardian._proc is None, "a new guardian was started after close()"

@@ -10,6 +10,7 @@ process dies. Tasks get the environment :mod:`cloudkon.taskenv` builds.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -387,18 +388,37 @@ def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes]
     pipes; return its pid, the read ends of the pipes and (for the caller to close) their
     write ends. OSError if it cannot be started (an execve error: not found, not
     executable, no #!). How: :mod:`cloudkon.spawn`."""
-    out_r, out_w = os.pipe()  # both ends close-on-exec; dup2 onto 1 and 2 clears it
-    try:
-        err_r, err_w = os.pipe()
-    except BaseException:  # EMFILE (ulimit -n): the first pipe must not leak
-        _close_all((out_r, out_w))
-        raise
+    out_r, out_w, err_r, err_w = _pipes()
     try:
         pid = spawner()(path, argv, env, own, (_devnull(), out_w, err_w))
     except BaseException:
         _close_all((out_r, out_w, err_r, err_w))
         raise
     return pid, out_r, err_r, (out_w, err_w)
+
+
+def _pipes() -> tuple[int, int, int, int]:
+    """Two pipes (both ends close-on-exec; dup2 onto 1 and 2 clears it). Out of descriptors
+    (ulimit -n), wait a moment and try again a few times: the write ends other threads hold
+    for _HOLD_WRITERS_SECONDS are closed by then, and a task that merely started at the same
+    time as many others must not fail with "Too many open files"."""
+    for attempt in range(_PIPE_ATTEMPTS):
+        try:
+            out_r, out_w = os.pipe()
+            try:
+                err_r, err_w = os.pipe()
+            except BaseException:  # the first pipe must not leak
+                _close_all((out_r, out_w))
+                raise
+            return out_r, out_w, err_r, err_w
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or attempt == _PIPE_ATTEMPTS - 1:
+                raise
+            time.sleep(_HOLD_WRITERS_SECONDS * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+_PIPE_ATTEMPTS = 4
 
 
 def _close_all(fds: tuple[int, ...]) -> None:

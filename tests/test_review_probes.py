@@ -85,3 +85,54 @@ def test_a_task_after_close_starts_no_second_guardian():
     executor.close()
     r = executor.run("j", 2, "true")
     assert executor._guardian._proc is None, "a new guardian was started after close()"
+
+
+def test_fallbacks_os_posix_spawn_and_no_pidfd(monkeypatch, tmp_path):
+    import cloudkon.spawn as sp
+    monkeypatch.setattr(sp, "_spawner", sp._os_spawn)
+    monkeypatch.setattr(ex, "_pidfd_open", lambda pid: None)
+    script = tmp_path / "noshebang"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    executor = Executor(timeout=1.0)
+    try:
+        executor.run("j", 1, "true")
+        before = _fds()
+        r = executor.run("j", 2, "printenv CLOUDKON_LINE")
+        assert r[2] == SUCCEEDED and r[7] == "2\n"
+        assert executor.run("j", 3, "no-such-program-xyz")[3] == 127
+        assert executor.run("j", 4, str(script))[7] == "hi\n"
+        assert executor.run("j", 5, "sh -c 'echo out; echo err >&2; exit 3'")[3] == 3
+        r = executor.run("j", 6, "/bin/sleep 5")
+        assert r[2] == "timed_out", r
+        assert _fds() == before
+    finally:
+        executor.close()
+
+
+def test_many_tasks_starting_together_near_ulimit_n_do_not_fail():
+    """Held write ends (5 descriptors a task for 10 ms instead of 3) made 63 of 320 tasks
+    fail with "could not start /bin/sh: Too many open files" at ulimit -n 1024 (0-5 before
+    the change)."""
+    import subprocess
+    import sys
+    code = r'''
+import os, resource, sys, threading
+from cloudkon.executor import Executor
+N = 320
+e = Executor(timeout=None)
+e.run("j", 0, "true")
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+bar = threading.Barrier(N); out = []
+def w(i):
+    bar.wait()
+    out.append(e.run("j", i + 1, "/bin/sleep 0.3"))
+ts = [threading.Thread(target=w, args=(i,)) for i in range(N)]
+[t.start() for t in ts]; [t.join() for t in ts]
+e.close()
+print(sum(r[2] != "succeeded" for r in out))
+'''
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert int(out.stdout.strip()) <= 5, out.stdout + out.stderr

@@ -37,6 +37,9 @@ CLOSE_WAIT_SECONDS = 5.0
 # The longest a wait for a task's output goes without looking at the clock (and, where
 # there is no pidfd, whether the task has exited).
 _POLL_SECONDS = 0.25
+# How long a task's start waits, in all, for descriptors to be free when there are none
+# (ulimit -n) before it fails (see _pipes).
+PIPE_RETRY_SECONDS = 2.0
 # How long a program's place on the PATH is taken as known (see Executor._where), and
 # how many programs' places are kept.
 PROGRAM_LOOKUP_SECONDS = 1.0
@@ -399,10 +402,12 @@ def _spawn(path: bytes, argv: list[bytes], env: Environ, own: list[bytes]
 
 def _pipes() -> tuple[int, int, int, int]:
     """Two pipes (both ends close-on-exec; dup2 onto 1 and 2 clears it). Out of descriptors
-    (ulimit -n), wait a moment and try again a few times: the write ends other threads hold
-    for _HOLD_WRITERS_SECONDS are closed by then, and a task that merely started at the same
-    time as many others must not fail with "Too many open files"."""
-    for attempt in range(_PIPE_ATTEMPTS):
+    (ulimit -n), wait and try again, for up to PIPE_RETRY_SECONDS: the write ends other
+    threads hold for _HOLD_WRITERS_SECONDS, and the descriptors of tasks that end, are
+    closed by then, and a task that merely started at the same time as many others must
+    not fail with "Too many open files"."""
+    pause, waited = _HOLD_WRITERS_SECONDS, 0.0
+    while True:
         try:
             out_r, out_w = os.pipe()
             try:
@@ -412,13 +417,11 @@ def _pipes() -> tuple[int, int, int, int]:
                 raise
             return out_r, out_w, err_r, err_w
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE) or attempt == _PIPE_ATTEMPTS - 1:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or waited >= PIPE_RETRY_SECONDS:
                 raise
-            time.sleep(_HOLD_WRITERS_SECONDS * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-_PIPE_ATTEMPTS = 4
+            time.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.25)
 
 
 def _close_all(fds: tuple[int, ...]) -> None:

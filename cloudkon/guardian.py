@@ -119,22 +119,19 @@ class Guardian:
         with self._lock:  # either in the pipe before the close's end of file, or refused
             if self._closed:
                 return False
-            fd = self._fd
             self._watched.add(pgid)
-            if fd is not None:
-                try:
-                    os.write(fd, b"+ %d\n" % pgid)
-                    return True
-                except OSError:
-                    pass
-        self._send(b"+ %d\n" % pgid)  # the guardian is gone: said once
+            error = self._write(b"+ %d\n" % pgid)
+        if error is not None:
+            self._gone(error)
         return True
 
     def release(self, pgid: int) -> None:
         """Forget group ``pgid``: call it before its leader is reaped."""
-        self._watched.discard(pgid)
-        if self._fd is not None:
-            self._send(b"- %d\n" % pgid)
+        with self._lock:  # never a write to a descriptor close() has closed (and maybe reused)
+            self._watched.discard(pgid)
+            error = self._write(b"- %d\n" % pgid)
+        if error is not None:
+            self._gone(error)
 
     def close(self) -> None:
         """Close the pipe: the guardian kills what is still watched, and exits. With groups
@@ -176,20 +173,26 @@ class Guardian:
             self._fd = self._proc.stdin.fileno()
             log.debug("task guardian started: pid %d", self._proc.pid)
 
-    def _send(self, line: bytes) -> None:
+    def _write(self, line: bytes) -> OSError | None:
+        """Under ``_lock``: write ``line`` to the guardian, if it runs. The error of the
+        write that found it gone (it died: BrokenPipeError), once; None otherwise."""
         fd = self._fd
         if fd is None:
-            return
+            return None
         try:
             os.write(fd, line)
-        except OSError as exc:  # the guardian died (BrokenPipeError) or was closed
-            with self._lock:
-                if self._failed:
-                    return
-                self._failed = True
-                self._fd = None
-            log.warning("the task guardian is gone (%s): tasks will outlive a killed worker",
-                        exc.strerror or exc)
+            return None
+        except OSError as exc:
+            self._fd = None
+            if self._failed:
+                return None
+            self._failed = True
+            return exc
+
+    @staticmethod
+    def _gone(exc: OSError) -> None:
+        log.warning("the task guardian is gone (%s): tasks will outlive a killed worker",
+                    exc.strerror or exc)
 
 
 if __name__ == "__main__":

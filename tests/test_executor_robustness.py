@@ -159,3 +159,21 @@ print([r[8] for r in out if r[2] != "succeeded"])
                          env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout  # no task failed to start
+
+
+def test_tasks_run_on_after_the_guardian_dies_and_it_is_said_once(caplog):
+    executor = Executor(timeout=None)
+    try:
+        assert executor.run("j", 1, "true")[2] == SUCCEEDED
+        guardian = executor._guardian._proc
+        guardian.kill()
+        guardian.wait(timeout=10)  # gone: its end of the pipe is closed
+
+        with caplog.at_level("WARNING", logger="cloudkon.guardian"):
+            results = [executor.run("j", n, "echo on") for n in range(2, 5)]
+
+        assert [(r[2], r[7]) for r in results] == [(SUCCEEDED, "on\n")] * 3
+        gone = [r.message for r in caplog.records if "guardian is gone" in r.message]
+        assert len(gone) == 1, gone
+    finally:
+        executor.close()

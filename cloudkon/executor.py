@@ -322,6 +322,9 @@ class Executor:
             _close_all(writers)
             writers = ()
         hold_until = time.monotonic() + _HOLD_WRITERS_SECONDS if writers else None
+        # Without a pidfd, once both pipes have ended (the task is exiting, or closed them):
+        # how long until its exit is asked again, doubling from 1 ms.
+        pause = 0.001
         poller = select.poll()  # select.poll, not selectors: this loop runs for every task
         watched = {out_fd, err_fd} if pidfd is None else {out_fd, err_fd, pidfd}
         for fd in watched:
@@ -348,6 +351,8 @@ class Executor:
                               hold_until):
                     if limit is not None:
                         wait = min(wait, max(limit - now, 0.0))
+                if not watched and pidfd is None:  # nothing to wake it: ask again soon
+                    wait, pause = min(wait, pause), min(pause * 2, _POLL_SECONDS)
                 events = poller.poll(wait * 1000.0)
                 if not events and drain_until is not None:
                     break  # exited, and whatever it started holds the pipes open: done

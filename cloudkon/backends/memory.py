@@ -78,9 +78,21 @@ class MemoryQueue:
     def _take(self, max_messages: int, visibility_seconds: int) -> list[Message]:
         now = self.clock()
         got = []
+        for stored in self._due(max_messages, now):
+            stored.receives += 1
+            stored.visible_at = now + visibility_seconds
+            stored.receipt = f"{stored.id}/{next(self._receipts)}"
+            got.append(Message(stored.id, stored.body, stored.receipt, stored.receives))
+        return got
+
+    def _due(self, max_messages: int, now: float) -> list[_Stored]:
+        """Under the lock: up to ``max_messages`` messages visible at ``now``, in sending
+        order, now counted as received (no longer fresh); those already received
+        ``max_receives`` times go to the dead-letter queue instead."""
+        due = []
         redriven = []
         for stored in self._messages.values():
-            if len(got) >= max_messages:
+            if len(due) >= max_messages:
                 break
             if stored.visible_at > now:
                 continue
@@ -90,14 +102,11 @@ class MemoryQueue:
                 continue
             if not stored.receives:
                 self._fresh -= 1
-            stored.receives += 1
-            stored.visible_at = now + visibility_seconds
-            stored.receipt = f"{stored.id}/{next(self._receipts)}"
-            got.append(Message(stored.id, stored.body, stored.receipt, stored.receives))
+            due.append(stored)
         for stored in redriven:
             del self._messages[stored.id]
             self.dead_letter_queue.send_batch([stored.body])
-        return got
+        return due
 
     def delete(self, message: Message) -> None:
         with self._mutex:
@@ -149,26 +158,11 @@ class MemoryQueue:
         """Remove up to ``max_messages`` visible messages and return their bodies, as a
         receive and a delete of each would, in one step: for the queue's only reader."""
         with self._mutex:
-            now = self.clock()
+            due = self._due(max_messages, self.clock())
             messages = self._messages
-            bodies = []
-            taken = []
-            for stored in messages.values():
-                if len(bodies) >= max_messages:
-                    break
-                if stored.visible_at > now:
-                    continue
-                taken.append(stored)
-                if self.max_receives is not None and stored.receives >= self.max_receives \
-                        and self.dead_letter_queue is not None:
-                    self.dead_letter_queue.send_batch([stored.body])
-                    continue
-                if not stored.receives:
-                    self._fresh -= 1
-                bodies.append(stored.body)
-            for stored in taken:
+            for stored in due:
                 del messages[stored.id]
-            return bodies
+            return [stored.body for stored in due]
 
     def wait_for(self, count: int, seconds: float) -> None:
         """Wait until at least ``count`` messages sent have not been received yet, or

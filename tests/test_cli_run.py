@@ -549,3 +549,25 @@ def test_run_resume_runs_only_the_lines_without_a_result_and_appends(cloudkon, w
     assert (refused.returncode, refused.stderr.strip()) == (
         2, f"cloudkon: error: {bad}:1: not a result (Expecting value: line 1 column 1 (char 0));"
            " resume into another file")
+
+
+def test_a_long_quick_run_keeps_at_most_4096_tasks_in_flight(write_workload):
+    # The client's window grows while bundles come back faster than it wakes, but never
+    # past _MOST_TASKS_IN_FLIGHT tasks: full bundles of `sleep 0` would otherwise pile up
+    # to 128 x 256 of them, and memory with them.
+    from cloudkon.config import RunConfig
+    from local.runner import LocalRunner
+
+    runner = LocalRunner(RunConfig(write_workload("sleep 0\n" * 60_000), "window", workers=2))
+    most = []
+    send = runner.inbox.send_batch
+
+    def counting_send(bodies):
+        send(bodies)
+        most.append(sum(len(b.tasks) for b in runner._in_flight.values()))
+
+    runner.inbox.send_batch = counting_send
+    summary = runner.run()
+
+    assert summary.counts["succeeded"] == 60_000
+    assert max(most) <= 4096, max(most)

@@ -136,12 +136,17 @@ def test_same_bundle_sent_twice_runs_once(harness):
     worker = harness.start(threads=2)
     harness.collect(ids_of(bundle))
 
-    def both_copies_settled() -> bool:
-        # The copy that found the bundle leased was left to come back later: move time on.
+    def second_copy_replayed() -> bool:
+        # The copy that found the bundle leased was left to come back later: move time on,
+        # until it has come back. Not after: its delete waits for the worker's next batch,
+        # and time moved on meanwhile would bring it back once more, to be replayed again.
+        if worker.counts["replayed"]:
+            return True
         harness.clock.advance(VISIBILITY * 4)
-        return len(harness.inbox) == 0
+        return False
 
-    wait_until(both_copies_settled, what="both copies deleted")
+    wait_until(second_copy_replayed, what="the second copy replayed")
+    wait_until(lambda: len(harness.inbox) == 0, what="both copies deleted")
     assert harness.runs() == ["1", "2"]
     for copies in harness.results.values():
         assert all(copy == copies[0] for copy in copies)  # a replay sends what was stored

@@ -18,7 +18,10 @@ import os
 import re
 import stat
 import sys
+from bisect import bisect_left
 from collections.abc import Callable, Container, Generator, Iterator
+from itertools import accumulate, compress, repeat
+from operator import is_
 from typing import BinaryIO
 from typing import NamedTuple
 
@@ -91,6 +94,9 @@ SLEEP_CACHE_SIZE = 4096
 # Bytes read at a time: large enough that per-block work vanishes, small enough that a
 # block's line strings (about 32,000 of `sleep 0`) stay a few MB.
 BLOCK_BYTES = 1 << 18
+# A block with more new lines than this is taken line by line (it holds shell commands,
+# most likely), rather than checked for being all `sleep N` first.
+_MOST_NEW_SLEEPS = 64
 
 
 class Workload:
@@ -246,10 +252,42 @@ class Workload:
                 kept = [("" if n in skip else text) for n, text in enumerate(lines, first)]
                 self.skipped += sum(1 for a, b in zip(kept, lines) if a is not b)
                 lines = kept
+            stripped = list(map(str.strip, lines))
+            mss = self._sleeps_of(stripped)
+            if mss is not None:  # sleep tasks only, each of a known length
+                self.sleep_tasks += len(mss)
+                total_sleep = sum(mss, total_sleep)
+                pairs = list(zip(range(first, first + len(stripped)), stripped))
+                free = limit > 0 and not any(mss)  # `sleep 0` only: bundles cut by size
+                i = 0
+                while i < len(pairs):
+                    end = min(i + size - len(tasks), len(pairs))
+                    spent = False
+                    if not free:
+                        # The tasks up to the first whose cost reaches the budget (costs never
+                        # fall, so a bisection finds it), and no more than fit the bundle.
+                        costs = list(accumulate(mss[i:end], initial=cost))
+                        reached = bisect_left(costs, limit, 1)
+                        spent = reached < len(costs)
+                        end = min(end, i + reached)
+                        cost = costs[end - i]
+                    if tasks:
+                        tasks += pairs[i:end]
+                    else:
+                        tasks = pairs[i:end]
+                    i = end
+                    if spent or len(tasks) >= size:
+                        self.tasks += len(tasks)
+                        yield Bundle(job_id, seq, tasks)
+                        seq += 1
+                        tasks = []
+                        cost = 0.0
+                self.sleep_ms = total_sleep
+                continue
+            append = tasks.append
             n = first - 1
-            for text in lines:
+            for s in stripped:
                 n += 1
-                s = text.strip()
                 if not s or s[0] == "#":
                     if undecodable and n in undecodable:
                         self._bad(n, undecodable.pop(n))
@@ -356,7 +394,7 @@ class Workload:
                 pass
             else:
                 # A line of L characters has at most 4 L bytes: measure only the suspects.
-                if len(body) <= limit or all(
+                if len(body) <= limit or 4 * max(map(len, lines)) <= limit or all(
                     len(line.rstrip("\r").encode()) <= limit
                     for line in lines if 4 * len(line) > limit
                 ):
@@ -377,6 +415,26 @@ class Workload:
                     bad[n] = f"is not valid UTF-8 (byte {exc.start + 1})"
             lines.append("")
         return lines
+
+    @staticmethod
+    def _sleeps_of(lines: list[str]) -> list[float] | None:
+        """The milliseconds of each of ``lines`` (stripped) when every one is a `sleep N`
+        task, else None. A block of them is then bundled without a step per line: a
+        workload of `sleep 0` is read at the speed of the queue, not of the parser."""
+        mss = list(map(SLEEP_CACHE.get, lines))
+        if None not in mss:
+            return mss
+        new = set(compress(lines, map(is_, mss, repeat(None))))
+        if len(new) > _MOST_NEW_SLEEPS:  # most likely shell commands: line by line
+            return None
+        for s in new:
+            try:
+                if not s or s[0] == "#" or sleep_ms(s) is None:
+                    return None
+            except ValueError:  # a bad line: the line-by-line path reports it
+                return None
+        mss = list(map(SLEEP_CACHE.get, lines))
+        return mss if None not in mss else None  # else the cache was full and cleared
 
     def _bad(self, line: int, reason: str) -> None:
         if line <= self._after_line:  # reported by the pass that read it first

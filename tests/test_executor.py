@@ -13,6 +13,7 @@ import pytest
 import cloudkon.executor
 from cloudkon.executor import Executor
 from cloudkon.model import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, Result
+from cloudkon.workload import sleep_ms
 
 
 def run(command: str, timeout: float | None = None, tail_bytes: int = 4096,
@@ -220,6 +221,23 @@ def test_run_bundle_stops_before_the_next_task_when_asked(tmp_path):
     assert ran_all is False
     assert [r[0] for r in results] == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_a_bundle_of_sleep_0_only_has_a_result_for_each_task_in_order():
+    executor = Executor(None)
+    for command in ("sleep 0", "sleep 0.0", "sleep 00"):
+        sleep_ms(command)  # parsed, as the workload reader does
+    tasks = [(n, ("sleep 0", "sleep 0.0", "sleep 00")[n % 3]) for n in range(1, 301)]
+
+    out: list[tuple] = [("an earlier result",)]
+    assert executor.run_bundle("job", tasks, out, stop=lambda: True)
+    results = [Result._make(r) for r in out[1:]]
+
+    assert [(r.line, r.command) for r in results] == tasks
+    assert {(r.status, r.exit_code, r.stdout, r.stderr) for r in results} == {
+        (SUCCEEDED, 0, "", "")}
+    assert all(r.end >= r.start for r in results)
+    assert [r.start for r in results] == sorted(r.start for r in results)
 
 
 def test_run_bundle_runs_its_tasks_in_order():

@@ -28,6 +28,7 @@ from cloudkon.codec import (
     unpack_results,
 )
 from cloudkon.errors import CodecError, WorkloadError
+from cloudkon.limits import SHELL_TASK_MS
 from cloudkon.model import STATUSES, Bundle, ResultBundle
 from cloudkon.workload import Workload
 from submitter.collect import Collector
@@ -127,6 +128,49 @@ def test_checking_any_bytes_passes_or_says_why_in_a_workload_error(data):
         workload.check()
     except WorkloadError as exc:
         assert str(exc).startswith("w.txt: ") and "\n" not in str(exc)
+
+
+_SLEEPS = ["sleep 0", "sleep 0", "sleep 0", "sleep 3", "sleep 0.5", "sleep 250", " sleep 7 "]
+_BUNDLED = st.one_of(st.lists(st.sampled_from(_SLEEPS), max_size=120),
+                     st.lists(st.sampled_from([*_SLEEPS, "", "# note", "true", "sleep 1s"]),
+                              max_size=120))
+
+
+@FAST
+@given(_BUNDLED, st.integers(1, 9),
+       st.sampled_from([0, 1, 4, 20, 40, 2000, math.inf]), st.integers(8, 64))
+def test_bundles_close_at_the_first_task_that_fills_them_by_count_or_by_work(
+        lines, size, budget, block):
+    # Each task costs its milliseconds (a shell command SHELL_TASK_MS); a bundle closes
+    # after the task that brings it to `size` tasks or to `budget` ms. Read in blocks of a
+    # few bytes, so that bundles span blocks and blocks of `sleep` lines only (read without
+    # a step per line) sit between others.
+    data = "".join(line + "\n" for line in lines).encode()
+    expected, tasks, cost = [], [], 0.0
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#") or text == "sleep 1s":
+            continue
+        tasks.append((n, text))
+        cost += float(text.split()[1]) if text.startswith("sleep ") else SHELL_TASK_MS
+        if len(tasks) >= size or cost >= budget:
+            expected.append(tasks)
+            tasks, cost = [], 0.0
+    if tasks:
+        expected.append(tasks)
+    workload = Workload("w.txt", opener=lambda: io.BytesIO(data))
+    with mock.patch("cloudkon.workload.BLOCK_BYTES", block):
+        bundles = list(workload.bundles("job-b", size, budget))
+        assert [list(b.tasks) for b in bundles] == expected
+        assert [b.seq for b in bundles] == list(range(len(expected)))
+        # Continued after any bundle (a resumed split): the bundles that follow, the same.
+        for k in range(len(bundles) - 1):
+            after = Workload("w.txt", opener=lambda: io.BytesIO(data)).bundles(
+                "job-b", size, budget, after_line=bundles[k].tasks[-1][0], first_seq=k + 1)
+            assert [(b.seq, list(b.tasks)) for b in after] == [
+                (b.seq, list(b.tasks)) for b in bundles[k + 1:]]
+    assert workload.tasks == sum(map(len, expected))
+    assert workload.sleep_tasks == sum(1 for b in expected for _, c in b if c.startswith("sleep"))
 
 
 # --- The codec -------------------------------------------------------------------------------

@@ -158,8 +158,9 @@ def cloudkon_argv(workload: Path, workers: int, checkout: Path | None = None) ->
     run = ["run", str(workload), "--workers", str(workers), "--json"]
     if checkout is None:
         return [PYTHON, "-m", "cloudkon", *run]
-    boot = (f"import sys; sys.path.insert(0, {str(checkout)!r}); from cloudkon.cli import main;"
-            " sys.exit(main(sys.argv[1:]))")
+    # That revision's own `python -m cloudkon`, whatever its entry point did then.
+    boot = (f"import runpy, sys; sys.path.insert(0, {str(checkout)!r});"
+            " sys.argv[0] = 'cloudkon'; runpy.run_module('cloudkon', run_name='__main__')")
     return [PYTHON, "-c", boot, *run]
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from cloudkon.cli import main
+from cloudkon.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -257,11 +257,11 @@ class Workload:
             if mss is not None:  # sleep tasks only, each of a known length
                 self.sleep_tasks += len(mss)
                 total_sleep = sum(mss, total_sleep)
-                pairs = list(zip(range(first, first + len(stripped)), stripped))
+                count = len(stripped)
                 free = limit > 0 and not any(mss)  # `sleep 0` only: bundles cut by size
                 i = 0
-                while i < len(pairs):
-                    end = min(i + size - len(tasks), len(pairs))
+                while i < count:
+                    end = min(i + size - len(tasks), count)
                     spent = False
                     if not free:
                         # The tasks up to the first whose cost reaches the budget (costs never
@@ -271,10 +271,8 @@ class Workload:
                         spent = reached < len(costs)
                         end = min(end, i + reached)
                         cost = costs[end - i]
-                    if tasks:
-                        tasks += pairs[i:end]
-                    else:
-                        tasks = pairs[i:end]
+                    # Made as the bundles are: a block's tasks all at once would add MBs.
+                    tasks += zip(range(first + i, first + end), stripped[i:end])
                     i = end
                     if spent or len(tasks) >= size:
                         self.tasks += len(tasks)

@@ -72,7 +72,12 @@ def sleep_ms(command: str) -> float | None:
     if parts[0] != SLEEP:
         return None  # "sleepy", "sleep.sh": an ordinary command
     if len(parts) == 2 and _DECIMAL.fullmatch(parts[1]):
-        ms = int(parts[1]) if parts[1].isdigit() else float(parts[1])
+        ms = float(parts[1])
+        if ms == math.inf:  # it would stop the sums of milliseconds
+            raise ValueError(f"'{SLEEP} {parts[1][:16]}...': more milliseconds than a number"
+                             " holds (about 1.8e308)")
+        if parts[1].isdigit():
+            ms = int(parts[1])
         if len(SLEEP_CACHE) >= SLEEP_CACHE_SIZE:
             SLEEP_CACHE.clear()
         SLEEP_CACHE[command] = ms

@@ -125,6 +125,7 @@ def test_sleep_that_is_not_sleep_n_is_an_error(command):
     ("sleep -0.5", "'sleep -0.5': a negative number of milliseconds"),
     ("sleep", "'sleep' without a number"),
     ("sleep 1s", "takes one number; write '/bin/sleep ...' for the shell's sleep"),
+    ("sleep 1" + "0" * 400, "'sleep 1000000000000000...': more milliseconds than a number holds"),
 ])
 def test_a_bad_sleep_line_says_what_is_wrong_with_it(command, says):
     with pytest.raises(ValueError, match=re.escape(says)):

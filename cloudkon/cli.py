@@ -482,6 +482,7 @@ def worker_command(verbose: int, prefix: str | None, region: str | None,
         task_timeout=task_timeout or None, tail_bytes=tail_bytes, instance_id=instance_id,
         emf_metrics=emf_metrics, task_env=task_env,
         delete_batch_seconds=DELETE_BATCH_SECONDS, replay_window_seconds=replay_window,
+        complete_behind=True,
     )
     worker = aws_worker(_aws_config(prefix, region, endpoint_url, bucket_suffix,
                                     signing_key=signing_key),

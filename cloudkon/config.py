@@ -131,6 +131,10 @@ class WorkerConfig:
     task_env: tuple[str, ...] | None = None
     # With a signing key: a bundle signed longer ago than this is refused (cloudkon/limits.py).
     replay_window_seconds: float = DEFAULT_REPLAY_WINDOW_SECONDS
+    # A bundle that ran is completed (results stored, sent, message deleted) in the
+    # background while its thread receives, claims and runs the next: on AWS those calls
+    # take tens of ms between bundles. False: in the thread (`cloudkon run`: microseconds).
+    complete_behind: bool = False
 
     def __post_init__(self) -> None:
         check_tail_bytes(self.tail_bytes)

@@ -20,7 +20,7 @@ from cloudkon.backends import CLAIMED, COMPLETED, IN_PROGRESS
 from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
 from cloudkon.codec import decode_results, encode_bundle, pack_results, unpack_results
 from cloudkon.config import WorkerConfig
-from cloudkon.errors import AwsError
+from cloudkon.errors import AwsError, CloudKonError
 from cloudkon.model import SUCCEEDED, Bundle, task_id
 from worker.daemon import Worker
 
@@ -44,10 +44,11 @@ class Harness:
         self.inbox.send_batch([encode_bundle(bundle, "out")] * copies)
 
     def start(self, threads: int = 2, visibility: int = VISIBILITY, broker=None,
-              clock=None) -> Worker:
+              clock=None, complete_behind: bool = False) -> Worker:
         config = WorkerConfig(f"w{len(self.workers)}", threads=threads,
                               visibility_seconds=visibility, wait_seconds=0.2,
-                              drain_seconds=30, liveness_seconds=600, task_timeout=60)
+                              drain_seconds=30, liveness_seconds=600, task_timeout=60,
+                              complete_behind=complete_behind)
         worker = Worker(self.inbox, broker or self.broker, self.leases, config,
                         clock=clock or self.clock)
         code: list[int] = []
@@ -384,3 +385,79 @@ def test_a_retry_bundle_runs_under_its_own_key_beside_the_first_attempts_complet
     assert harness.runs() == ["1"]  # run, not replayed from attempt 1's lease
     assert results["again:1"][0][2] == SUCCEEDED
     assert harness.leases.lookup("again#a2#0").outcome == COMPLETED
+
+
+class _SlowCompletions(MemoryLeaseStore):
+    """Leases whose completion of bundle ``job#0`` waits for ``gate`` (a slow AWS call),
+    or fails once with ``fail``."""
+
+    def __init__(self, clock, fail: CloudKonError | None = None) -> None:
+        super().__init__(clock)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.fail = fail
+
+    def complete(self, key: str, *args, **kwargs) -> bool:
+        if key == "job#0":
+            self.entered.set()
+            if self.fail is not None:
+                fail, self.fail = self.fail, None
+                raise fail
+            assert self.gate.wait(60)
+        return super().complete(key, *args, **kwargs)
+
+
+def test_a_bundle_is_completed_behind_while_its_thread_runs_the_next(harness):
+    harness.leases = leases = _SlowCompletions(harness.clock)
+    first = Bundle("job", 0, [appending(harness.tmp_path, 1)])
+    second = Bundle("job", 1, [appending(harness.tmp_path, 2)])
+    harness.send(first)
+    harness.send(second)
+    worker = harness.start(threads=1, complete_behind=True)
+
+    # The one thread ran the second bundle while the first one's completion hung.
+    wait_until(lambda: harness.runs() == ["1", "2"], what="both bundles run")
+    assert leases.entered.is_set() and leases.lookup("job#0").outcome != COMPLETED
+    assert not harness.outbox.receive(10, 0, 600)  # nothing sent before its completion
+    leases.gate.set()
+    results = harness.collect(ids_of(first) | ids_of(second))
+    assert all(len(copies) == 1 for copies in results.values())
+    wait_until(lambda: len(harness.inbox) == 0, what="both messages deleted")
+    assert harness.stop(worker) == 0
+    assert worker.counts["completed"] == 2 and worker.counts["given_back"] == 0
+
+
+def test_a_drain_waits_for_the_completions_behind(harness):
+    harness.leases = leases = _SlowCompletions(harness.clock)
+    bundle = Bundle("job", 0, [appending(harness.tmp_path, 1)])
+    harness.send(bundle)
+    worker = harness.start(threads=1, complete_behind=True)
+    assert leases.entered.wait(30)
+    codes: list[int] = []
+    stopping = threading.Thread(target=lambda: codes.append(harness.stop(worker)))
+    stopping.start()
+    wait_until(lambda: worker._draining.is_set(), what="the drain")
+
+    stopping.join(0.5)
+    assert stopping.is_alive()  # still waiting for the completion
+    leases.gate.set()
+    stopping.join(60)
+    assert codes == [0]
+    assert leases.lookup("job#0").outcome == COMPLETED
+    assert harness.collect(ids_of(bundle))
+    assert len(harness.inbox) == 0 and worker.counts["given_back"] == 0
+
+
+def test_a_completion_behind_that_fails_leaves_its_message_and_the_thread_goes_on(harness):
+    harness.leases = _SlowCompletions(harness.clock, fail=AwsError("completing failed: throttled", "Throttling"))
+    first = Bundle("job", 0, [appending(harness.tmp_path, 1)])
+    second = Bundle("job", 1, [appending(harness.tmp_path, 2)])
+    harness.send(first)
+    harness.send(second)
+    worker = harness.start(threads=1, complete_behind=True)
+
+    harness.collect(ids_of(second))
+    wait_until(lambda: worker.counts["failed"] == 1, what="the failed completion counted")
+    assert ids_of(first).isdisjoint(harness.results)  # never sent
+    assert len(harness.inbox) == 1  # the first bundle's message, to come back
+    assert harness.stop(worker) == 0

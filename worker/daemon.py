@@ -15,8 +15,10 @@ passed as objects (:class:`~cloudkon.codec.InProcessCodec`). Threads:
   held by another worker is taken over only after this worker has seen its record version
   unchanged for a lease's duration, by its own clock), run its tasks with the shared
   :class:`~cloudkon.executor.Executor`, store the results with
-  COMPLETED, send them, delete the message. A bundle found COMPLETED is replayed (its
-  stored results sent again), not run; one whose lease is live elsewhere is left for later;
+  COMPLETED, send them, delete the message (for ``cloudkon worker``, on a pool of
+  completion threads, while the bundle thread goes on to the next bundle). A bundle found
+  COMPLETED is replayed (its stored results sent again), not run; one whose lease is live
+  elsewhere is left for later;
 - the heartbeat thread schedules, for each running bundle whose beat is due, one beat on a
   small pool of beat threads (so that a slow call delays only its own bundle): a beat keeps
   the message invisible and the lease alive, and stores the results of finished tasks, so a
@@ -46,6 +48,7 @@ within about a second.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -55,7 +58,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cloudkon import __version__
@@ -101,6 +104,7 @@ _END = None  # tells a bundle thread to exit
 _LEAD = object()  # tells an idle bundle thread that nobody is receiving: it may now
 EXIT_QUEUE_GONE = 2  # the input queue was deleted under the worker (as for --no-create)
 _JOB_STATES_KEPT = 1024  # job states cached at most; then the cache starts afresh
+_Completion = Callable[[], None]  # completes a bundle that ran: store, send, delete
 
 
 @dataclass
@@ -200,6 +204,11 @@ class Worker:
         self._slots_lock = threading.RLock()
         self._slots = threading.Condition(self._slots_lock)
         self._held: dict[str, Message] = {}  # receipt -> message, from receive to done
+        self._completing: set[str] = set()  # receipts of held bundles completed behind
+        # Completions of bundles that ran, in the background (config.complete_behind).
+        self._completer = (ThreadPoolExecutor(config.threads,
+                                              thread_name_prefix="cloudkon-complete")
+                           if config.complete_behind else None)
         self._running: dict[str, _Running] = {}  # receipt -> running bundle
         # Fencing tokens: the worker, a random name for this run of it, a count of claims.
         self._owner_prefix = f"{config.worker_id}/{os.urandom(4).hex()}-"
@@ -308,6 +317,8 @@ class Worker:
         self._wait_until(self._idle, _GIVE_BACK_SECONDS)
         self._halt.set()
         self._beats.shutdown(wait=False, cancel_futures=True)
+        if self._completer is not None:
+            self._completer.shutdown(wait=False)
         for _ in range(self.config.threads):
             self._handoff.put(_END)
         self._give_back_leftovers()
@@ -404,7 +415,8 @@ class Worker:
         messages: list[Message] = []
         try:
             with self._slots_lock:
-                free = cfg.threads - len(self._held)
+                # A bundle whose completion is in the background no longer takes a thread.
+                free = cfg.threads - len(self._held) + len(self._completing)
             if not self._stopping():
                 messages = self.inbox.receive(min(max(free, 1), SQS_MAX_BATCH),
                                               cfg.wait_seconds, cfg.visibility_seconds)
@@ -470,30 +482,78 @@ class Worker:
     # --- bundles --------------------------------------------------------------------------
 
     def _work_loop(self) -> None:
-        while True:
-            message = self._next_message()
-            if message is None:
-                return
-            try:
-                self._handle(message)
-            except CloudKonError as exc:
-                self.counts.add("failed")
-                log.error("message %s: %s; it comes back after its visibility timeout",
-                          message.id, exc, extra={"message_id": message.id})
-            except Exception:  # a bug must not kill the thread
-                self.counts.add("failed")
-                log.exception("message %s: unexpected error; it comes back after its"
-                              " visibility timeout", message.id, extra={"message_id": message.id})
-            finally:
-                if self._rewatched:
-                    with self._observed_lock:
-                        self._rewatched.discard(message.receipt)
-                with self._slots_lock:
-                    self._held.pop(message.receipt, None)
-                    if self._draining.is_set():  # only the shutdown waits for this
-                        self._slots.notify_all()
+        behind: Future | None = None  # this thread's last completion, if in the background
+        try:
+            while True:
+                message = self._next_message()
+                if message is None:
+                    return
+                completion = None
+                try:
+                    completion = self._settle(message, functools.partial(self._handle, message))
+                    if completion is not None and self._completer is None:  # in this thread
+                        self._settle(message, completion)
+                        completion = None
+                finally:
+                    if completion is None:
+                        self._let_go(message)
+                if completion is not None:
+                    # The completion's calls overlap the next bundle's receive, claim and
+                    # run; one at a time per thread, so that they never pile up.
+                    if behind is not None:
+                        behind.result()
+                    behind = self._complete_behind(message, completion)
+        finally:
+            if behind is not None:
+                behind.result()
 
-    def _handle(self, message: Message) -> None:
+    def _complete_behind(self, message: Message, completion: _Completion) -> Future | None:
+        """Run ``completion`` on the completer's pool; in this thread if the pool has shut
+        down (the worker stopped while this bundle ran)."""
+        def complete() -> None:
+            try:
+                self._settle(message, completion)
+            finally:
+                self._let_go(message)
+
+        with self._slots_lock:
+            self._completing.add(message.receipt)
+        try:
+            return self._completer.submit(complete)
+        except RuntimeError:  # cannot schedule new futures after shutdown
+            complete()
+            return None
+
+    def _settle(self, message: Message, step: Callable[[], _Completion | None]
+                ) -> _Completion | None:
+        """``step()`` (a bundle's handling, or its completion); an error ends the step, not
+        the thread, and the message comes back after its visibility timeout."""
+        try:
+            return step()
+        except CloudKonError as exc:
+            self.counts.add("failed")
+            log.error("message %s: %s; it comes back after its visibility timeout",
+                      message.id, exc, extra={"message_id": message.id})
+        except Exception:  # a bug must not kill the thread
+            self.counts.add("failed")
+            log.exception("message %s: unexpected error; it comes back after its"
+                          " visibility timeout", message.id, extra={"message_id": message.id})
+        return None
+
+    def _let_go(self, message: Message) -> None:
+        """The worker is done with ``message``: its slot is free, a shutdown may go on."""
+        if self._rewatched:
+            with self._observed_lock:
+                self._rewatched.discard(message.receipt)
+        with self._slots_lock:
+            self._held.pop(message.receipt, None)
+            self._completing.discard(message.receipt)
+            if self._draining.is_set():  # only the shutdown waits for this
+                self._slots.notify_all()
+
+    def _handle(self, message: Message) -> _Completion | None:
+        """Decode, claim and run the bundle of ``message``; return what completes it (store
+        the results, send them, delete the message), or None when nothing is left to do."""
         try:
             bundle, reply_to = self.codec.decode_bundle(message.body)
         except CodecError as exc:
@@ -570,7 +630,7 @@ class Worker:
                      " elsewhere", key, message.id, len(running.results), len(bundle.tasks),
                      extra=ids)
             return
-        self._complete(running, reply_to, ids)
+        return functools.partial(self._complete, running, reply_to, ids)
 
     def _execute(self, running: _Running) -> None:
         """Run the bundle's tasks that have no result yet, until done or told to stop."""

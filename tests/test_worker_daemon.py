@@ -7,7 +7,10 @@ as real subprocesses, is in test_worker_aws.py.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -461,3 +464,63 @@ def test_a_completion_behind_that_fails_leaves_its_message_and_the_thread_goes_o
     assert ids_of(first).isdisjoint(harness.results)  # never sent
     assert len(harness.inbox) == 1  # the first bundle's message, to come back
     assert harness.stop(worker) == 0
+
+
+_STUCK_COMPLETION = """
+import signal, sys, threading
+from cloudkon.backends.memory import MemoryBroker, MemoryLeaseStore
+from cloudkon.codec import encode_bundle
+from cloudkon.config import WorkerConfig
+from cloudkon.model import Bundle
+from worker import daemon
+
+daemon._GIVE_BACK_SECONDS = 0.5
+entered = threading.Event()
+
+class Stuck(MemoryLeaseStore):
+    def complete(self, *args, **kwargs):
+        entered.set()
+        threading.Event().wait()  # an AWS call that never answers
+
+broker = MemoryBroker()
+inbox = broker.create("in")
+broker.create("out")
+inbox.send_batch([encode_bundle(Bundle("job", 0, [(1, "true")]), "out")])
+worker = daemon.Worker(inbox, broker, Stuck(), WorkerConfig(
+    "w", threads=1, visibility_seconds=30, wait_seconds=0.2, drain_seconds=30,
+    liveness_seconds=600, task_timeout=60, complete_behind=True))
+threading.Thread(target=lambda: entered.wait(30) and worker.stop(True, signal.SIGINT)).start()
+sys.exit(worker.run())
+"""
+
+
+def test_a_hard_stop_exits_at_once_with_a_completion_stuck_behind(tmp_path):
+    # The worker's process, not only run(): a completion stuck in an AWS call must not keep
+    # it from exiting (a ThreadPoolExecutor's threads are joined at the interpreter's exit),
+    # as a bundle thread stuck there does not.
+    root = Path(__file__).resolve().parent.parent
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _STUCK_COMPLETION], check=False, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert time.monotonic() - started < 20
+    assert "gave back 1 messages still held at exit" in done.stderr
+
+
+class _Ended(BaseException):
+    """Not an Exception: what ends a thread rather than a step."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_completion_behind_ended_by_a_base_exception_leaves_no_message_held(harness):
+    harness.leases = _SlowCompletions(harness.clock, fail=_Ended())
+    harness.send(Bundle("job", 0, [appending(harness.tmp_path, 1)]))
+    harness.send(Bundle("job", 1, [appending(harness.tmp_path, 2)]))
+    worker = harness.start(threads=1, complete_behind=True)
+
+    # The thread ran the second bundle, then found its first one's completion ended so.
+    wait_until(lambda: harness.runs() == ["1", "2"], what="both bundles run")
+    wait_until(lambda: not worker._threads[1].is_alive(), what="the bundle thread ended")
+    assert not worker._held and not worker._completing  # both come back by their timeout
+    assert len(harness.inbox) == 2

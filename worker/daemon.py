@@ -206,8 +206,7 @@ class Worker:
         self._held: dict[str, Message] = {}  # receipt -> message, from receive to done
         self._completing: set[str] = set()  # receipts of held bundles completed behind
         # Completions of bundles that ran, in the background (config.complete_behind).
-        self._completer = (ThreadPoolExecutor(config.threads,
-                                              thread_name_prefix="cloudkon-complete")
+        self._completer = (_Completer(config.threads, "cloudkon-complete")
                            if config.complete_behind else None)
         self._running: dict[str, _Running] = {}  # receipt -> running bundle
         # Fencing tokens: the worker, a random name for this run of it, a count of claims.
@@ -318,7 +317,7 @@ class Worker:
         self._halt.set()
         self._beats.shutdown(wait=False, cancel_futures=True)
         if self._completer is not None:
-            self._completer.shutdown(wait=False)
+            self._completer.shutdown()
         for _ in range(self.config.threads):
             self._handoff.put(_END)
         self._give_back_leftovers()
@@ -501,7 +500,15 @@ class Worker:
                     # The completion's calls overlap the next bundle's receive, claim and
                     # run; one at a time per thread, so that they never pile up.
                     if behind is not None:
-                        behind.result()
+                        previous, behind = behind, None
+                        try:
+                            previous.result()
+                        except BaseException:
+                            # Ended by what ended the completion before (its own message
+                            # was let go): this one, not completed, comes back after its
+                            # visibility timeout, and is not held for good.
+                            self._let_go(message)
+                            raise
                     behind = self._complete_behind(message, completion)
         finally:
             if behind is not None:
@@ -1017,6 +1024,55 @@ class Worker:
                  c["failed"], c["given_back"], c["dead_lettered"], c["busy"], c["lost"],
                  c["expired"], c["cancelled"], c["tasks"],
                  extra={"counts": {**c, "in_flight": in_flight}})
+
+
+class _Completer:
+    """The pool of completions behind (``submit`` and ``shutdown`` as a ThreadPoolExecutor's):
+    its threads are daemons, so that a completion stuck in an AWS call after a stop does not
+    keep the process from exiting, as a bundle thread stuck there would not (a
+    ThreadPoolExecutor's threads are joined at the interpreter's exit)."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._size = threads
+        self._name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[[], None]) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if not self._started:  # all at once, at the first completion
+                for i in range(self._size):
+                    threading.Thread(target=self._serve, name=f"{self._name}_{i}",
+                                     daemon=True).start()
+                self._started = self._size
+            self._jobs.put((future, fn))
+        return future
+
+    def shutdown(self) -> None:
+        """Take no more; what was submitted still runs, then the threads end."""
+        with self._lock:
+            self._closed = True
+            for _ in range(self._started):
+                self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            del job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 (as a ThreadPoolExecutor: handed on)
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, fn
 
 
 def _ids(bundle: Bundle, message: Message) -> dict:

@@ -524,3 +524,27 @@ def test_a_completion_behind_ended_by_a_base_exception_leaves_no_message_held(ha
     wait_until(lambda: not worker._threads[1].is_alive(), what="the bundle thread ended")
     assert not worker._held and not worker._completing  # both come back by their timeout
     assert len(harness.inbox) == 2
+
+
+def test_a_bundle_whose_lease_ran_out_while_it_waited_to_be_completed_behind_is_given_up(
+        harness):
+    # Its thread waits for the completion before (hung) to hand it over; no beat keeps a
+    # finished bundle's lease meanwhile. Once that lease is gone by the worker's clock, the
+    # bundle is given up with its results stored, not completed late: the next claim finds
+    # every task done and completes it, nothing runs twice.
+    harness.leases = leases = _SlowCompletions(harness.clock)
+    first = Bundle("job", 0, [appending(harness.tmp_path, 1)])
+    second = Bundle("job", 1, [appending(harness.tmp_path, 2)])
+    harness.send(first)
+    harness.send(second)
+    worker = harness.start(threads=1, visibility=2, complete_behind=True)
+    wait_until(lambda: harness.runs() == ["1", "2"], what="both bundles run")
+    time.sleep(worker._lease_held_seconds + 0.2)  # the second one's lease, by its clock
+    leases.gate.set()
+
+    wait_until(lambda: worker.counts["expired"] == 1, what="the second bundle given up")
+    harness.clock.advance(10)  # its message, given back, and the first one's lease
+    results = harness.collect(ids_of(first) | ids_of(second))
+    assert all(len(copies) == 1 for copies in results.values())
+    assert harness.runs() == ["1", "2"]  # nothing ran twice
+    assert harness.stop(worker) == 0

@@ -682,6 +682,11 @@ class Worker:
 
     def _complete(self, running: _Running, reply_to: str, ids: dict) -> None:
         bundle, key = running.bundle, running.key
+        if not running.lost and time.monotonic() >= running.expires:
+            # Completed behind, after its thread waited for the completion before (a slow
+            # call): no beat kept its lease meanwhile, and by this worker's clock it is gone.
+            self._give_up(running, ids)
+            return
         try:
             packed, results = self.codec.pack_results(running.results,
                                                       self.leases.max_results_bytes, key)

@@ -399,6 +399,11 @@ class _SlowCompletions(MemoryLeaseStore):
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.fail = fail
+        self.claimed_at: dict[str, float] = {}  # key -> time.monotonic() of its last claim
+
+    def claim(self, key: str, *args, **kwargs):
+        self.claimed_at[key] = time.monotonic()
+        return super().claim(key, *args, **kwargs)
 
     def complete(self, key: str, *args, **kwargs) -> bool:
         if key == "job#0":
@@ -539,7 +544,8 @@ def test_a_bundle_whose_lease_ran_out_while_it_waited_to_be_completed_behind_is_
     harness.send(second)
     worker = harness.start(threads=1, visibility=2, complete_behind=True)
     wait_until(lambda: harness.runs() == ["1", "2"], what="both bundles run")
-    time.sleep(worker._lease_held_seconds + 0.2)  # the second one's lease, by its clock
+    over = leases.claimed_at["job#1"] + worker._lease_held_seconds  # by the worker's clock
+    wait_until(lambda: time.monotonic() > over, what="the second bundle's lease over")
     leases.gate.set()
 
     wait_until(lambda: worker.counts["expired"] == 1, what="the second bundle given up")

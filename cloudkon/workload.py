@@ -425,17 +425,15 @@ class Workload:
         task, else None. A block of them is then bundled without a step per line: a
         workload of `sleep 0` is read at the speed of the queue, not of the parser."""
         mss = list(map(SLEEP_CACHE.get, lines))
-        if None not in mss:
+        try:
+            first = mss.index(None)
+        except ValueError:
             return mss
-        new = set(compress(lines, map(is_, mss, repeat(None))))
-        if len(new) > _MOST_NEW_SLEEPS:  # most likely shell commands: line by line
+        if not _new_sleep(lines[first]):  # a shell command, most likely: line by line
             return None
-        for s in new:
-            try:
-                if not s or s[0] == "#" or sleep_ms(s) is None:
-                    return None
-            except ValueError:  # a bad line: the line-by-line path reports it
-                return None
+        new = set(compress(lines, map(is_, mss, repeat(None))))
+        if len(new) > _MOST_NEW_SLEEPS or not all(map(_new_sleep, new)):
+            return None
         mss = list(map(SLEEP_CACHE.get, lines))
         return mss if None not in mss else None  # else the cache was full and cleared
 
@@ -448,6 +446,15 @@ class Workload:
 
 
 Opener = Callable[[], BinaryIO]
+
+
+def _new_sleep(line: str) -> bool:
+    """Whether ``line`` (stripped) is a valid `sleep N` task, parsed (and cached) now; a bad
+    one is not: the line-by-line path reports it."""
+    try:
+        return bool(line) and line[0] != "#" and sleep_ms(line) is not None
+    except ValueError:
+        return False
 
 
 def _task_ms(command: str) -> float:

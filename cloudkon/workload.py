@@ -99,8 +99,8 @@ SLEEP_CACHE_SIZE = 4096
 # Bytes read at a time: large enough that per-block work vanishes, small enough that a
 # block's line strings (about 32,000 of `sleep 0`) stay a few MB.
 BLOCK_BYTES = 1 << 18
-# A block with more new lines than this is taken line by line (it holds shell commands,
-# most likely), rather than checked for being all `sleep N` first.
+# A block of `sleep N` lines with more distinct ones the sleep cache does not know yet is
+# taken line by line (which parses each once), rather than parsed first and bundled after.
 _MOST_NEW_SLEEPS = 64
 
 

@@ -554,3 +554,34 @@ def test_a_bundle_whose_lease_ran_out_while_it_waited_to_be_completed_behind_is_
     assert all(len(copies) == 1 for copies in results.values())
     assert harness.runs() == ["1", "2"]  # nothing ran twice
     assert harness.stop(worker) == 0
+
+
+def test_a_worker_never_receives_a_message_no_idle_thread_can_start(harness):
+    # Many quick bundles on 3 threads, completed behind: every receive is made by an idle
+    # thread for idle threads. A thread that found the receiving let go just before the
+    # receiving thread handed its extra messages over used to receive one more, to wait in
+    # the worker unwatched.
+    bundles = [Bundle("job", seq, [(seq + 1, "true")]) for seq in range(300)]
+    for b in bundles:
+        harness.send(b)
+    receive = harness.inbox.receive
+    busy_at_receive: list[int] = []
+
+    def watched_receive(*args, **kwargs):
+        if harness.workers:
+            worker = harness.workers[0][0]
+            with worker._slots_lock:  # no thread running, being handed one, or completing
+                busy_at_receive.append(len(worker._held) - len(worker._completing))
+        return receive(*args, **kwargs)
+
+    harness.inbox.receive = watched_receive
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch often: a window of a few steps opens
+    try:
+        worker = harness.start(threads=3, complete_behind=True)
+        results = harness.collect(set().union(*map(ids_of, bundles)))
+        assert harness.stop(worker) == 0
+    finally:
+        sys.setswitchinterval(switching)
+    assert all(len(copies) == 1 for copies in results.values())
+    assert busy_at_receive and max(busy_at_receive) < 3

@@ -389,6 +389,11 @@ class Worker:
                 # under _slots too, either counts this thread as waiting or has let go.
                 with self._slots_lock:
                     leading = self._receiving.acquire(blocking=False)
+                    if leading and not handoff.empty():
+                        # Handed over since this thread looked (the receiving thread puts
+                        # them before it lets go): take one, rather than receive for none.
+                        self._receiving.release()
+                        continue
                     if not leading:
                         self._followers += 1
                 if leading:
@@ -439,14 +444,15 @@ class Worker:
         with self._slots_lock:
             for m in messages:
                 self._held[m.receipt] = m
-            lead = bool(messages) and self._followers > len(messages) - 1
+            # Handed over before the receiving is let go: a thread that finds no receiving
+            # thread finds them (were they put after, it could receive one more, for none).
+            for m in messages[1:]:
+                self._handoff.put(m)
+            if bool(messages) and self._followers > len(messages) - 1:
+                self._handoff.put(_LEAD)
             self._receiving.release()
             if self._draining.is_set():  # the shutdown waits for the receiving to end
                 self._slots.notify_all()
-        for m in messages[1:]:
-            self._handoff.put(m)
-        if lead:
-            self._handoff.put(_LEAD)
         return messages[0] if messages else None
 
     def _queue_gone(self, exc: CloudKonError) -> bool:
